@@ -1,0 +1,64 @@
+# robustloop — the two commands are `make demo` and `make test`; both set up what they need.
+# Idempotent: each step is skipped when its result is already there.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := .robustloop/.apt-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := prometheus prometheus-alertmanager dataset-fashion-mnist
+NEEDED := /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool \
+          /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint format setup system venv generate check-generated bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+demo: setup ## run the whole loop live on this machine (Prometheus, Alertmanager, server, receiver)
+	$(BIN)/robustloop demo
+
+test: setup ## run the test suite (installs what it needs first)
+	$(BIN)/python -m pytest -q
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup ## apply ruff's formatting and autofixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+setup: system venv ## install apt packages, the virtual environment and the package
+
+system: $(APT_STAMP)
+$(APT_STAMP):
+	@missing=0; for f in $(NEEDED); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES) python3-venv >/dev/null; \
+	fi
+	@for f in $(NEEDED); do [ -e $$f ] || { echo "missing $$f after apt-get install"; exit 1; }; done
+	@mkdir -p $(dir $@) && touch $@
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+generate: setup ## regenerate every generated file (rules, Alertmanager config, workflow YAML, chart copies)
+	$(BIN)/robustloop rules render
+	$(BIN)/robustloop workflow render
+
+bench: setup ## run the benchmarks under bench/ (prints figures; slow)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean: ## remove the local state (.robustloop) and caches; keeps the venv
+	rm -rf .robustloop .pytest_cache .mypy_cache .ruff_cache

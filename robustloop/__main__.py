@@ -1,0 +1,5 @@
+"""``python -m robustloop`` is the ``robustloop`` command."""
+
+from robustloop.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,410 @@
+"""The one configuration model: ``robustloop.yaml``.
+
+Every component reads its section from here; alert rules, the Alertmanager config, the Helm
+chart's copies and the workflow's default parameters are generated from it. Every field has a
+default and a description: ``robustloop init`` writes the defaults, the CLI's ``--help`` and the
+README's config table are generated from the descriptions.
+
+This module imports pydantic and yaml only (the webhook image loads it and has no torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_PATH = Path("robustloop.yaml")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the message says what to fix."""
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    root: Path = Field(
+        Path("/usr/share/datasets/fashion-mnist"),
+        description="Folder of Fashion-MNIST IDX files (gzipped or not), as installed by the "
+        "Debian package dataset-fashion-mnist; torchvision's FashionMNIST/raw layout works too.",
+    )
+    seed: int = Field(0, description="Seed of the deterministic train/eval/traffic split.")
+    eval_size: int = Field(
+        5000,
+        ge=100,
+        description="Images of the official test set held out for evaluation and the gate only.",
+    )
+    traffic_size: int = Field(
+        5000,
+        ge=100,
+        description="Images of the official test set that clients send (canaries included); "
+        "disjoint from the eval split.",
+    )
+    train_limit: int | None = Field(
+        None,
+        ge=100,
+        description="Use only the first N training images (after shuffling); null = all 60k.",
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "fashion-cnn",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Served model name (the OIP v2 model name, the `model` label on every metric "
+        "and alert, the Argo mutex key).",
+    )
+    architecture: Literal["cnn", "wide-cnn"] = Field(
+        "cnn",
+        description="cnn: the paper's reference CNN (conv32, conv64, fc128, fc10); "
+        "wide-cnn: the same shape with twice the width.",
+    )
+
+
+class StoreConfig(_Section):
+    path: Path = Field(
+        Path(".robustloop/store"),
+        description="Folder of the versioned model store (manifests, weights, production pointer).",
+    )
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(3, ge=1, description="Epochs of standard (undefended) training.")
+    batch_size: int = Field(128, ge=1, description="Mini-batch size for training.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    seed: int = Field(0, description="Seed of weight initialisation and data order.")
+    threads: int = Field(
+        0, ge=0, description="torch CPU threads for training and attacks; 0 = torch's default."
+    )
+
+
+class RemediationConfig(_Section):
+    method: Literal["pgd", "fgsm-rs"] = Field(
+        "fgsm-rs",
+        description="Adversarial training: pgd (Madry et al. 2018) or fgsm-rs, FGSM with a "
+        "random start ('fast' AT, Wong, Rice and Kolter 2020).",
+    )
+    eps: float = Field(0.1, gt=0, le=1, description="L-inf radius trained against.")
+    step_size: float | None = Field(
+        None,
+        gt=0,
+        description="Attack step size; null = 2.5*eps/steps for PGD, 1.25*eps for FGSM-RS.",
+    )
+    steps: int = Field(7, ge=1, description="PGD steps per training example (pgd only).")
+    epochs: int = Field(3, ge=1, description="Epochs of adversarial fine-tuning.")
+    max_seconds: float | None = Field(
+        120.0,
+        gt=0,
+        description="Stop training cleanly after this many seconds, keeping the best checkpoint.",
+    )
+    warm_start: bool = Field(
+        True,
+        description="Fine-tune the production model (true) or train from scratch (false).",
+    )
+    check_size: int = Field(
+        512,
+        ge=32,
+        description="Training images used each epoch to check PGD accuracy (catastrophic "
+        "overfitting guard; the best checkpoint is kept).",
+    )
+
+
+class GateConfig(_Section):
+    attack_steps: int = Field(20, ge=20, description="PGD steps of the gate's attack (>= 20).")
+    restarts: int = Field(2, ge=1, description="PGD random restarts of the gate's attack.")
+    eps: float | None = Field(None, gt=0, le=1, description="Gate eps; null = the remediation eps.")
+    n: int = Field(
+        2000, ge=100, description="Held-out eval images the gate judges on (<= data.eval_size)."
+    )
+    min_robust_gain: float = Field(
+        0.05, ge=0, description="Robust accuracy must rise by at least this (absolute)."
+    )
+    max_clean_drop: float = Field(
+        0.05, ge=0, description="Clean accuracy may fall by at most this (absolute)."
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance level of the paired (McNemar) tests."
+    )
+
+
+class RolloutConfig(_Section):
+    watch_seconds: float = Field(
+        120.0, ge=0, description="After a promotion, watch canary accuracy this long."
+    )
+    max_consecutive_rollbacks: int = Field(
+        2, ge=0, description="Stop automatic rollbacks after this many in a row, and say so."
+    )
+
+
+class ServingConfig(_Section):
+    host: str = Field("127.0.0.1", description="Model server bind address.")
+    port: int = Field(8080, ge=0, le=65535, description="Model server port (0 = any free port).")
+    max_batch: int = Field(256, ge=1, description="Largest batch (N) one infer request may hold.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
+    )
+    squeeze_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Fraction of requests on which the feature-squeezing score is computed.",
+    )
+    feedback_ttl_seconds: float = Field(
+        600.0, gt=0, description="How long a prediction waits for its ground-truth feedback."
+    )
+    feedback_max_entries: int = Field(
+        100_000, ge=1, description="Bound of the map of predictions awaiting feedback."
+    )
+    reload_interval_seconds: float = Field(
+        1.0, gt=0, description="How often the server checks the production pointer."
+    )
+
+
+class SignalAlert(_Section):
+    enabled: bool = Field(True, description="Whether this signal can alert.")
+    threshold: float = Field(..., description="Alert threshold (meaning depends on `mode`).")
+    mode: Literal["absolute", "relative"] = Field(
+        "absolute",
+        description="absolute: compare the window's value with `threshold`; relative: with "
+        "baseline * threshold (canary) or baseline + threshold (label-free).",
+    )
+    baseline: float | None = Field(
+        None, description="Clean baseline of the signal (written by `robustloop calibrate`)."
+    )
+    window: str = Field("30s", description="PromQL range of the comparison window.")
+    for_: str = Field("10s", alias="for", description="How long the condition must hold.")
+    severity: Literal["critical", "warning", "info"] = Field(
+        "critical", description="The alert's severity label."
+    )
+    min_rate: float = Field(
+        0.5,
+        ge=0,
+        description="Minimum samples per second in the window below which the signal says nothing.",
+    )
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+def _canary() -> SignalAlert:
+    return SignalAlert(threshold=0.6, window="30s", **{"for": "5s"})
+
+
+def _entropy() -> SignalAlert:
+    return SignalAlert(threshold=0.35, window="30s", **{"for": "10s"})
+
+
+def _squeeze() -> SignalAlert:
+    return SignalAlert(threshold=0.25, window="30s", **{"for": "10s"})
+
+
+class AlertsConfig(_Section):
+    canary_accuracy: SignalAlert = Field(
+        default_factory=_canary,
+        description="Labelled canary accuracy (feedback counters): alert when below threshold.",
+    )
+    entropy: SignalAlert = Field(
+        default_factory=_entropy,
+        description="Mean normalised softmax entropy: alert when above threshold.",
+    )
+    squeeze: SignalAlert = Field(
+        default_factory=_squeeze,
+        description="Mean feature-squeezing score: alert when above threshold.",
+    )
+    false_alarms_per_hour: float = Field(
+        0.1, gt=0, description="Target false-alarm rate used by `robustloop calibrate`."
+    )
+    expected_rate: float = Field(
+        10.0, gt=0, description="Expected requests per second, used by `robustloop calibrate`."
+    )
+    runbook_base_url: str = Field(
+        "https://github.com/robustloop/robustloop/blob/main/alert_rules/RUNBOOK.md",
+        description="Base of every alert's runbook_url annotation.",
+    )
+    receiver_url: str = Field(
+        "http://127.0.0.1:9095/api/v1/alerts",
+        description="Where Alertmanager delivers remediation alerts (the webhook receiver).",
+    )
+    credentials_file: str = Field(
+        "webhook-token",
+        description="File Alertmanager reads the receiver's bearer token from.",
+    )
+
+
+class WebhookConfig(_Section):
+    host: str = Field("127.0.0.1", description="Receiver bind address.")
+    port: int = Field(9095, ge=0, le=65535, description="Receiver port (0 = any free port).")
+    auth: Literal["bearer", "none"] = Field(
+        "bearer", description="bearer: require a bearer token; none: no auth (explicit opt-out)."
+    )
+    token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token; else ROBUSTLOOP_WEBHOOK_TOKEN is used.",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest alert payload; larger gets 413."
+    )
+    allow_labels: dict[str, str] = Field(
+        default_factory=lambda: {"remediation": "adversarial-training"},
+        description="Only alerts carrying all these labels can start a remediation.",
+    )
+    cooldown_seconds: float = Field(
+        300.0, ge=0, description="After a remediation of a model ends, ignore new incidents."
+    )
+    daily_budget: int = Field(
+        10, ge=0, description="Remediations per model per UTC day; the rest are recorded only."
+    )
+    dry_run: bool = Field(False, description="Record and decide, but submit nothing.")
+    db_path: Path = Field(
+        Path(".robustloop/webhook.sqlite3"), description="SQLite outbox of incidents."
+    )
+    submit_timeout_seconds: float = Field(
+        10.0, gt=0, description="Timeout of every call to the submitter."
+    )
+
+
+class ArgoConfig(_Section):
+    host: str = Field("https://argo-server.argo:2746", description="Argo Server URL.")
+    namespace: str = Field("robustloop", description="Namespace the workflows run in.")
+    token_file: Path | None = Field(
+        None, description="File holding the Argo Server bearer token (service account token)."
+    )
+    verify_tls: bool = Field(True, description="Verify the Argo Server's TLS certificate.")
+
+
+class SubmitterConfig(_Section):
+    kind: Literal["local", "argo"] = Field(
+        "local", description="local: the local executor; argo: the Argo Server."
+    )
+    argo: ArgoConfig = Field(default_factory=ArgoConfig, description="Argo Server settings.")
+
+
+class StackConfig(_Section):
+    run_dir: Path = Field(
+        Path(".robustloop/run"),
+        description="Folder of `robustloop up`: generated configs, TSDB, logs.",
+    )
+    scrape_interval: str = Field("1s", description="Prometheus scrape interval (embedded stack).")
+    evaluation_interval: str = Field(
+        "1s", description="Prometheus rule evaluation interval (embedded stack)."
+    )
+
+
+class RobustloopConfig(_Section):
+    """Everything robustloop reads; ``robustloop init`` writes the defaults."""
+
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and splits.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The served model.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Model store.")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="Standard training."
+    )
+    remediation: RemediationConfig = Field(
+        default_factory=RemediationConfig, description="Adversarial training recipe."
+    )
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate policy.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Post-rollout guard.")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="Model server.")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Detection rules.")
+    webhook: WebhookConfig = Field(
+        default_factory=WebhookConfig, description="Alertmanager webhook receiver."
+    )
+    submitter: SubmitterConfig = Field(
+        default_factory=SubmitterConfig, description="Where remediations run."
+    )
+    stack: StackConfig = Field(
+        default_factory=StackConfig, description="Embedded local stack (`robustloop up`)."
+    )
+
+
+def load_config(path: Path | str | None = None) -> RobustloopConfig:
+    """Load and validate ``robustloop.yaml``.
+
+    With no path, reads ``./robustloop.yaml`` if it exists and otherwise returns the defaults.
+    Relative paths inside the file are kept relative to the working directory.
+
+    Raises:
+        ConfigError: the file named is missing, is not YAML, or fails validation; the message
+            names the file and every offending field.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return RobustloopConfig()
+        path = DEFAULT_CONFIG_PATH
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found; create one with `robustloop init --config {path}`"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return RobustloopConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path} is invalid: {problems}") from None
+
+
+def dump_config(config: RobustloopConfig) -> str:
+    """Render a config as YAML with field descriptions as comments above each key."""
+    lines = [
+        "# robustloop configuration. Every key is optional; these are the defaults.",
+        "# Reference: README.md, section 'Configuration'.",
+    ]
+    _dump_section(config, lines, indent=0)
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    return text.removesuffix("...").strip()
+
+
+def _dump_section(section: BaseModel, lines: list[str], indent: int) -> None:
+    pad = " " * indent
+    for name, field in type(section).model_fields.items():
+        key = field.alias or name
+        value = getattr(section, name)
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{key}:")
+            _dump_section(value, lines, indent + 2)
+        else:
+            lines.append(f"{pad}{key}: {_yaml_scalar(value)}")
+
+
+def iter_fields(section: BaseModel | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) of every leaf field: the README's config table."""
+    section = RobustloopConfig() if section is None else section
+    rows: list[tuple[str, str, str]] = []
+    for name, field in type(section).model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            rows.extend(iter_fields(value, key + "."))
+        else:
+            rows.append((key, _yaml_scalar(value), field.description or ""))
+    return rows

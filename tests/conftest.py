@@ -1,0 +1,74 @@
+"""Shared fixtures: free ports, the shared schemas, a small config with a private store."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from robustloop.config import RobustloopConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATASET_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+def schemas_dir() -> Path | None:
+    """The reference schemas in ../shared/schemas (or $ROBUSTLOOP_SCHEMAS_DIR), if present."""
+    env = os.environ.get("ROBUSTLOOP_SCHEMAS_DIR")
+    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "schemas"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def schemas() -> Path:
+    """The shared schemas folder; skips with a reason where absent, unless CI requires it."""
+    found = schemas_dir()
+    if found is None:
+        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
+            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but ../shared/schemas is absent")
+        pytest.skip("../shared/schemas is absent (set ROBUSTLOOP_SCHEMAS_DIR to point at it)")
+    return found
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> RobustloopConfig:
+    """Default config shrunk for tests: small splits, few epochs, a store under tmp_path."""
+    cfg = RobustloopConfig()
+    cfg.data.eval_size = 500
+    cfg.data.traffic_size = 500
+    cfg.data.train_limit = 2000
+    cfg.training.epochs = 1
+    cfg.remediation.epochs = 1
+    cfg.remediation.max_seconds = 60
+    cfg.gate.n = 200
+    cfg.store.path = tmp_path / "store"
+    cfg.webhook.db_path = tmp_path / "webhook.sqlite3"
+    cfg.stack.run_dir = tmp_path / "run"
+    return cfg
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads() -> Iterator[None]:
+    """Keep torch to the machine's two cores and deterministic where it can be."""
+    try:
+        import torch
+    except ImportError:  # the webhook's slim environment
+        yield
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield

@@ -1,0 +1,99 @@
+"""What the outside world knows about the remediation workflow: names, parameters, run state.
+
+This module is the only part of :mod:`workflows` that the webhook imports, so it must stay light:
+standard library only (no Hera, no torch). The Hera definition (``workflows/remediation.py``)
+builds its parameters from :data:`PARAMETERS`, and the local executor records each run in the
+shape of an Argo ``Workflow`` object, so one reader (:func:`summarise_workflow`) serves both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+TEMPLATE_NAME = "robustloop-remediate"
+"""Name of the WorkflowTemplate (and prefix of every workflow's name)."""
+
+PARAMETERS: dict[str, str] = {
+    "model": "fashion-cnn",
+    "base-version": "production",
+    "method": "fgsm-rs",
+    "eps": "0.1",
+    "steps": "7",
+    "epochs": "3",
+    "max-seconds": "120",
+    "incident-id": "manual",
+}
+"""Workflow parameters and their defaults (all strings, as Argo passes them).
+
+The defaults here are the ones of a default ``robustloop.yaml``; ``robustloop workflow render``
+writes the configured ones into the golden YAML.
+"""
+
+_DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def workflow_name_for(incident_id: str, model: str) -> str:
+    """Deterministic workflow name for an incident: a repeat submission is a 409, not a rerun.
+
+    Kubernetes names are at most 63 characters of ``[a-z0-9-]``; the hash keeps distinct
+    incidents distinct after truncation.
+    """
+    digest = hashlib.sha256(f"{model}\0{incident_id}".encode()).hexdigest()[:12]
+    stem = _DNS_UNSAFE.sub("-", model.lower()).strip("-")[:30] or "model"
+    return f"rl-{stem}-{digest}"
+
+
+# Argo's workflow phases.
+PHASE_PENDING = "Pending"
+PHASE_RUNNING = "Running"
+PHASE_SUCCEEDED = "Succeeded"
+PHASE_FAILED = "Failed"
+PHASE_ERROR = "Error"
+FINISHED_PHASES = frozenset({PHASE_SUCCEEDED, PHASE_FAILED, PHASE_ERROR})
+
+GATE_TASK = "gate"
+"""DAG task whose output parameter ``passed`` ("true"/"false") is the gate's decision."""
+PROMOTE_TASK = "promote"
+"""DAG task whose output parameter ``version`` is the promoted version."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the receiver needs to know about a workflow run."""
+
+    name: str
+    phase: str
+    gate_passed: bool | None
+    promoted_version: str | None
+    message: str
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED_PHASES
+
+
+def _node_output(nodes: dict[str, Any], task: str, parameter: str) -> str | None:
+    for node in nodes.values():
+        if node.get("displayName") != task:
+            continue
+        for param in (node.get("outputs") or {}).get("parameters") or []:
+            if param.get("name") == parameter and "value" in param:
+                return str(param["value"])
+    return None
+
+
+def summarise_workflow(workflow: dict[str, Any]) -> RunSummary:
+    """Summarise an Argo ``Workflow`` object (from the Argo Server or a local run record)."""
+    status = workflow.get("status") or {}
+    nodes = status.get("nodes") or {}
+    passed = _node_output(nodes, GATE_TASK, "passed")
+    return RunSummary(
+        name=str((workflow.get("metadata") or {}).get("name", "")),
+        phase=str(status.get("phase") or PHASE_PENDING),
+        gate_passed=None if passed is None else passed.strip().lower() == "true",
+        promoted_version=_node_output(nodes, PROMOTE_TASK, "version"),
+        message=str(status.get("message") or ""),
+    )
