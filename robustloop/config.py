@@ -141,6 +141,10 @@ class RolloutConfig(_Section):
     max_consecutive_rollbacks: int = Field(
         2, ge=0, description="Stop automatic rollbacks after this many in a row, and say so."
     )
+    prometheus_url: str = Field(
+        "http://127.0.0.1:9090",
+        description="Prometheus the post-rollout guard queries for canary accuracy.",
+    )
 
 
 class ServingConfig(_Section):
@@ -283,6 +287,10 @@ class SubmitterConfig(_Section):
         "local", description="local: the local executor; argo: the Argo Server."
     )
     argo: ArgoConfig = Field(default_factory=ArgoConfig, description="Argo Server settings.")
+    runs_dir: Path = Field(
+        Path(".robustloop/runs"),
+        description="Where the local executor records runs (Argo-shaped Workflow JSON).",
+    )
 
 
 class StackConfig(_Section):
