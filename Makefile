@@ -13,7 +13,7 @@ NEEDED := /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager
           /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format setup system venv generate check-generated bench clean
+.PHONY: help demo test lint format setup system venv generate docs bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ $(STAMP): pyproject.toml
 generate: setup ## regenerate every generated file (rules, Alertmanager config, workflow YAML, chart copies)
 	$(BIN)/robustloop rules render
 	$(BIN)/robustloop workflow render
+
+docs: setup ## regenerate the README's config table from robustloop/config.py
+	$(BIN)/python -m robustloop.docs
 
 bench: setup ## run the benchmarks under bench/ (prints figures; slow)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
