@@ -145,6 +145,14 @@ class RolloutConfig(_Section):
         "http://127.0.0.1:9090",
         description="Prometheus the post-rollout guard queries for canary accuracy.",
     )
+    poll_seconds: float = Field(
+        10.0, gt=0, description="How often the post-rollout guard looks at canary accuracy."
+    )
+    min_canary_samples: int = Field(
+        50,
+        ge=1,
+        description="Canary feedback needed per version before the guard judges (else it keeps).",
+    )
 
 
 class ServingConfig(_Section):
