@@ -10,11 +10,12 @@ This module imports pydantic and yaml only (the webhook image loads it and has n
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path("robustloop.yaml")
 
@@ -190,8 +191,12 @@ class SignalAlert(_Section):
     baseline: float | None = Field(
         None, description="Clean baseline of the signal (written by `robustloop calibrate`)."
     )
-    window: str = Field("30s", description="PromQL range of the comparison window.")
-    for_: str = Field("10s", alias="for", description="How long the condition must hold.")
+    window: str = Field(
+        "30s", description="PromQL range of the comparison window (a Prometheus duration)."
+    )
+    for_: str = Field(
+        "10s", alias="for", description="How long the condition must hold (a Prometheus duration)."
+    )
     severity: Literal["critical", "warning", "info"] = Field(
         "critical", description="The alert's severity label."
     )
@@ -200,8 +205,34 @@ class SignalAlert(_Section):
         ge=0,
         description="Minimum samples per second in the window below which the signal says nothing.",
     )
+    remediate: bool = Field(
+        True,
+        description='Label the alert remediation="adversarial-training", so that the receiver '
+        'may start a remediation; false = remediation="none", notify only.',
+    )
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> SignalAlert:
+        for name, value in (("window", self.window), ("for", self.for_)):
+            if not _PROM_DURATION.fullmatch(value) or (name == "window" and _all_zero(value)):
+                raise ValueError(
+                    f"{name} {value!r} is not a Prometheus duration such as 30s, 1m or 1m30s"
+                    + (" (and must not be zero)" if name == "window" else "")
+                )
+        if self.mode == "relative" and self.baseline is None:
+            raise ValueError(
+                "mode relative needs a baseline: run `robustloop calibrate` or set baseline"
+            )
+        return self
+
+
+_PROM_DURATION = re.compile(r"(?=\d)(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
+
+
+def _all_zero(duration: str) -> bool:
+    return not any(c in "123456789" for c in duration)
 
 
 def _canary() -> SignalAlert:
@@ -209,7 +240,7 @@ def _canary() -> SignalAlert:
 
 
 def _entropy() -> SignalAlert:
-    return SignalAlert(threshold=0.35, window="30s", **{"for": "10s"})
+    return SignalAlert(threshold=0.35, window="30s", remediate=False, **{"for": "10s"})
 
 
 def _squeeze() -> SignalAlert:
@@ -233,7 +264,24 @@ class AlertsConfig(_Section):
         0.1, gt=0, description="Target false-alarm rate used by `robustloop calibrate`."
     )
     expected_rate: float = Field(
-        10.0, gt=0, description="Expected requests per second, used by `robustloop calibrate`."
+        10.0,
+        gt=0,
+        description="Expected classified images per second on clean traffic, used by "
+        "`robustloop calibrate`.",
+    )
+    calibrated_version: str | None = Field(
+        None,
+        description="Model version the label-free thresholds were calibrated for (written by "
+        "`robustloop calibrate`); their alerts judge only this version. null = every version.",
+    )
+    group_wait: str = Field(
+        "1s", description="Alertmanager: wait before the first notification of a new group."
+    )
+    group_interval: str = Field(
+        "1m", description="Alertmanager: wait before notifying about changes of a group."
+    )
+    repeat_interval: str = Field(
+        "1h", description="Alertmanager: re-send a still-firing group after this long."
     )
     runbook_base_url: str = Field(
         "https://github.com/robustloop/robustloop/blob/main/alert_rules/RUNBOOK.md",
@@ -247,6 +295,14 @@ class AlertsConfig(_Section):
         "webhook-token",
         description="File Alertmanager reads the receiver's bearer token from.",
     )
+
+    @model_validator(mode="after")
+    def _check_durations(self) -> AlertsConfig:
+        for name in ("group_wait", "group_interval", "repeat_interval"):
+            value = getattr(self, name)
+            if not _PROM_DURATION.fullmatch(value):
+                raise ValueError(f"{name} {value!r} is not a duration such as 1s, 5m or 1h")
+        return self
 
 
 class WebhookConfig(_Section):
