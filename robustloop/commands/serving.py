@@ -1,14 +1,155 @@
-"""Sub-commands of this area (filled in by its issue)."""
+"""``robustloop serve`` (the model server) and ``robustloop traffic`` (the traffic generator)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
 from typing import Any
+
+log = logging.getLogger("robustloop.serve")
 
 
 def register(sub: Any) -> None:
-    """Add this area's sub-commands to the robustloop parser."""
-    del sub
+    """Add ``serve`` and ``traffic`` to the robustloop parser."""
+    p = sub.add_parser(
+        "serve",
+        help="serve the store's production model (OIP v2 REST, /metrics, hot reload)",
+        description="Serve the store's production model over the Open Inference Protocol v2 "
+        "REST API with Prometheus metrics at /metrics; new production versions are loaded "
+        "and swapped in without downtime. Prints 'serving <model> <version> on <url>' once "
+        "ready. For production use gunicorn: see docs/serving.md.",
+    )
+    p.add_argument("--host", default=None, help="bind address (default: serving.host)")
+    p.add_argument(
+        "--port", type=int, default=None, help="port; 0 picks a free one (default: serving.port)"
+    )
+    p.set_defaults(handler=_serve)
+
+    t = sub.add_parser(
+        "traffic",
+        help="send clean, attacked (FGSM/PGD, adaptive) or noisy traffic to the server",
+        description="Stream images of the traffic split to the model server at a steady "
+        "rate, attacked or not, feeding back ground truth for a fraction of requests; writes "
+        "one JSON line per second (t, mode, version, sent, accuracy, errors, ...).",
+    )
+    t.add_argument("--url", default=None, help="server base URL (default: from serving.*)")
+    t.add_argument("--rate", type=float, default=10.0, help="requests per second (default 10)")
+    t.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    t.add_argument(
+        "--mode", choices=("clean", "fgsm", "pgd", "noise"), default="clean", help="traffic kind"
+    )
+    t.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="L-inf radius for fgsm/pgd (default 0.1); noise standard deviation for noise "
+        "(default 0.2)",
+    )
+    t.add_argument(
+        "--feedback-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of requests whose true labels are fed back (default 0.2)",
+    )
+    t.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
+    t.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    t.add_argument("--seed", type=int, default=0, help="seed of image order and noise")
+    t.add_argument("--log", type=Path, default=None, help="append JSON lines here (default stdout)")
+    t.set_defaults(handler=_traffic)
 
 
-__all__ = ["argparse", "register"]
+def _serve(args: argparse.Namespace) -> int:
+    from robustloop.cli import CommandError
+    from serving import RunningServer, create_app, get_state
+
+    cfg = args.cfg
+    host = args.host if args.host is not None else cfg.serving.host
+    port = args.port if args.port is not None else cfg.serving.port
+    if not args.verbose:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = create_app(cfg)
+    state = get_state(app)
+    try:
+        server = RunningServer(app, host, port)
+    except OSError as exc:
+        state.close()
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    try:
+        if state.watcher.current is None:
+            log.info(
+                "listening on %s, waiting for a production model in %s "
+                "(train one: `robustloop train`)",
+                server.url,
+                cfg.store.path,
+            )
+        while state.watcher.current is None and not stopping.wait(0.2):
+            pass
+        served = state.watcher.current
+        if served is not None:
+            line = f"serving {cfg.model.name} {served.version} on {server.url}"
+            print(line, flush=True)
+            log.info(line)
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        state.close()
+    return 0
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    from robustloop.cli import CommandError
+    from serving.traffic import TrafficError, TrafficOptions, open_log, run_traffic
+
+    cfg = args.cfg
+    url = args.url or f"http://{cfg.serving.host}:{cfg.serving.port}"
+    try:
+        options = TrafficOptions(
+            url=url,
+            rate=args.rate,
+            duration=args.duration,
+            mode=args.mode,
+            eps=args.eps,
+            feedback_fraction=args.feedback_fraction,
+            batch=args.batch,
+            pgd_steps=args.steps,
+            seed=args.seed,
+        )
+    except TrafficError as exc:
+        raise CommandError(str(exc)) from None
+    out = open_log(args.log)
+    started = time.monotonic()
+    try:
+        summary = run_traffic(cfg, options, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    accuracy = "n/a" if summary.accuracy is None else f"{summary.accuracy:.3f}"
+    log.info(
+        "traffic done in %.1fs: %d requests, %d images, accuracy %s, %d errors, versions %s",
+        time.monotonic() - started,
+        summary.sent,
+        summary.images,
+        accuracy,
+        summary.errors,
+        ",".join(summary.versions) or "none",
+    )
+    return 0
+
+
+__all__ = ["register"]

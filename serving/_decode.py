@@ -1,0 +1,167 @@
+"""Decode and validate Open Inference Protocol v2 request bodies into image tensors.
+
+Every check raises :class:`~serving.errors.BadRequest` with a message that names the field and
+says what was expected, so that a client can fix its request without reading our code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving.errors import BadRequest
+
+IMAGE_SHAPE = (1, 28, 28)
+PIXELS = 28 * 28
+DATATYPES = ("FP32", "UINT8")
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body as JSON; non-UTF-8 or malformed text is a :class:`BadRequest`."""
+    if not body:
+        raise BadRequest("empty request body; send a JSON object")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8 text; send JSON") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def decode_infer_request(payload: Any, max_batch: int) -> tuple[torch.Tensor, str | None]:
+    """Images of an OIP v2 infer request, as float32 [N, 1, 28, 28] in [0, 1], and its id.
+
+    Accepts one input tensor of datatype FP32 (values in [0, 1]) or UINT8 (integers in
+    [0, 255]) and shape [N, 1, 28, 28] or [N, 784], with ``data`` flat (row-major) or nested
+    to match the shape, and 1 <= N <= ``max_batch``.
+
+    Raises:
+        BadRequest: anything else, with a message saying what was wrong.
+    """
+    if not isinstance(payload, dict):
+        raise BadRequest(f"request must be a JSON object, got {_json_type(payload)}")
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"'id' must be a string, got {_json_type(request_id)}")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise BadRequest("'inputs' must be a list holding exactly one tensor")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise BadRequest(f"inputs[0] must be an object, got {_json_type(tensor)}")
+    for key in ("shape", "datatype", "data"):
+        if key not in tensor:
+            raise BadRequest(
+                f"inputs[0] has no '{key}'; an input needs name, shape, datatype and data"
+            )
+    datatype = tensor["datatype"]
+    if datatype not in DATATYPES:
+        raise BadRequest(
+            f"inputs[0].datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}"
+        )
+    shape = _check_shape(tensor["shape"], max_batch)
+    array = _to_array(tensor["data"], datatype)
+    expected = math.prod(shape)
+    if array.size != expected:
+        raise BadRequest(
+            f"inputs[0].data holds {array.size} values but shape {shape} needs {expected}"
+        )
+    if datatype == "FP32":
+        if not np.isfinite(array).all():
+            raise BadRequest(
+                "inputs[0].data contains NaN or infinity; FP32 pixels must be in [0, 1]"
+            )
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise BadRequest(
+                f"FP32 pixel values must be in [0, 1], got values in [{low:g}, {high:g}]; "
+                "scale 0-255 images by 1/255 or send them as UINT8"
+            )
+        images = torch.from_numpy(array.astype(np.float32, copy=False))
+    else:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise BadRequest(
+                f"UINT8 pixel values must be in [0, 255], got values in [{low}, {high}]"
+            )
+        images = torch.from_numpy(array.astype(np.float32)) / 255.0
+    return images.reshape(shape[0], *IMAGE_SHAPE), request_id
+
+
+def _check_shape(shape: Any, max_batch: int) -> list[int]:
+    valid = (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        and (
+            (len(shape) == 4 and tuple(shape[1:]) == IMAGE_SHAPE)
+            or (len(shape) == 2 and shape[1] == PIXELS)
+        )
+    )
+    if not valid:
+        raise BadRequest(
+            f"inputs[0].shape must be [N, 1, 28, 28] or [N, 784], got {json.dumps(shape)}"
+        )
+    n = shape[0]
+    if n < 1:
+        raise BadRequest(f"batch size N must be at least 1, got {n}")
+    if n > max_batch:
+        raise BadRequest(f"batch size {n} is over this server's limit of {max_batch}; split it")
+    return list(shape)
+
+
+def _to_array(data: Any, datatype: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadRequest(f"inputs[0].data must be a list of numbers, got {_json_type(data)}")
+    try:
+        array = np.asarray(data)
+    except (ValueError, OverflowError, RecursionError):
+        raise BadRequest(
+            "inputs[0].data is ragged or not numeric; send a flat list of numbers"
+        ) from None
+    if array.dtype.kind not in "iuf" or array.size == 0:
+        raise BadRequest("inputs[0].data must be a non-empty list of numbers only")
+    if datatype == "UINT8" and array.dtype.kind == "f":
+        raise BadRequest("UINT8 data must be integers in [0, 255]; send floats as FP32")
+    return array.reshape(-1)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    return "a number"
+
+
+def decode_feedback(payload: Any, max_entries: int) -> tuple[list[str], list[int]]:
+    """The ``ids`` and integer ``labels`` of a feedback request, checked for shape and type.
+
+    Raises:
+        BadRequest: not an object, lists missing or of different lengths, a non-string id, a
+            label that is not an integer in [0, 9], or more entries than the server keeps.
+    """
+    if not isinstance(payload, dict):
+        raise BadRequest(f"feedback must be a JSON object, got {_json_type(payload)}")
+    ids, labels = payload.get("ids"), payload.get("labels")
+    if not isinstance(ids, list) or not isinstance(labels, list):
+        raise BadRequest("feedback needs 'ids' and 'labels', two lists of the same length")
+    if len(ids) != len(labels):
+        raise BadRequest(f"'ids' has {len(ids)} entries but 'labels' has {len(labels)}")
+    if len(ids) > max_entries:
+        raise BadRequest(f"at most {max_entries} feedback entries per request, got {len(ids)}")
+    for i in ids:
+        if not isinstance(i, str):
+            raise BadRequest(f"every id must be a string from an infer response, got {i!r}")
+    for label in labels:
+        if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= 9):
+            raise BadRequest(f"every label must be an integer class in [0, 9], got {label!r}")
+    return ids, labels
+
+
+__all__ = ["decode_feedback", "decode_infer_request", "parse_json"]

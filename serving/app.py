@@ -1,0 +1,316 @@
+"""The model server: a Flask app speaking the Open Inference Protocol v2 REST API.
+
+Endpoints (as KServe and Triton speak them, plus feedback and metrics):
+
+- ``GET /v2/health/live``, ``GET /v2/health/ready`` (ready once a model version has loaded),
+  ``GET /v2`` (server metadata), ``GET /v2/models/{name}`` (model metadata; ``versions[0]`` is the
+  version served now), ``GET /v2/models/{name}/ready``;
+- ``POST /v2/models/{name}/infer``: one FP32 or UINT8 tensor of shape [N, 1, 28, 28] or [N, 784];
+  the response holds ``probabilities`` [N, 10], ``predicted_class`` [N] and ``sample_ids`` [N]
+  (one id per image, to send ground truth for later);
+- ``POST /v2/models/{name}/feedback`` with ``{"ids": [...], "labels": [...]}``;
+- ``GET /metrics``: Prometheus text format (see :mod:`serving.metrics`).
+
+Errors are raised as :mod:`serving.errors` exceptions and turned into ``{"error": message}``
+bodies with their status in one place, :func:`_register_error_handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from robustloop import __version__
+from robustloop.config import RobustloopConfig
+from serving._decode import decode_feedback, decode_infer_request, parse_json
+from serving.errors import BadRequest, ModelNotFound, NotReady, PayloadTooLarge, ServingError
+from serving.feedback import FeedbackMap
+from serving.metrics import ServingMetrics
+from serving.reload import ModelWatcher, ServedModel, Store
+from serving.signals import max_probability, normalised_entropy, squeeze_score
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "robustloop_serving"
+NUM_CLASSES = 10
+
+bp = Blueprint("oip_v2", __name__)
+
+
+@dataclass
+class ServingState:
+    """Everything one app instance holds: config, model watcher, feedback map, metrics."""
+
+    config: RobustloopConfig
+    watcher: ModelWatcher
+    feedback: FeedbackMap
+    metrics: ServingMetrics
+    registry: CollectorRegistry
+    instrument: bool
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model.name
+
+    def close(self) -> None:
+        """Stop the hot-reload thread (the app keeps answering with the model it has)."""
+        self.watcher.stop()
+
+
+def get_state(app: Flask) -> ServingState:
+    """The :class:`ServingState` of an app made by :func:`create_app`."""
+    state: ServingState = app.extensions[EXTENSION_KEY]
+    return state
+
+
+def _state() -> ServingState:
+    return get_state(current_app)
+
+
+def create_app(
+    config: RobustloopConfig,
+    *,
+    store: Store | None = None,
+    registry: CollectorRegistry | None = None,
+    instrument: bool = True,
+    watch: bool = True,
+) -> Flask:
+    """Build the model server for ``config``.
+
+    Loads the store's production version now if there is one (the app is ready at once), and
+    starts a thread that hot-reloads new production versions; stop it with
+    ``get_state(app).close()``.
+
+    Args:
+        config: the robustloop config (sections ``model``, ``store`` and ``serving``).
+        store: the model store; default ``training.ModelStore(config.store.path)``.
+        registry: where metrics are registered; default a fresh ``CollectorRegistry``.
+        instrument: False serves without signals and metrics (for the overhead benchmark).
+        watch: False loads once and starts no reload thread.
+    """
+    if store is None:
+        from training import ModelStore
+
+        store = ModelStore(config.store.path)
+    registry = CollectorRegistry() if registry is None else registry
+    metrics = ServingMetrics(registry)
+    name = config.model.name
+    metrics.reload_failures.labels(name)
+
+    def on_swap(served: ServedModel) -> None:
+        metrics.set_served(name, served.version, served.sha256)
+
+    def on_failure(version: str) -> None:
+        metrics.reload_failures.labels(name).inc()
+
+    watcher = ModelWatcher(
+        store,
+        config.serving.reload_interval_seconds,
+        on_swap=on_swap,
+        on_failure=on_failure,
+    )
+    watcher.check()
+    state = ServingState(
+        config=config,
+        watcher=watcher,
+        feedback=FeedbackMap(
+            config.serving.feedback_ttl_seconds, config.serving.feedback_max_entries
+        ),
+        metrics=metrics,
+        registry=registry,
+        instrument=instrument,
+    )
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.serving.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION_KEY] = state
+    app.register_blueprint(bp)
+    _register_error_handlers(app)
+    if watch:
+        watcher.start()
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    def serving_error(exc: ServingError) -> tuple[Response, int]:
+        return jsonify(error=exc.message), exc.status
+
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        if isinstance(exc, RequestEntityTooLarge):
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            return jsonify(error=f"request body is over the limit of {limit} bytes"), 413
+        return jsonify(error=f"{exc.name}: {exc.description}"), status
+
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return jsonify(error=f"internal error ({type(exc).__name__}); see the server log"), 500
+
+    app.register_error_handler(ServingError, serving_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected)
+
+
+def _check_name(name: str) -> ServingState:
+    state = _state()
+    if name != state.model_name:
+        raise ModelNotFound(f"no model named {name!r}; this server serves {state.model_name!r}")
+    return state
+
+
+def _read_body(state: ServingState) -> bytes:
+    try:
+        return request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body is over the limit of {state.config.serving.max_body_bytes} bytes; "
+            "send smaller batches"
+        ) from None
+
+
+@bp.get("/v2/health/live")
+def live() -> Response:
+    return jsonify(live=True)
+
+
+@bp.get("/v2/health/ready")
+def ready() -> tuple[Response, int]:
+    is_ready = _state().watcher.current is not None
+    return jsonify(ready=is_ready), 200 if is_ready else 503
+
+
+@bp.get("/v2")
+def server_metadata() -> Response:
+    return jsonify(name="robustloop", version=__version__, extensions=["feedback"])
+
+
+@bp.get("/v2/models/<name>")
+def model_metadata(name: str) -> Response:
+    state = _check_name(name)
+    served = state.watcher.current
+    if served is None:
+        raise NotReady(f"model {name!r} has no version loaded yet; promote one in the store")
+    return jsonify(
+        name=name,
+        versions=[served.version],
+        platform="pytorch",
+        inputs=[{"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        outputs=[
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, NUM_CLASSES]},
+            {"name": "predicted_class", "datatype": "INT64", "shape": [-1]},
+            {"name": "sample_ids", "datatype": "BYTES", "shape": [-1]},
+        ],
+        parameters={"sha256": served.sha256, "architecture": served.architecture},
+    )
+
+
+@bp.get("/v2/models/<name>/ready")
+def model_ready(name: str) -> tuple[Response, int]:
+    is_ready = _check_name(name).watcher.current is not None
+    return jsonify(name=name, ready=is_ready), 200 if is_ready else 503
+
+
+@bp.post("/v2/models/<name>/infer")
+def infer(name: str) -> Response:
+    started = time.perf_counter()
+    state = _check_name(name)
+    served = state.watcher.current  # read once: this request uses one version throughout
+    version = served.version if served is not None else "none"
+    code = 500
+    try:
+        if served is None:
+            raise NotReady(f"model {name!r} has no version loaded yet; promote one in the store")
+        payload = parse_json(_read_body(state))
+        images, request_id = decode_infer_request(payload, state.config.serving.max_batch)
+        body = _classify(state, served, images, request_id)
+        code = 200
+    except ServingError as exc:
+        code = exc.status
+        raise
+    finally:
+        if state.instrument:
+            state.metrics.requests.labels(name, version, str(code)).inc()
+    if state.instrument:
+        state.metrics.duration.labels(name, version).observe(time.perf_counter() - started)
+    return jsonify(body)
+
+
+def _classify(
+    state: ServingState, served: ServedModel, images: torch.Tensor, request_id: str | None
+) -> dict[str, Any]:
+    with torch.inference_mode():
+        probs = torch.softmax(served.model(images), dim=1)
+    predicted = probs.argmax(dim=1).tolist()
+    n = len(predicted)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    state.feedback.add(ids, predicted, served.version)
+    if state.instrument:
+        _observe_signals(state, served, images, probs)
+    return {
+        "model_name": state.model_name,
+        "model_version": served.version,
+        "id": request_id if request_id is not None else uuid.uuid4().hex,
+        "outputs": [
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": [n, probs.shape[1]],
+                "data": probs.reshape(-1).tolist(),
+            },
+            {"name": "predicted_class", "datatype": "INT64", "shape": [n], "data": predicted},
+            {"name": "sample_ids", "datatype": "BYTES", "shape": [n], "data": ids},
+        ],
+    }
+
+
+def _observe_signals(
+    state: ServingState, served: ServedModel, images: torch.Tensor, probs: torch.Tensor
+) -> None:
+    name, version = state.model_name, served.version
+    metrics = state.metrics
+    metrics.samples.labels(name, version).inc(images.shape[0])
+    entropy = metrics.entropy.labels(name, version)
+    for value in normalised_entropy(probs).tolist():
+        entropy.observe(value)
+    top = metrics.max_probability.labels(name, version)
+    for value in max_probability(probs).tolist():
+        top.observe(value)
+    if state.rng.random() < state.config.serving.squeeze_fraction:
+        squeeze = metrics.squeeze.labels(name, version)
+        for value in squeeze_score(served.model, images, probs=probs).tolist():
+            squeeze.observe(value)
+
+
+@bp.post("/v2/models/<name>/feedback")
+def feedback(name: str) -> Response:
+    state = _check_name(name)
+    payload = parse_json(_read_body(state))
+    ids, labels = decode_feedback(payload, state.config.serving.feedback_max_entries)
+    counts = {"correct": 0, "wrong": 0, "unknown": 0}
+    for sample_id, label in zip(ids, labels, strict=True):
+        pending = state.feedback.take(sample_id)
+        if pending is None:
+            counts["unknown"] += 1
+            continue
+        outcome = "correct" if pending.predicted == label else "wrong"
+        counts[outcome] += 1
+        state.metrics.feedback.labels(name, pending.version, outcome).inc()
+    return jsonify(counts)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(_state().registry), content_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["BadRequest", "ServingState", "create_app", "get_state"]

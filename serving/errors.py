@@ -1,0 +1,45 @@
+"""Every error the model server answers with, each with its HTTP status.
+
+The app maps them to Open Inference Protocol error bodies (``{"error": "<message>"}``) in one
+place (:func:`serving.app.create_app`). A client's garbage is always a 4xx that says what was
+wrong; a 5xx means the server itself could not answer.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of the server's errors; ``status`` is the HTTP status it is answered with."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServingError):
+    """The request is malformed or its tensor is invalid (shape, dtype, NaN, range, batch)."""
+
+    status = 400
+
+
+class ModelNotFound(ServingError):
+    """The URL names a model this server does not serve."""
+
+    status = 404
+
+
+class PayloadTooLarge(ServingError):
+    """The body is larger than ``serving.max_body_bytes``."""
+
+    status = 413
+
+
+class NotReady(ServingError):
+    """No model is loaded yet (the store has no production version, or it failed to load)."""
+
+    status = 503
+
+
+__all__ = ["BadRequest", "ModelNotFound", "NotReady", "PayloadTooLarge", "ServingError"]

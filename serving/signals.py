@@ -1,0 +1,197 @@
+"""Per-image robustness signals the server exports, and the histogram buckets they fill.
+
+Two label-free signals read only the model's softmax output; the third, feature squeezing, asks
+the model again about simplified copies of the input:
+
+- :func:`normalised_entropy`: softmax entropy divided by ``ln K``, so that it lies in [0, 1]
+  whatever the number of classes. Adversarial inputs tend to sit near a decision boundary, where
+  the output is less certain.
+- :func:`max_probability`: the top softmax probability (the classic baseline of Hendrycks and
+  Gimpel 2017, "A Baseline for Detecting Misclassified and Out-of-Distribution Examples").
+- :func:`squeeze_score`: feature squeezing (Xu, Evans and Qi 2018, "Feature Squeezing: Detecting
+  Adversarial Examples in Deep Neural Networks", NDSS): the L1 distance between the softmax of an
+  input and of squeezed copies of it (bit-depth reduction, 2x2 median filter), the maximum over
+  squeezers. A natural image keeps its prediction when squeezed; an adversarial perturbation,
+  tuned to the exact pixel values, often does not.
+
+None of them proves anything about one request (see DESIGN.md, "Signals"): the server exports
+their distributions as Prometheus histograms and the alert rules compare windows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Buckets of ``robustloop_prediction_entropy`` (normalised entropy, in [0, 1]).
+ENTROPY_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+)
+
+#: Buckets of ``robustloop_max_probability`` (top softmax probability, in [1/K, 1]).
+MAX_PROBABILITY_BUCKETS: tuple[float, ...] = (
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.99,
+    0.999,
+    1.0,
+)
+
+#: Buckets of ``robustloop_squeeze_score`` (L1 distance of two distributions, in [0, 2]).
+SQUEEZE_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+)
+
+#: Buckets of ``robustloop_request_duration_seconds``.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+#: Bit depth of the bit-depth squeezer. Xu et al. use 1 bit for MNIST, whose digits are nearly
+#: binary; Fashion-MNIST's textures are not, and 1 bit changes clean predictions too (see
+#: bench/detection.py for the measurement that chose this value).
+DEFAULT_SQUEEZE_BITS = 4
+
+
+def _check_probs(probs: Tensor) -> None:
+    if probs.dim() != 2 or probs.shape[1] < 2:
+        raise ValueError(
+            f"expected probabilities of shape [N, K] with K >= 2, got {tuple(probs.shape)}"
+        )
+
+
+def normalised_entropy(probs: Tensor) -> Tensor:
+    """Shannon entropy of each row of ``probs`` divided by ``ln K``: 0 = certain, 1 = uniform.
+
+    Args:
+        probs: softmax outputs, shape [N, K], rows summing to 1.
+
+    Returns:
+        Tensor of shape [N] with values in [0, 1].
+    """
+    _check_probs(probs)
+    k = probs.shape[1]
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1)
+    return (entropy / math.log(k)).clamp(0.0, 1.0)
+
+
+def max_probability(probs: Tensor) -> Tensor:
+    """Top softmax probability of each row of ``probs`` (shape [N, K]); shape [N], in [1/K, 1]."""
+    _check_probs(probs)
+    return probs.max(dim=1).values
+
+
+def reduce_bit_depth(images: Tensor, bits: int = DEFAULT_SQUEEZE_BITS) -> Tensor:
+    """Quantise pixel values in [0, 1] to ``2**bits`` levels (Xu et al. 2018, section 3.1)."""
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be between 1 and 16, got {bits}")
+    levels = 2**bits - 1
+    return torch.round(images * levels) / levels
+
+
+def median_filter_2x2(images: Tensor) -> Tensor:
+    """2x2 median smoothing of [N, C, H, W] images (Xu et al. 2018, section 3.2).
+
+    An even window has two middle values; like ``scipy.ndimage.median_filter(size=2)``, which the
+    paper used, this takes the upper one, with the window at offsets (-1, 0) and the border
+    repeated.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(images.shape)}")
+    padded = F.pad(images, (1, 0, 1, 0), mode="replicate")
+    windows = padded.unfold(2, 2, 1).unfold(3, 2, 1)  # [N, C, H, W, 2, 2]
+    flat = windows.reshape(*windows.shape[:4], 4)
+    return flat.sort(dim=-1).values[..., 2]
+
+
+def squeeze_score(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    bits: int = DEFAULT_SQUEEZE_BITS,
+    probs: Tensor | None = None,
+) -> Tensor:
+    """Feature-squeezing score of each image: max over squeezers of ``||p(x) - p(squeeze(x))||_1``.
+
+    Xu, Evans and Qi 2018 (NDSS), "Feature Squeezing: Detecting Adversarial Examples in Deep
+    Neural Networks": the squeezers are bit-depth reduction and a 2x2 median filter. Both
+    squeezed copies go through the model in one batch.
+
+    Args:
+        model: the classifier, returning logits; used in inference mode and not modified.
+        images: shape [N, 1, 28, 28] (any [N, C, H, W]), values in [0, 1].
+        bits: bit depth of the bit-depth squeezer.
+        probs: the softmax of ``images`` if already computed (saves one forward pass).
+
+    Returns:
+        Tensor of shape [N] with values in [0, 2].
+    """
+    squeezed = torch.cat([reduce_bit_depth(images, bits), median_filter_2x2(images)])
+    with torch.inference_mode():
+        if probs is None:
+            probs = torch.softmax(model(images), dim=1)
+        squeezed_probs = torch.softmax(model(squeezed), dim=1)
+    n = images.shape[0]
+    distances = (squeezed_probs.reshape(2, n, -1) - probs.unsqueeze(0)).abs().sum(dim=2)
+    return distances.max(dim=0).values
+
+
+__all__ = [
+    "DEFAULT_SQUEEZE_BITS",
+    "ENTROPY_BUCKETS",
+    "LATENCY_BUCKETS",
+    "MAX_PROBABILITY_BUCKETS",
+    "SQUEEZE_BUCKETS",
+    "max_probability",
+    "median_filter_2x2",
+    "normalised_entropy",
+    "reduce_bit_depth",
+    "squeeze_score",
+]

@@ -1,0 +1,377 @@
+"""Traffic generator: clean, attacked or noisy Fashion-MNIST requests to the model server.
+
+``robustloop traffic`` streams images of the *traffic* split (never seen in training or by the
+gate) at a steady rate, and for a fraction of its requests sends the true labels back through the
+feedback endpoint, as a canary client would. Modes:
+
+- ``clean``: the images as they are;
+- ``fgsm`` / ``pgd``: a white-box, adaptive attacker (the threat model of DESIGN.md). It reads
+  the version the server says it serves (metadata endpoint, and each response's
+  ``model_version``), loads those very weights from the model store, and crafts every request
+  against that model; after a rollout it attacks the new version, not the old one;
+- ``noise``: natural drift, Gaussian noise with standard deviation ``eps`` (default
+  :data:`DEFAULT_NOISE_SIGMA`, about as harmful to an undefended CNN as a weak attack; see
+  docs/serving.md), used to check that alerts do not fire on mere corruption.
+
+Every second it writes one JSON line: ``{"t", "mode", "version", "sent", "images", "correct",
+"accuracy", "correct_fraction", "errors", "feedback"}`` (``accuracy`` and ``correct_fraction``
+are the same number, the share of this second's images the server classified correctly; null
+when none were answered).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import requests
+import torch
+from torch import nn
+
+from robustloop.config import RobustloopConfig
+from serving.reload import Store
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["clean", "fgsm", "pgd", "noise"]
+MODES: tuple[str, ...] = ("clean", "fgsm", "pgd", "noise")
+DEFAULT_EPS = 0.1
+DEFAULT_NOISE_SIGMA = 0.2
+DEFAULT_PGD_STEPS = 10
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+
+class TrafficError(Exception):
+    """The generator cannot run as asked (bad options, no server); the message says why."""
+
+
+@dataclass(frozen=True)
+class TrafficOptions:
+    """What ``robustloop traffic`` was asked to do."""
+
+    url: str
+    rate: float = 10.0
+    duration: float = 10.0
+    mode: Mode = "clean"
+    eps: float | None = None
+    feedback_fraction: float = 0.2
+    batch: int = 1
+    pgd_steps: int = DEFAULT_PGD_STEPS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise TrafficError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.rate <= 0 or self.duration <= 0 or self.batch < 1:
+            raise TrafficError("rate and duration must be > 0 and batch >= 1")
+        if not 0.0 <= self.feedback_fraction <= 1.0:
+            raise TrafficError(f"feedback fraction must be in [0, 1], got {self.feedback_fraction}")
+        if self.eps is not None and not 0.0 < self.eps <= 1.0:
+            raise TrafficError(f"eps must be in (0, 1], got {self.eps}")
+
+    @property
+    def strength(self) -> float:
+        """Attack radius (fgsm, pgd) or noise standard deviation (noise)."""
+        if self.eps is not None:
+            return self.eps
+        return DEFAULT_NOISE_SIGMA if self.mode == "noise" else DEFAULT_EPS
+
+
+@dataclass
+class TrafficSummary:
+    """Totals of one run of the generator."""
+
+    sent: int = 0
+    images: int = 0
+    correct: int = 0
+    errors: int = 0
+    feedback: int = 0
+    versions: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.images if self.images else None
+
+
+class ServerClient:
+    """A keep-alive HTTP client of one model on an OIP v2 server."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.base = url.rstrip("/") + f"/v2/models/{model}"
+        self.session = requests.Session()
+
+    def served_version(self) -> str | None:
+        """The version the server says it serves now; None if it is not ready."""
+        response = self.session.get(self.base, timeout=REQUEST_TIMEOUT_SECONDS)
+        if response.status_code != 200:
+            return None
+        versions = response.json().get("versions") or [None]
+        return str(versions[0]) if versions[0] is not None else None
+
+    def infer(self, images: torch.Tensor) -> tuple[list[int], list[str], str]:
+        """Classify images; returns predicted classes, sample ids and the version that answered.
+
+        Raises:
+            requests.HTTPError: the server answered with an error status.
+        """
+        body = {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": list(images.shape),
+                    "datatype": "FP32",
+                    "data": images.reshape(-1).tolist(),
+                }
+            ]
+        }
+        response = self.session.post(
+            self.base + "/infer", json=body, timeout=REQUEST_TIMEOUT_SECONDS
+        )
+        response.raise_for_status()
+        result = response.json()
+        outputs = {out["name"]: out["data"] for out in result["outputs"]}
+        return outputs["predicted_class"], outputs["sample_ids"], str(result["model_version"])
+
+    def feedback(self, ids: list[str], labels: list[int]) -> dict[str, int]:
+        response = self.session.post(
+            self.base + "/feedback",
+            json={"ids": ids, "labels": labels},
+            timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+        response.raise_for_status()
+        counts: dict[str, int] = response.json()
+        return counts
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class AdaptiveAttacker:
+    """Crafts adversarial images against whichever version the server serves.
+
+    Loads each new version's weights from the store the first time it is asked to attack it,
+    and keeps only the latest model.
+    """
+
+    def __init__(self, store: Store, mode: Mode, eps: float, pgd_steps: int) -> None:
+        self._store = store
+        self._mode = mode
+        self._eps = eps
+        self._steps = pgd_steps
+        self.version: str | None = None
+        self._attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self.model: nn.Module | None = None
+
+    def craft(self, images: torch.Tensor, labels: torch.Tensor, version: str) -> torch.Tensor:
+        """Adversarial copies of ``images`` against version ``version`` of the served model."""
+        if version != self.version or self._attack is None:
+            from training import make_attack
+
+            model, _ = self._store.load(version)
+            model.eval()
+            if self._mode == "pgd":
+                attack = make_attack("pgd", model, self._eps, steps=self._steps)
+            else:
+                attack = make_attack("fgsm", model, self._eps)
+            self._attack, self.model, self.version = attack, model, version
+            log.info("attacker now targets version %s (%s, eps %g)", version, self._mode, self._eps)
+        return self._attack(images, labels)
+
+
+def add_noise(images: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise of standard deviation ``sigma``, clipped back to [0, 1]."""
+    noise = torch.randn(images.shape, generator=generator) * sigma
+    return (images + noise).clamp(0.0, 1.0)
+
+
+def run_traffic(
+    config: RobustloopConfig,
+    options: TrafficOptions,
+    out: IO[str],
+    *,
+    store: Store | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stop: threading.Event | None = None,
+) -> TrafficSummary:
+    """Send traffic as ``options`` say, writing one JSON line a second to ``out``.
+
+    Args:
+        config: the robustloop config (model name, data split, store path).
+        options: rate, duration, mode, strength, feedback fraction, batch size.
+        out: where the per-second JSON lines go.
+        store: the model store the attacker reads; default ``ModelStore(config.store.path)``.
+        data: (images, labels) to send; default the config's traffic split.
+        stop: set it to end the run early.
+
+    Returns:
+        The run's totals. Failed requests are counted as errors and the run goes on (the server
+        may be restarting); they never end it.
+    """
+    if data is None:
+        from training import make_splits
+
+        traffic = make_splits(config.data).traffic
+        images_all, labels_all = traffic.tensors[0], traffic.tensors[1]
+    else:
+        images_all, labels_all = data
+    attacker: AdaptiveAttacker | None = None
+    if options.mode in ("fgsm", "pgd"):
+        if store is None:
+            from training import ModelStore
+
+            store = ModelStore(config.store.path)
+        attacker = AdaptiveAttacker(store, options.mode, options.strength, options.pgd_steps)
+    client = ServerClient(options.url, config.model.name)
+    rng = random.Random(options.seed)
+    noise_gen = torch.Generator().manual_seed(options.seed)
+    order = torch.randperm(len(images_all), generator=torch.Generator().manual_seed(options.seed))
+    cursor = 0
+    summary = TrafficSummary()
+    window = TrafficSummary()
+    version: str | None = None
+    stop = stop or threading.Event()
+    started = time.monotonic()
+    next_log = started + 1.0
+    next_version_check = started
+    try:
+        for k in range(int(options.rate * options.duration)):
+            due = started + k / options.rate
+            while (now := time.monotonic()) < due and not stop.is_set():
+                if now >= next_log:
+                    next_log = _flush(out, options, version, window, summary, next_log)
+                stop.wait(min(due, next_log) - now)
+            if stop.is_set():
+                break
+            if now >= next_version_check:
+                version = _served_version(client, version)
+                next_version_check = now + 1.0
+            index = order[cursor : cursor + options.batch]
+            if len(index) < options.batch:
+                index = torch.cat([index, order[: options.batch - len(index)]])
+            cursor = (cursor + options.batch) % len(order)
+            images, labels = images_all[index], labels_all[index]
+            version = _send_one(
+                client, options, attacker, images, labels, version, rng, noise_gen, window
+            )
+            if time.monotonic() >= next_log:
+                next_log = _flush(out, options, version, window, summary, next_log)
+        if window.sent or window.errors:
+            _flush(out, options, version, window, summary, next_log)
+    finally:
+        client.close()
+    return summary
+
+
+def _served_version(client: ServerClient, known: str | None) -> str | None:
+    try:
+        return client.served_version() or known
+    except requests.RequestException as exc:
+        log.debug("metadata request failed: %s", exc)
+        return known
+
+
+def _send_one(
+    client: ServerClient,
+    options: TrafficOptions,
+    attacker: AdaptiveAttacker | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    version: str | None,
+    rng: random.Random,
+    noise_gen: torch.Generator,
+    window: TrafficSummary,
+) -> str | None:
+    """Prepare and send one request; count it in ``window``. Returns the latest known version."""
+    if attacker is not None:
+        if version is None:
+            window.errors += 1
+            log.warning("server at %s is not ready (no version to attack yet)", options.url)
+            return version
+        images = attacker.craft(images, labels, version)
+    elif options.mode == "noise":
+        images = add_noise(images, options.strength, noise_gen)
+    window.sent += 1
+    try:
+        predicted, ids, answered_by = client.infer(images)
+    except (requests.RequestException, KeyError, ValueError) as exc:
+        window.errors += 1
+        log.warning("infer request failed: %s", exc)
+        return version
+    truth = labels.tolist()
+    window.images += len(truth)
+    window.correct += sum(int(p == t) for p, t in zip(predicted, truth, strict=True))
+    if options.feedback_fraction > 0 and rng.random() < options.feedback_fraction:
+        try:
+            client.feedback(ids, truth)
+            window.feedback += len(ids)
+        except requests.RequestException as exc:
+            window.errors += 1
+            log.warning("feedback request failed: %s", exc)
+    return answered_by
+
+
+def _flush(
+    out: IO[str],
+    options: TrafficOptions,
+    version: str | None,
+    window: TrafficSummary,
+    summary: TrafficSummary,
+    due: float,
+) -> float:
+    """Write the window's JSON line, add it to the totals, reset it; returns the next due time."""
+    accuracy = window.accuracy
+    line: dict[str, Any] = {
+        "t": round(time.time(), 3),
+        "mode": options.mode,
+        "version": version,
+        "sent": window.sent,
+        "images": window.images,
+        "correct": window.correct,
+        "accuracy": accuracy,
+        "correct_fraction": accuracy,
+        "errors": window.errors,
+        "feedback": window.feedback,
+    }
+    out.write(json.dumps(line) + "\n")
+    out.flush()
+    summary.sent += window.sent
+    summary.images += window.images
+    summary.correct += window.correct
+    summary.errors += window.errors
+    summary.feedback += window.feedback
+    if version is not None and (not summary.versions or summary.versions[-1] != version):
+        summary.versions.append(version)
+    window.sent = window.images = window.correct = window.errors = window.feedback = 0
+    now = time.monotonic()
+    return due + 1.0 if due + 1.0 > now else now + 1.0
+
+
+def open_log(path: Path | None) -> IO[str]:
+    """The per-second log: ``path`` opened for appending, or stdout."""
+    if path is None:
+        return sys.stdout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("a", encoding="utf-8")
+
+
+__all__ = [
+    "DEFAULT_EPS",
+    "DEFAULT_NOISE_SIGMA",
+    "MODES",
+    "AdaptiveAttacker",
+    "ServerClient",
+    "TrafficError",
+    "TrafficOptions",
+    "TrafficSummary",
+    "add_noise",
+    "open_log",
+    "run_traffic",
+]
