@@ -366,6 +366,43 @@ class StackConfig(_Section):
     evaluation_interval: str = Field(
         "1s", description="Prometheus rule evaluation interval (embedded stack)."
     )
+    prometheus_binary: str = Field(
+        "prometheus", description="Prometheus executable (a name on PATH, or a path)."
+    )
+    alertmanager_binary: str = Field(
+        "prometheus-alertmanager",
+        description="Alertmanager executable (Debian names it prometheus-alertmanager).",
+    )
+    ready_timeout_seconds: float = Field(
+        90.0, gt=0, description="How long `up` waits for every process to become ready."
+    )
+    traffic_rate: float = Field(
+        10.0, gt=0, description="Requests per second the demo's client sends."
+    )
+    feedback_fraction: float = Field(
+        0.5, ge=0, le=1, description="Fraction of demo requests whose ground truth is fed back."
+    )
+    clean_seconds: float = Field(
+        30.0, gt=0, description="Demo: seconds of clean traffic before the attack."
+    )
+    attack_eps: float | None = Field(
+        None, gt=0, le=1, description="Demo: FGSM eps of the attack; null = remediation.eps."
+    )
+    timeout_seconds: float = Field(
+        600.0, gt=0, description="Demo: give up if not recovered this long after attack start."
+    )
+    recovered_accuracy: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Demo: attacked accuracy that counts as recovered (over recovery_window).",
+    )
+    recovery_window_seconds: float = Field(
+        15.0, gt=0, description="Demo: seconds of hardened-model traffic judged for recovery."
+    )
+    drift_seconds: float = Field(
+        120.0, gt=0, description="Demo (--scenario drift): seconds of natural-noise traffic."
+    )
 
 
 class RobustloopConfig(_Section):
