@@ -1,14 +1,162 @@
-"""Sub-commands of this area (filled in by its issue)."""
+"""``robustloop up`` and ``robustloop demo``: the whole loop live on this machine."""
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from robustloop.config import RobustloopConfig
+
+QUICK_HELP = (
+    "short CI variant: a small data slice (2000 training, 500 eval and traffic images), one "
+    "epoch of training and of hardening, a 300-image gate, short phases"
+)
 
 
 def register(sub: Any) -> None:
-    """Add this area's sub-commands to the robustloop parser."""
-    del sub
+    """Add ``up`` and ``demo``."""
+    p = sub.add_parser(
+        "up",
+        help="run Prometheus, Alertmanager, the model server and the receiver on 127.0.0.1",
+        description="Start the embedded stack with configs generated into stack.run_dir; "
+        "trains a baseline first if the store has none; Ctrl-C stops everything.",
+    )
+    p.add_argument("--run-dir", type=Path, default=None, help="run folder (default stack.run_dir)")
+    p.set_defaults(handler=_up)
+
+    p = sub.add_parser(
+        "demo",
+        help="`up` plus an attack scenario; writes a report (timeline, plot, summary)",
+        description="Start the stack, send clean traffic, then attack the served model with "
+        "adaptive FGSM (or natural noise with --scenario drift) until the hardened model serves "
+        "and accuracy has recovered, or the timeout; write the report.",
+    )
+    p.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="report folder")
+    p.add_argument("--scenario", choices=["attack", "drift"], default="attack")
+    p.add_argument("--run-dir", type=Path, default=None, help="run folder (default stack.run_dir)")
+    p.add_argument("--clean-seconds", type=float, default=None, help="stack.clean_seconds")
+    p.add_argument("--timeout", type=float, default=None, help="stack.timeout_seconds")
+    p.add_argument("--drift-seconds", type=float, default=None, help="stack.drift_seconds")
+    p.add_argument("--eps", type=float, default=None, help="attack eps (stack.attack_eps)")
+    p.add_argument("--rate", type=float, default=None, help="requests per second")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    p.set_defaults(handler=_demo)
 
 
-__all__ = ["argparse", "register"]
+def quick_config(cfg: RobustloopConfig) -> RobustloopConfig:
+    """The short CI variant of ``cfg``: small slices, one epoch, short phases.
+
+    The store moves into the run folder, so that a tiny model never replaces the user's.
+    """
+    out = cfg.model_copy(deep=True)
+    out.data.train_limit = 2000
+    out.data.eval_size = 500
+    out.data.traffic_size = 500
+    out.training.epochs = 1
+    out.remediation.epochs = 1
+    out.remediation.max_seconds = 30
+    out.remediation.check_size = 128
+    out.gate.n = 300
+    out.gate.restarts = 1
+    out.store.path = out.stack.run_dir / "quick-store"
+    out.stack.clean_seconds = 15
+    out.stack.timeout_seconds = 180
+    out.stack.drift_seconds = 30
+    out.stack.recovery_window_seconds = 5
+    out.stack.recovered_accuracy = 0.4
+    return out
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived; unwinds like Ctrl-C so that every process is stopped."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(f"signal {signum}")
+
+
+def _prepare(args: argparse.Namespace) -> RobustloopConfig:
+    cfg: RobustloopConfig = args.cfg
+    if args.run_dir is not None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.stack.run_dir = args.run_dir
+    if getattr(args, "quick", False):
+        cfg = quick_config(cfg)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return cfg
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from robustloop.cli import CommandError
+    from robustloop.stack import LocalStack, StackError
+
+    cfg = _prepare(args)
+    try:
+        with LocalStack(cfg, echo=_echo) as stack:
+            _echo(
+                f"robustloop stack up (run folder {stack.folder.root}), serving {stack.production}"
+            )
+            for name, url in stack.urls().items():
+                _echo(f"  {name:<13} {url}")
+            _echo("Ctrl-C stops everything")
+            while True:
+                changed = stack.poll()
+                if changed:
+                    _echo(f"production is now {changed}: thresholds recalibrated, rules reloaded")
+                time.sleep(1)
+    except StackError as exc:
+        raise CommandError(str(exc)) from None
+    except (KeyboardInterrupt, _Terminated):
+        print("stopping: every process of the stack is stopped", file=sys.stderr)
+        return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from robustloop.cli import CommandError
+    from robustloop.stack import LocalStack, ScenarioOptions, ScenarioRunner, StackError
+
+    cfg = _prepare(args)
+    options = ScenarioOptions.from_config(cfg, args.scenario).with_overrides(
+        clean_seconds=args.clean_seconds,
+        attack_seconds=args.timeout if args.scenario == "attack" else args.drift_seconds,
+        eps=args.eps,
+        rate=args.rate,
+    )
+    report_dir: Path = args.report_dir
+    try:
+        with LocalStack(cfg, echo=_echo) as stack:
+            for name, url in stack.urls().items():
+                _echo(f"  {name:<13} {url}")
+            runner = ScenarioRunner(stack, options, report_dir, echo=_echo)
+            summary = runner.run()
+    except StackError as exc:
+        raise CommandError(str(exc)) from None
+    except (KeyboardInterrupt, _Terminated):
+        print("demo interrupted: every process of the stack is stopped", file=sys.stderr)
+        return 130
+    _echo(f"report written to {report_dir}/ (summary.md, summary.json, timeline.png)")
+    for key in (
+        "accuracy_before",
+        "accuracy_under_attack",
+        "accuracy_after",
+        "time_to_detect_s",
+        "time_to_recover_s",
+        "remediation_started",
+    ):
+        _echo(f"  {key:<22} {summary.get(key)}")
+    if args.scenario == "attack" and not summary.get("recovered"):
+        _echo("the model did not recover within the timeout (see the report)")
+        return 1
+    return 0
+
+
+__all__ = ["quick_config", "register"]

@@ -1,0 +1,277 @@
+"""The embedded stack: Prometheus, Alertmanager, the model server and the receiver on 127.0.0.1.
+
+:class:`LocalStack` is what ``robustloop up`` runs and what ``robustloop demo`` drives. It prepares
+the run folder (:mod:`robustloop.stack.run_folder`), trains a baseline if the store has no
+production model, starts the four processes under a :class:`~robustloop.stack.supervisor.
+Supervisor`, waits until each answers its readiness endpoint, and from then on watches two
+things once a second (:meth:`LocalStack.poll`): that no process has died, and whether the
+production model changed — after a promotion the thresholds are recalibrated for the new model
+(``robustloop calibrate``), the rules re-rendered into the run folder and Prometheus reloaded
+(``POST /-/reload``), so that the rules judge the model that serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+from robustloop.config import RobustloopConfig, load_config
+from robustloop.stack.run_folder import RunFolder, prepare_run_folder, render_rules_file
+from robustloop.stack.supervisor import StackError, Supervisor, find_binary
+
+log = logging.getLogger(__name__)
+
+Echo = Callable[[str], None]
+
+
+def robustloop_argv(config: Path, *args: str) -> list[str]:
+    """Command line running a robustloop sub-command with this interpreter and ``config``."""
+    return [sys.executable, "-m", "robustloop", "--config", str(config), *args]
+
+
+def production_version(cfg: RobustloopConfig) -> str | None:
+    """The store's production version id, or None when the store has none."""
+    from training import ModelStore
+
+    store = ModelStore(cfg.store.path)
+    current = store.production()
+    if current is None:
+        return None
+    return str(getattr(current, "version", current))
+
+
+class LocalStack:
+    """The four processes of the one-machine loop, started together and always stopped together.
+
+    Use as a context manager::
+
+        with LocalStack(cfg) as stack:
+            print(stack.urls())
+            while True:
+                stack.poll()
+                time.sleep(1)
+
+    Args:
+        cfg: the user's config (the stack runs a rewritten copy, see :attr:`folder`).
+        echo: where progress lines go (the CLI prints them).
+        train_baseline: train a baseline when the store has no production model (else fail).
+    """
+
+    def __init__(
+        self,
+        cfg: RobustloopConfig,
+        echo: Echo = print,
+        *,
+        train_baseline: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.echo = echo
+        self.train_baseline = train_baseline
+        self.supervisor = Supervisor()
+        self._folder: RunFolder | None = None
+        self.production: str | None = None
+        self.rules_reloads = 0
+
+    @property
+    def folder(self) -> RunFolder:
+        if self._folder is None:
+            raise RuntimeError("the stack is not started")
+        return self._folder
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Prepare the run folder, ensure a baseline, start every process and wait until ready.
+
+        Raises:
+            StackError: a binary is missing, a process died or did not become ready.
+        """
+        prometheus = find_binary(self.cfg.stack.prometheus_binary)
+        alertmanager = find_binary(self.cfg.stack.alertmanager_binary)
+        self.production = self._ensure_baseline()
+        folder = self._folder = prepare_run_folder(self.cfg)
+        timeout = self.cfg.stack.ready_timeout_seconds
+        sup = self.supervisor
+        children = [
+            sup.start(
+                "prometheus",
+                [
+                    prometheus,
+                    f"--config.file={folder.prometheus_config}",
+                    f"--storage.tsdb.path={folder.prometheus_data}",
+                    f"--web.listen-address=127.0.0.1:{folder.ports.prometheus}",
+                    "--web.enable-lifecycle",
+                    "--storage.tsdb.retention.time=1d",
+                ],
+                folder.logs / "prometheus.log",
+                ready_url=f"{folder.prometheus_url}/-/ready",
+            ),
+            sup.start(
+                "alertmanager",
+                [
+                    alertmanager,
+                    f"--config.file={folder.alertmanager_config}",
+                    f"--storage.path={folder.alertmanager_data}",
+                    f"--web.listen-address=127.0.0.1:{folder.ports.alertmanager}",
+                    "--cluster.listen-address=",
+                ],
+                folder.logs / "alertmanager.log",
+                ready_url=f"{folder.alertmanager_url}/-/ready",
+            ),
+            sup.start(
+                "server",
+                robustloop_argv(
+                    folder.config_path,
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(folder.ports.serving),
+                ),
+                folder.logs / "server.log",
+                ready_url=f"{folder.serving_url}/v2/health/ready",
+            ),
+            sup.start(
+                "receiver",
+                robustloop_argv(
+                    folder.config_path,
+                    "webhook",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(folder.ports.webhook),
+                ),
+                folder.logs / "receiver.log",
+                ready_url=f"{folder.webhook_url}/readyz",
+            ),
+        ]
+        for child in children:
+            sup.wait_ready(child, timeout)
+        log.info("stack ready in %s", folder.root)
+
+    def _ensure_baseline(self) -> str:
+        """The production version; trains a baseline first when the store has none."""
+        version = production_version(self.cfg)
+        if version is not None:
+            return version
+        if not self.train_baseline:
+            raise StackError(
+                f"the model store {self.cfg.store.path} has no production model; "
+                "run `robustloop train` first"
+            )
+        self.echo(f"no production model in {self.cfg.store.path}: training a baseline first")
+        config = self.cfg.stack.run_dir.resolve() / "train-baseline.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        from robustloop.config import dump_config
+
+        config.write_text(dump_config(self.cfg), encoding="utf-8")
+        result = subprocess.run(robustloop_argv(config, "train"), check=False)
+        if result.returncode != 0:
+            raise StackError(
+                f"training the baseline failed (exit {result.returncode}); run "
+                "`robustloop train` to see why"
+            )
+        version = production_version(self.cfg)
+        if version is None:
+            raise StackError(
+                f"`robustloop train` succeeded but {self.cfg.store.path} has no production model"
+            )
+        return version
+
+    def urls(self) -> dict[str, str]:
+        """Where each part of the stack answers."""
+        f = self.folder
+        return {
+            "prometheus": f.prometheus_url,
+            "alertmanager": f.alertmanager_url,
+            "server": f.serving_url,
+            "receiver": f.webhook_url,
+        }
+
+    def poll(self) -> str | None:
+        """Check the stack once: every process alive; rules follow the production model.
+
+        Returns:
+            The new production version if it changed since the last poll, else None.
+
+        Raises:
+            StackError: a process died.
+        """
+        self.supervisor.check_alive()
+        current = production_version(self.folder.config)
+        if current is None or current == self.production:
+            return None
+        previous, self.production = self.production, current
+        log.info(
+            "production changed %s -> %s: recalibrating and reloading rules", previous, current
+        )
+        self.recalibrate()
+        return current
+
+    def recalibrate(self) -> None:
+        """Recalibrate the thresholds for the production model, re-render the rules, reload.
+
+        ``robustloop calibrate`` rewrites the thresholds in the run folder's config; the rules
+        file is rendered from that config and Prometheus reloads it. A failed calibration keeps
+        the previous thresholds (and says so), since old rules are better than none.
+
+        Raises:
+            StackError: Prometheus refused to reload (the rules are invalid).
+        """
+        folder = self.folder
+        with open(folder.logs / "calibrate.log", "ab") as out:
+            result = subprocess.run(
+                robustloop_argv(folder.config_path, "calibrate"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if result.returncode != 0:
+            self.echo(
+                f"calibration for {self.production} failed (exit {result.returncode}, see "
+                f"{folder.logs / 'calibrate.log'}); keeping the previous thresholds"
+            )
+        cfg = load_config(folder.config_path)
+        folder.rules_path.write_text(render_rules_file(cfg), encoding="utf-8")
+        self.reload_prometheus()
+
+    def reload_prometheus(self) -> None:
+        """Ask Prometheus to reread its config and rules (it runs with --web.enable-lifecycle).
+
+        Raises:
+            StackError: Prometheus answered with an error (its log says which rule is wrong).
+        """
+        resp = requests.post(f"{self.folder.prometheus_url}/-/reload", timeout=10)
+        if resp.status_code != 200:
+            raise StackError(
+                f"Prometheus refused to reload its rules (HTTP {resp.status_code}: "
+                f"{resp.text.strip()}); see {self.folder.logs / 'prometheus.log'}"
+            )
+        self.rules_reloads += 1
+
+    def stop(self) -> None:
+        """Stop every process (safe to call twice, and after a failed start)."""
+        self.supervisor.stop_all()
+
+
+__all__ = ["LocalStack", "production_version", "robustloop_argv"]
