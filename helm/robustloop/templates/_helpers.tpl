@@ -1,0 +1,154 @@
+{{/* Names, labels and the values several templates share. */}}
+
+{{- define "robustloop.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-robustloop, or the release name alone when it already holds the chart name. */}}
+{{- define "robustloop.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "robustloop.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "robustloop.labels" -}}
+helm.sh/chart: {{ include "robustloop.chart" . }}
+app.kubernetes.io/name: {{ include "robustloop.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: robustloop
+{{- end }}
+
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "server"). */}}
+{{- define "robustloop.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "robustloop.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "robustloop.componentLabels" -}}
+{{ include "robustloop.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "robustloop.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "robustloop.receiverImage" -}}
+{{- printf "%s:%s" .Values.receiverImage.repository (default .Chart.AppVersion .Values.receiverImage.tag) }}
+{{- end }}
+
+{{- define "robustloop.storeClaim" -}}
+{{- default (printf "%s-store" (include "robustloop.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{- define "robustloop.receiverClaim" -}}
+{{- default (printf "%s-receiver" (include "robustloop.fullname" .)) .Values.receiver.persistence.existingClaim }}
+{{- end }}
+
+{{- define "robustloop.tokenSecret" -}}
+{{- default (printf "%s-receiver-token" (include "robustloop.fullname" .)) .Values.receiver.token.existingSecret }}
+{{- end }}
+
+{{- define "robustloop.configMap" -}}
+{{- printf "%s-config" (include "robustloop.fullname" .) }}
+{{- end }}
+
+{{- define "robustloop.serverServiceAccount" -}}
+{{- printf "%s-server" (include "robustloop.fullname" .) }}
+{{- end }}
+
+{{- define "robustloop.receiverServiceAccount" -}}
+{{- printf "%s-receiver" (include "robustloop.fullname" .) }}
+{{- end }}
+
+{{- define "robustloop.workflowServiceAccount" -}}
+{{- printf "%s-workflow" (include "robustloop.fullname" .) }}
+{{- end }}
+
+{{/* Where every pod mounts robustloop.yaml; pods run in this folder, so ./robustloop.yaml is found. */}}
+{{- define "robustloop.configDir" -}}/etc/robustloop{{- end }}
+
+{{/* Where the receiver finds its Argo Server token (own service account, or a Secret). */}}
+{{- define "robustloop.argoTokenFile" -}}
+{{- if .Values.argo.tokenSecret.name -}}
+/var/run/secrets/robustloop/argo/{{ .Values.argo.tokenSecret.key }}
+{{- else -}}
+/var/run/secrets/kubernetes.io/serviceaccount/token
+{{- end }}
+{{- end }}
+
+{{/* The config file: the user's `config` under the keys the chart must own. */}}
+{{- define "robustloop.configYaml" -}}
+{{- $owned := dict
+  "store" (dict "path" .Values.persistence.mountPath)
+  "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port))
+  "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop/webhook.sqlite3")
+  "submitter" (dict "kind" "argo" "runs_dir" "/tmp/robustloop-runs" "argo" (dict
+      "host" .Values.argo.serverUrl
+      "namespace" .Release.Namespace
+      "token_file" (include "robustloop.argoTokenFile" .)
+      "verify_tls" .Values.argo.verifyTls))
+  "rollout" (dict "prometheus_url" .Values.prometheusUrl)
+  "stack" (dict "run_dir" "/tmp/robustloop-stack")
+}}
+{{- $cfg := mustMergeOverwrite (deepCopy .Values.config) $owned }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* The volumes every robustloop pod has: the config and a writable /tmp. */}}
+{{- define "robustloop.commonVolumes" -}}
+- name: config
+  configMap:
+    name: {{ include "robustloop.configMap" . }}
+- name: tmp
+  emptyDir: {}
+{{- end }}
+
+{{- define "robustloop.commonMounts" -}}
+- name: config
+  mountPath: {{ include "robustloop.configDir" . }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Environment of every robustloop container: caches and HOME on the writable /tmp. */}}
+{{- define "robustloop.commonEnv" -}}
+- name: HOME
+  value: /tmp
+- name: MPLCONFIGDIR
+  value: /tmp/matplotlib
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- end }}
+
+{{- /* Resource requirements with every quantity a string (`1` -> "1"), as Argo's models expect. */}}
+{{- define "robustloop.quantitiesAsStrings" -}}
+{{- $out := dict }}
+{{- range $section, $quantities := . }}
+{{- if kindIs "map" $quantities }}
+{{- $converted := dict }}
+{{- range $name, $quantity := $quantities }}
+{{- $_ := set $converted $name (toString $quantity) }}
+{{- end }}
+{{- $_ := set $out $section $converted }}
+{{- else }}
+{{- $_ := set $out $section $quantities }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}

@@ -1,0 +1,615 @@
+"""The Helm chart (helm/robustloop): lint, render every ci/ scenario, validate every object.
+
+What a cluster would see is checked without a cluster: core kinds against the Kubernetes
+OpenAPI schemas (kubernetes-validate, strict: an unknown field is an error, not silently pruned),
+Prometheus Operator kinds against their CRD schemas and the WorkflowTemplate against the Argo
+schema (both made strict here, since neither rejects unknown keys by itself) and Hera's models.
+Then what the chart promises: least-privilege RBAC, the receiver's token wired from one Secret to
+both the receiver and Alertmanager, the PrometheusRule and the WorkflowTemplate equal to the
+generated files, hardened pods, a NetworkPolicy that admits only Alertmanager and Prometheus.
+
+Helm comes from ``make helm`` (``.venv/bin/helm``) or PATH; without it these tests skip, unless
+``ROBUSTLOOP_REQUIRE_SCHEMAS=1`` (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from robustloop.config import RobustloopConfig
+from workflows.contract import PARAMETERS, TEMPLATE_NAME
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHART = REPO_ROOT / "helm" / "robustloop"
+SCENARIOS = sorted(p.stem.removesuffix("-values") for p in (CHART / "ci").glob("*-values.yaml"))
+RELEASE = "rl"
+NAMESPACE = "robustloop"
+FULLNAME = f"{RELEASE}-robustloop"
+# The chart's kubeVersion floor and the newest Kubernetes that kubernetes-validate ships.
+KUBE_VERSIONS = ("1.27.0", "1.37.0")
+CHART_COPIES = {
+    "files/robustloop.rules.yaml": REPO_ROOT / "alert_rules" / "robustloop.rules.yaml",
+    "files/robustloop-remediate.yaml": REPO_ROOT / "workflows" / "robustloop-remediate.yaml",
+}
+
+Obj = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# helm
+
+
+def _find_helm() -> str | None:
+    beside_python = Path(sys.executable).parent / "helm"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    return shutil.which("helm")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary; skips (or fails under CI) where there is none."""
+    found = _find_helm()
+    if found is None:
+        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
+            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
+        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
+    return found
+
+
+def _run_helm(helm: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [helm, *args, str(chart)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _template(helm: str, *args: str, chart: Path = CHART) -> list[Obj]:
+    done = _run_helm(helm, "template", RELEASE, "--namespace", NAMESPACE, *args, chart=chart)
+    assert done.returncode == 0, f"helm template {' '.join(args)} failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def _values_file(scenario: str) -> str:
+    return str(CHART / "ci" / f"{scenario}-values.yaml")
+
+
+@pytest.fixture(scope="module")
+def rendered(helm: str) -> dict[str, list[Obj]]:
+    """Every ci/ scenario, rendered once: scenario name -> its objects."""
+    return {s: _template(helm, "--values", _values_file(s)) for s in SCENARIOS}
+
+
+def _one(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _container(deployment: Obj, name: str) -> Obj:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == name)
+
+
+def _env(container: Obj, name: str) -> Obj:
+    matches = [e for e in container.get("env", []) if e["name"] == name]
+    assert len(matches) == 1, f"container {container['name']}: expected one env var {name}"
+    return matches[0]
+
+
+def _steps(workflow_template: Obj) -> list[Obj]:
+    """The script or container of every template that runs a pod."""
+    templates = workflow_template["spec"]["templates"]
+    return [
+        t.get("script") or t["container"] for t in templates if "script" in t or "container" in t
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# schemas
+
+
+class _CrdLoader(yaml.SafeLoader):
+    """PyYAML reads a bare ``=`` (an enum value in the CRDs) as YAML 1.1's value tag: a string."""
+
+
+def _construct_value(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return str(loader.construct_scalar(node))
+
+
+_CrdLoader.add_constructor("tag:yaml.org,2002:value", _construct_value)
+
+
+def _strict(schema: Any) -> Any:
+    """A copy of a schema where every object with declared properties rejects other keys.
+
+    The API server prunes unknown fields of a custom resource silently; a typo in the chart would
+    then vanish without an error. Here it is one.
+    """
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _strict(value) for key, value in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="session")
+def crd_validators(schemas: Path) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    """(apiVersion, kind) -> validator of each Prometheus Operator CRD's served versions."""
+    validators = {}
+    for path in sorted((schemas / "prometheus-operator").glob("*.yaml")):
+        crd = yaml.load(path.read_text(encoding="utf-8"), Loader=_CrdLoader)
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = _strict(version["schema"]["openAPIV3Schema"])
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+            validators[(f"{group}/{version['name']}", kind)] = cls(schema)
+    assert validators, f"no CRDs found in {schemas / 'prometheus-operator'}"
+    return validators
+
+
+@pytest.fixture(scope="session")
+def argo_validator(schemas: Path) -> jsonschema.protocols.Validator:
+    """Validator of a WorkflowTemplate against the (strict copy of the) Argo Workflows schema."""
+    raw = json.loads((schemas / "argo-workflows" / "schema.json").read_text(encoding="utf-8"))
+    schema = {
+        "$schema": raw["$schema"],
+        "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.WorkflowTemplate",
+        "definitions": _strict(raw["definitions"]),
+    }
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _errors(validator: jsonschema.protocols.Validator, obj: Obj) -> list[str]:
+    return [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message[:300]}"
+        for e in validator.iter_errors(obj)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# lint and render
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_chart_lints_cleanly_for_every_scenario(helm: str, scenario: str) -> None:
+    done = _run_helm(helm, "lint", "--strict", "--values", _values_file(scenario))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_there_are_the_four_ci_scenarios() -> None:
+    assert set(SCENARIOS) >= {"default", "gpu", "existing-pvc", "external-argo"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_rendered_object_is_valid(
+    rendered: dict[str, list[Obj]],
+    scenario: str,
+    crd_validators: dict[tuple[str, str], jsonschema.protocols.Validator],
+    argo_validator: jsonschema.protocols.Validator,
+) -> None:
+    from hera.workflows.models import WorkflowTemplate
+
+    problems: list[str] = []
+    kinds = set()
+    for obj in rendered[scenario]:
+        api, kind, name = obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
+        kinds.add(kind)
+        where = f"{kind}/{name}"
+        assert obj["metadata"].get("namespace") == NAMESPACE, f"{where} has no namespace"
+        if api.startswith("monitoring.coreos.com/"):
+            assert (api, kind) in crd_validators, f"{where}: no CRD for {api} {kind}"
+            problems += [f"{where}: {e}" for e in _errors(crd_validators[(api, kind)], obj)]
+        elif api.startswith("argoproj.io/"):
+            assert kind == "WorkflowTemplate", f"{where}: unexpected Argo kind"
+            problems += [f"{where}: {e}" for e in _errors(argo_validator, obj)]
+            # Hera's models: every key known (a dropped key would make the round trip differ).
+            model = WorkflowTemplate.model_validate(obj)
+            dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+            assert dumped == obj, f"{where} does not round-trip through Hera's models"
+        else:
+            for version in KUBE_VERSIONS:
+                try:
+                    kubernetes_validate.validate(obj, version, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    problems.append(f"{where} (Kubernetes {version}): {exc}")
+    assert not problems, "\n".join(problems)
+    expected = {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "PrometheusRule",
+        "AlertmanagerConfig",
+        "WorkflowTemplate",
+    }
+    assert expected <= kinds, f"{scenario}: missing {expected - kinds}"
+
+
+def test_strict_schemas_catch_a_misspelt_field(
+    rendered: dict[str, list[Obj]],
+    crd_validators: dict[tuple[str, str], jsonschema.protocols.Validator],
+    argo_validator: jsonschema.protocols.Validator,
+) -> None:
+    """The validation above can fail: a typo in a custom resource is reported, not pruned."""
+    rule = copy.deepcopy(_one(rendered["default"], "PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["exprr"] = "up"
+    assert _errors(crd_validators[("monitoring.coreos.com/v1", "PrometheusRule")], rule)
+    template = copy.deepcopy(_one(rendered["default"], "WorkflowTemplate"))
+    template["spec"]["serviceAcountName"] = "x"
+    assert _errors(argo_validator, template)
+    deployment = copy.deepcopy(_one(rendered["default"], "Deployment", f"{FULLNAME}-server"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+# --------------------------------------------------------------------------------------------
+# generated content: the chart's copies and what is rendered from them
+
+
+@pytest.mark.parametrize("copy_path", sorted(CHART_COPIES))
+def test_chart_copies_equal_their_sources(copy_path: str) -> None:
+    source = CHART_COPIES[copy_path]
+    assert source.is_file(), f"{source} is missing: run `make generate`"
+    assert (CHART / copy_path).read_bytes() == source.read_bytes(), (
+        f"helm/robustloop/{copy_path} differs from {source.relative_to(REPO_ROOT)}: "
+        "run `make chart-sync`"
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_prometheus_rule_equals_the_generated_alert_rules(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    source = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    rule = _one(rendered[scenario], "PrometheusRule")
+    assert rule["spec"] == {"groups": source["groups"]}
+
+
+def test_prometheus_rule_alerts_are_routed_to_the_receiver(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    """Some alert in the rules carries the label the AlertmanagerConfig routes on."""
+    objects = rendered["default"]
+    matchers = _one(objects, "AlertmanagerConfig")["spec"]["route"]["matchers"]
+    assert matchers == [{"name": "remediation", "value": "adversarial-training", "matchType": "="}]
+    alerts = [
+        r
+        for g in _one(objects, "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    ]
+    assert alerts, "the PrometheusRule has no alerts"
+    routed = [a for a in alerts if a.get("labels", {}).get("remediation") == "adversarial-training"]
+    assert routed, "no alert carries remediation=adversarial-training"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_workflow_template_is_the_golden_one_completed_for_the_release(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    golden = yaml.safe_load((REPO_ROOT / "workflows" / "robustloop-remediate.yaml").read_text())
+    objects = rendered[scenario]
+    template = _one(objects, "WorkflowTemplate")
+    spec = template["spec"]
+    assert template["metadata"]["name"] == TEMPLATE_NAME == golden["metadata"]["name"]
+    assert spec["serviceAccountName"] == f"{FULLNAME}-workflow"
+    assert _one(objects, "ServiceAccount", spec["serviceAccountName"])
+    # The steps are the golden ones: same templates, same DAG, same entry points.
+    assert [t["name"] for t in spec["templates"]] == [
+        t["name"] for t in golden["spec"]["templates"]
+    ]
+    for ours, theirs in zip(spec["templates"], golden["spec"]["templates"], strict=True):
+        for key in ("dag", "steps", "inputs", "outputs"):
+            assert ours.get(key) == theirs.get(key), f"template {ours['name']}: {key} changed"
+        ours_step = ours.get("script") or ours.get("container") or {}
+        theirs_step = theirs.get("script") or theirs.get("container") or {}
+        for key in ("command", "args", "source"):
+            assert ours_step.get(key) == theirs_step.get(key), f"{ours['name']}: {key} changed"
+    # Completed for the release: image, the store claim, the config beside every step.
+    image = _container(_one(objects, "Deployment", f"{FULLNAME}-server"), "server")["image"]
+    steps = _steps(template)
+    assert steps, "the WorkflowTemplate runs no pod"
+    assert {s["image"] for s in steps} == {image}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    server = _one(objects, "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
+    server_claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in server["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == server_claims, "the workflow and the server must share one model store"
+    for step in steps:
+        mounts = {m["mountPath"] for m in step["volumeMounts"]}
+        assert step["workingDir"] in mounts, "robustloop.yaml must be in the step's working dir"
+    parameters = {p["name"]: p.get("value") for p in spec["arguments"]["parameters"]}
+    assert set(parameters) == set(PARAMETERS)
+
+
+def test_workflow_parameter_overrides_and_gpu_placement(rendered: dict[str, list[Obj]]) -> None:
+    values = yaml.safe_load(Path(_values_file("gpu")).read_text())
+    template = _one(rendered["gpu"], "WorkflowTemplate")
+    parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
+    for name, value in values["workflow"]["parameters"].items():
+        assert parameters[name] == str(value)
+    assert template["spec"]["nodeSelector"] == values["workflow"]["nodeSelector"]
+    assert template["spec"]["tolerations"] == values["workflow"]["tolerations"]
+    by_name = {t["name"]: t for t in template["spec"]["templates"]}
+    for name, resources in values["workflow"]["templateResources"].items():
+        assert name in by_name, f"ci/gpu-values.yaml names a template {name} the workflow lacks"
+        step = by_name[name].get("script") or by_name[name]["container"]
+        for section, quantities in resources.items():
+            assert step["resources"][section] == {k: str(v) for k, v in quantities.items()}
+        assert step["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    server = _one(rendered["gpu"], "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in server, "only the training pods belong on GPU nodes"
+
+
+# --------------------------------------------------------------------------------------------
+# security
+
+
+def _rules(objects: list[Obj], name: str) -> list[Obj]:
+    return _one(objects, "Role", name)["rules"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rbac_is_minimal_and_has_no_wildcards(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    objects = rendered[scenario]
+    for obj in objects:
+        assert obj["kind"] not in {"ClusterRole", "ClusterRoleBinding"}, "no cluster-wide RBAC"
+        if obj["kind"] != "Role":
+            continue
+        for rule in obj["rules"]:
+            for field in ("verbs", "resources", "apiGroups"):
+                assert "*" not in rule.get(field, []), f"{obj['metadata']['name']}: {field} *"
+    assert _rules(objects, f"{FULLNAME}-receiver") == [
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflows"],
+            "verbs": ["create", "get", "list"],
+        },
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates"], "verbs": ["get"]},
+    ]
+    assert _rules(objects, f"{FULLNAME}-workflow") == [
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflowtaskresults"],
+            "verbs": ["create", "patch"],
+        },
+    ]
+    for binding in (o for o in objects if o["kind"] == "RoleBinding"):
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": binding["metadata"]["name"], "namespace": NAMESPACE}
+        ]
+    server = _one(objects, "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
+    assert server["automountServiceAccountToken"] is False, "the server needs no API access"
+
+
+def _pod_specs(objects: list[Obj]) -> Iterator[tuple[str, Obj]]:
+    for obj in objects:
+        if obj["kind"] in {"Deployment", "Job"}:
+            yield f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_pod_runs_hardened(rendered: dict[str, list[Obj]], scenario: str) -> None:
+    objects = rendered[scenario]
+    containers: list[tuple[str, Obj, Obj]] = [
+        (where, pod, c) for where, pod in _pod_specs(objects) for c in pod["containers"]
+    ]
+    template = _one(objects, "WorkflowTemplate")
+    containers += [("WorkflowTemplate", template["spec"], s) for s in _steps(template)]
+    assert containers
+    for where, pod, container in containers:
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["runAsUser"] != 0, where
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc["capabilities"]["drop"] == ["ALL"], where
+        assert container["resources"].get("requests"), f"{where}: no resource requests"
+        assert container["resources"].get("limits", {}).get("memory"), f"{where}: no memory limit"
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/tmp" in mounts, f"{where}: a read-only root needs a writable /tmp"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_probes_and_ports(rendered: dict[str, list[Obj]], scenario: str) -> None:
+    objects = rendered[scenario]
+    server = _container(_one(objects, "Deployment", f"{FULLNAME}-server"), "server")
+    assert server["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    receiver = _container(_one(objects, "Deployment", f"{FULLNAME}-receiver"), "receiver")
+    assert receiver["ports"] == [{"name": "http", "containerPort": 9095, "protocol": "TCP"}]
+    assert receiver["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert receiver["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    monitor_kinds = {"ServiceMonitor", "PodMonitor"}
+    monitors = [o for o in objects if o["kind"] in monitor_kinds]
+    server_monitor = next(m for m in monitors if m["metadata"]["name"] == f"{FULLNAME}-server")
+    endpoints = (
+        server_monitor["spec"].get("endpoints") or server_monitor["spec"]["podMetricsEndpoints"]
+    )
+    assert endpoints[0]["path"] == "/metrics" and endpoints[0]["port"] == "http"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_receiver_token_is_wired_from_one_secret(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """Alertmanager sends, and the receiver checks, the same Secret key; no token in plain text."""
+    objects = rendered[scenario]
+    receiver = _container(_one(objects, "Deployment", f"{FULLNAME}-receiver"), "receiver")
+    ref = _env(receiver, "ROBUSTLOOP_WEBHOOK_TOKEN")["valueFrom"]["secretKeyRef"]
+    webhook = _one(objects, "AlertmanagerConfig")["spec"]["receivers"][0]["webhookConfigs"][0]
+    credentials = webhook["httpConfig"]["authorization"]["credentials"]
+    assert webhook["httpConfig"]["authorization"]["type"] == "Bearer"
+    assert {"name": credentials["name"], "key": credentials["key"]} == {
+        "name": ref["name"],
+        "key": ref["key"],
+    }
+    secrets = [o for o in objects if o["kind"] == "Secret"]
+    values = yaml.safe_load(Path(_values_file(scenario)).read_text()) or {}
+    existing = values.get("receiver", {}).get("token", {}).get("existingSecret")
+    if existing:
+        assert ref["name"] == existing and not secrets, "an existing Secret must not be recreated"
+    else:
+        secret = _one(objects, "Secret", ref["name"])
+        assert len(secret["data"][ref["key"]]) >= 40, "the generated token is too short"
+    config = _config(objects)
+    assert config.webhook.auth == "bearer"
+    assert config.webhook.token_file is None, "the token comes from the environment"
+    # Delivered to the receiver's Service, on the path the receiver serves.
+    service = _one(objects, "Service", f"{FULLNAME}-receiver")
+    port = service["spec"]["ports"][0]["port"]
+    assert webhook["url"] == (f"http://{FULLNAME}-receiver.{NAMESPACE}.svc:{port}/api/v1/alerts")
+    assert webhook["sendResolved"] is True
+
+
+def test_network_policy_admits_only_alertmanager_and_prometheus(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    objects = rendered["default"]
+    policy = _one(objects, "NetworkPolicy")["spec"]
+    receiver = _one(objects, "Deployment", f"{FULLNAME}-receiver")
+    assert policy["podSelector"]["matchLabels"] == receiver["spec"]["selector"]["matchLabels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    selected = [
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]
+    ]
+    assert selected == ["alertmanager", "prometheus"]
+    for peer in rule["from"]:
+        assert peer["namespaceSelector"]["matchLabels"], "an empty selector would admit all"
+
+
+# --------------------------------------------------------------------------------------------
+# config and scenarios
+
+
+def _config(objects: list[Obj]) -> RobustloopConfig:
+    text = _one(objects, "ConfigMap", f"{FULLNAME}-config")["data"]["robustloop.yaml"]
+    return RobustloopConfig.model_validate(yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_config_map_is_a_valid_robustloop_config(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    objects = rendered[scenario]
+    config = _config(objects)
+    assert config.submitter.kind == "argo"
+    assert config.submitter.argo.namespace == NAMESPACE
+    assert config.serving.port == 8080 and config.webhook.port == 9095
+    server = _container(_one(objects, "Deployment", f"{FULLNAME}-server"), "server")
+    store_mount = next(m for m in server["volumeMounts"] if m["name"] == "store")
+    assert config.store.path == Path(store_mount["mountPath"])
+    receiver = _container(_one(objects, "Deployment", f"{FULLNAME}-receiver"), "receiver")
+    outbox = next(m for m in receiver["volumeMounts"] if m["name"] == "outbox")
+    assert config.webhook.db_path.parent == Path(outbox["mountPath"])
+    for container in (server, receiver):
+        assert container["args"][-2:] == ["--config", f"{container['workingDir']}/robustloop.yaml"]
+
+
+def test_existing_claim_and_secret_are_used_not_created(rendered: dict[str, list[Obj]]) -> None:
+    values = yaml.safe_load(Path(_values_file("existing-pvc")).read_text())
+    objects = rendered["existing-pvc"]
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert not [o for o in objects if o["kind"] == "Job"], "bootstrap is off in this scenario"
+    claim = values["persistence"]["existingClaim"]
+    template = _one(objects, "WorkflowTemplate")
+    assert claim in {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in template["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    config = _config(objects)
+    assert config.webhook.daily_budget == values["config"]["webhook"]["daily_budget"]
+
+
+def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, list[Obj]]) -> None:
+    values = yaml.safe_load(Path(_values_file("external-argo")).read_text())
+    objects = rendered["external-argo"]
+    config = _config(objects)
+    assert config.submitter.argo.host == values["argo"]["serverUrl"]
+    deployment = _one(objects, "Deployment", f"{FULLNAME}-receiver")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    receiver = _container(deployment, "receiver")
+    token_file = Path(str(config.submitter.argo.token_file))
+    mount = next(m for m in receiver["volumeMounts"] if m["mountPath"] == str(token_file.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == values["argo"]["tokenSecret"]["name"]
+    assert volume["secret"]["items"] == [{"key": "token", "path": token_file.name}]
+    assert _one(objects, "PodMonitor", f"{FULLNAME}-server")
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "serverr.port=1"], "additional properties 'serverr' not allowed"),
+        (["--set", "server.port=0"], "/server/port"),
+        (["--set", "server.monitor.kind=Probe"], "/server/monitor/kind"),
+        (["--set", "argo.serverUrl=argo:2746"], "/argo/serverUrl"),
+        (["--set", "persistence.accessModes={ReadWriteSometimes}"], "/persistence/accessModes"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_offending_key(
+    helm: str, args: list[str], message: str
+) -> None:
+    done = _run_helm(helm, "template", RELEASE, *args)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "kind:" not in done.stdout, "nothing is rendered from bad values"
+
+
+@pytest.mark.parametrize("copy_path", sorted(CHART_COPIES))
+def test_a_chart_without_its_generated_copies_says_what_to_run(
+    helm: str, tmp_path: Path, copy_path: str
+) -> None:
+    chart = tmp_path / "robustloop"
+    shutil.copytree(CHART, chart)
+    (chart / copy_path).unlink()
+    done = _run_helm(helm, "template", RELEASE, chart=chart)
+    assert done.returncode != 0
+    assert "make chart-sync" in done.stderr
