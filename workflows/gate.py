@@ -1,0 +1,254 @@
+"""The promotion gate: is the candidate provably more robust, and not too much worse on clean data?
+
+Both models are judged on the same held-out evaluation images (never seen by training), clean and
+under PGD with random restarts (at least 20 steps: the threat model's floor; FGSM alone is never
+enough, since a model can mask FGSM's gradient and still fall to PGD). Because the examples are
+paired, the decision uses paired statistics (:mod:`workflows._stats`):
+
+* robust accuracy must rise by at least ``gate.min_robust_gain``: the one-sided lower confidence
+  bound of the paired gain must reach it, and McNemar's mid-p test must find the gain significant;
+* clean accuracy may fall by at most ``gate.max_clean_drop``: the one-sided upper confidence bound
+  of the paired drop must stay within it.
+
+A raw comparison of two accuracies is not a decision: on a few hundred images it moves by several
+points from one random restart to the next.
+
+:func:`evaluate_pair` measures (torch, in the ``evaluate`` step); :func:`decide` judges (pure,
+in the ``gate`` step); both are used by ``robustloop gate`` too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from robustloop.config import GateConfig, RobustloopConfig
+from workflows._stats import mcnemar_midp, paired_counts, paired_difference_interval
+
+MIN_ATTACK_STEPS = 20
+"""The gate never judges under an attack weaker than PGD-20."""
+
+
+class GateError(Exception):
+    """The gate cannot judge (no baseline, malformed evaluation); the message says why."""
+
+
+def pack_bits(values: list[bool]) -> str:
+    """Per-example correctness as a compact hex string (bit i = example i) for a parameter."""
+    number = 0
+    for i, value in enumerate(values):
+        if value:
+            number |= 1 << i
+    return format(number, "x")
+
+
+def unpack_bits(text: str, n: int) -> list[bool]:
+    """Inverse of :func:`pack_bits` for ``n`` examples."""
+    try:
+        number = int(text, 16)
+    except ValueError:
+        raise GateError(f"per-example correctness {text[:20]!r}... is not a hex string") from None
+    if number >> n:
+        raise GateError(f"per-example correctness has more than n={n} examples")
+    return [bool(number >> i & 1) for i in range(n)]
+
+
+def evaluate_pair(
+    cfg: RobustloopConfig, candidate: str, baseline: str = "production", eps: float | None = None
+) -> dict[str, Any]:
+    """Evaluate candidate and baseline on the held-out split, clean and under PGD with restarts.
+
+    Args:
+        cfg: the config (data split, store, gate attack settings).
+        candidate: version id of the candidate.
+        baseline: version id or ``production`` (resolved now; the resolved id is recorded).
+        eps: attack radius; default ``gate.eps``, else ``remediation.eps``.
+
+    Returns:
+        A JSON-serialisable evaluation: attack settings, and per model its version, clean and
+        robust accuracy and per-example correctness (packed).
+
+    Raises:
+        GateError: there is no production model to compare with, or the candidate is it.
+    """
+    import torch
+
+    import training
+
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    store = training.ModelStore(cfg.store.path)
+    if baseline == "production":
+        current = store.production()
+        if current is None:
+            raise GateError(
+                "there is no production model to compare the candidate with; "
+                "promote a first model with `robustloop models promote` (or train one)"
+            )
+        baseline = current
+    baseline = store.resolve(baseline)
+    candidate = store.resolve(candidate)
+    if candidate == baseline:
+        raise GateError(f"the candidate {candidate} is the baseline itself; nothing to judge")
+    eps = float(eps if eps is not None else (cfg.gate.eps or cfg.remediation.eps))
+    n = min(cfg.gate.n, cfg.data.eval_size)
+    splits = training.make_splits(cfg.data)
+    result: dict[str, Any] = {
+        "n": n,
+        "eps": eps,
+        "attack": {
+            "name": "pgd",
+            "steps": cfg.gate.attack_steps,
+            "restarts": cfg.gate.restarts,
+        },
+    }
+    for role, version in (("candidate", candidate), ("baseline", baseline)):
+        model, _manifest = store.load(version)
+        clean = training.evaluate(model, splits.eval, attack="none", n=n)
+        robust = training.evaluate(
+            model,
+            splits.eval,
+            attack="pgd",
+            eps=eps,
+            steps=cfg.gate.attack_steps,
+            restarts=cfg.gate.restarts,
+            n=n,
+        )
+        result[role] = {
+            "version": version,
+            "clean": _outcome(clean.correct),
+            "robust": _outcome(robust.correct),
+        }
+    return result
+
+
+def _outcome(correct: Any) -> dict[str, Any]:
+    values = [bool(v) for v in correct.tolist()]
+    return {"accuracy": sum(values) / len(values), "correct": pack_bits(values)}
+
+
+@dataclass
+class GateDecision:
+    """The gate's verdict with the figures and reasons behind it (JSON via :meth:`as_dict`)."""
+
+    passed: bool
+    candidate: str
+    baseline: str
+    reasons: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+
+def _correctness(evaluation: dict[str, Any], role: str, kind: str) -> list[bool]:
+    try:
+        n = int(evaluation["n"])
+        return unpack_bits(str(evaluation[role][kind]["correct"]), n)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GateError(f"evaluation lacks {role}.{kind}.correct or n ({exc!r})") from None
+
+
+def decide(evaluation: dict[str, Any], policy: GateConfig) -> GateDecision:
+    """Judge an evaluation (from :func:`evaluate_pair`) against the gate policy.
+
+    Raises:
+        GateError: the evaluation is malformed (then nothing may be promoted).
+    """
+    try:
+        candidate = str(evaluation["candidate"]["version"])
+        baseline = str(evaluation["baseline"]["version"])
+        attack = evaluation["attack"]
+    except (KeyError, TypeError) as exc:
+        raise GateError(f"evaluation lacks {exc}; expected the output of evaluate_pair") from None
+    decision = GateDecision(passed=True, candidate=candidate, baseline=baseline)
+    alpha = policy.alpha
+    level = f"{100 * (1 - alpha):g}%"
+
+    steps = int(attack.get("steps", 0))
+    if attack.get("name") != "pgd" or steps < MIN_ATTACK_STEPS:
+        decision.passed = False
+        decision.reasons.append(
+            f"attack {attack.get('name')}-{steps} is weaker than PGD-{MIN_ATTACK_STEPS}; "
+            "the gate judges robustness only under PGD with at least 20 steps"
+        )
+
+    robust = paired_counts(
+        _correctness(evaluation, "baseline", "robust"),
+        _correctness(evaluation, "candidate", "robust"),
+    )
+    r_low, r_high = paired_difference_interval(robust, alpha)
+    p_value = mcnemar_midp(robust)
+    robust_ok = r_low >= policy.min_robust_gain and p_value < alpha
+    decision.reasons.append(
+        f"robust accuracy (PGD-{steps}, eps {evaluation.get('eps')}) "
+        f"{_acc(robust, 'baseline')} -> {_acc(robust, 'candidate')}: "
+        f"gain {robust.difference:+.3f}, "
+        f"{level} lower bound {r_low:+.3f} {'>=' if r_low >= policy.min_robust_gain else '<'} "
+        f"required {policy.min_robust_gain:+.3f}; McNemar mid-p {p_value:.2g} "
+        f"{'<' if p_value < alpha else '>='} {alpha:g}: {'ok' if robust_ok else 'FAIL'}"
+    )
+
+    clean = paired_counts(
+        _correctness(evaluation, "baseline", "clean"),
+        _correctness(evaluation, "candidate", "clean"),
+    )
+    c_low, c_high = paired_difference_interval(clean, alpha)
+    drop_bound = -c_low
+    clean_ok = drop_bound <= policy.max_clean_drop
+    decision.reasons.append(
+        f"clean accuracy {_acc(clean, 'baseline')} -> {_acc(clean, 'candidate')}: drop "
+        f"{-clean.difference:+.3f}, {level} upper bound {drop_bound:+.3f} "
+        f"{'<=' if clean_ok else '>'} allowed {policy.max_clean_drop:.3f}: "
+        f"{'ok' if clean_ok else 'FAIL'}"
+    )
+    decision.passed = decision.passed and robust_ok and clean_ok
+    decision.metrics = {
+        "n": robust.n,
+        "alpha": alpha,
+        "robust": _metrics(robust, r_low, r_high) | {"mcnemar_midp": p_value},
+        "clean": _metrics(clean, c_low, c_high),
+        "attack": attack,
+        "eps": evaluation.get("eps"),
+    }
+    return decision
+
+
+def _acc(counts: Any, role: str) -> str:
+    right = counts.both + (counts.only_baseline if role == "baseline" else counts.only_candidate)
+    return f"{right / counts.n:.3f}"
+
+
+def _metrics(counts: Any, low: float, high: float) -> dict[str, Any]:
+    n = counts.n
+    return {
+        "baseline_accuracy": (counts.both + counts.only_baseline) / n,
+        "candidate_accuracy": (counts.both + counts.only_candidate) / n,
+        "difference": counts.difference,
+        "interval": [low, high],
+        "only_candidate": counts.only_candidate,
+        "only_baseline": counts.only_baseline,
+    }
+
+
+def run_gate(
+    cfg: RobustloopConfig, candidate: str, baseline: str = "production", eps: float | None = None
+) -> GateDecision:
+    """Evaluate and decide in one go (``robustloop gate``)."""
+    return decide(evaluate_pair(cfg, candidate, baseline, eps), cfg.gate)
+
+
+__all__ = [
+    "MIN_ATTACK_STEPS",
+    "GateDecision",
+    "GateError",
+    "decide",
+    "evaluate_pair",
+    "pack_bits",
+    "run_gate",
+    "unpack_bits",
+]
