@@ -18,6 +18,25 @@ QUICK_HELP = (
 )
 
 
+def _positive(text: str) -> float:
+    """argparse type: a number of seconds (or a rate) above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    return value
+
+
+def _eps(text: str) -> float:
+    """argparse type: an L-inf radius in (0, 1]."""
+    value = _positive(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: eps must be at most 1 (inputs are in [0, 1])")
+    return value
+
+
 def register(sub: Any) -> None:
     """Add ``up`` and ``demo``."""
     p = sub.add_parser(
@@ -39,11 +58,11 @@ def register(sub: Any) -> None:
     p.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="report folder")
     p.add_argument("--scenario", choices=["attack", "drift"], default="attack")
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default stack.run_dir)")
-    p.add_argument("--clean-seconds", type=float, default=None, help="stack.clean_seconds")
-    p.add_argument("--timeout", type=float, default=None, help="stack.timeout_seconds")
-    p.add_argument("--drift-seconds", type=float, default=None, help="stack.drift_seconds")
-    p.add_argument("--eps", type=float, default=None, help="attack eps (stack.attack_eps)")
-    p.add_argument("--rate", type=float, default=None, help="requests per second")
+    p.add_argument("--clean-seconds", type=_positive, default=None, help="stack.clean_seconds")
+    p.add_argument("--timeout", type=_positive, default=None, help="stack.timeout_seconds")
+    p.add_argument("--drift-seconds", type=_positive, default=None, help="stack.drift_seconds")
+    p.add_argument("--eps", type=_eps, default=None, help="attack eps (stack.attack_eps)")
+    p.add_argument("--rate", type=_positive, default=None, help="requests per second")
     p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.set_defaults(handler=_demo)
 
@@ -133,7 +152,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     report_dir: Path = args.report_dir
     try:
-        with LocalStack(cfg, echo=_echo) as stack:
+        with LocalStack(cfg, echo=_echo, from_baseline=True) as stack:
             for name, url in stack.urls().items():
                 _echo(f"  {name:<13} {url}")
             runner = ScenarioRunner(stack, options, report_dir, echo=_echo)

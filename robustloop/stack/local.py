@@ -46,6 +46,40 @@ def production_version(cfg: RobustloopConfig) -> str | None:
     return str(getattr(current, "version", current))
 
 
+def undefended_root(cfg: RobustloopConfig) -> str | None:
+    """The version the production model descends from that was not fine-tuned (parent None).
+
+    After a demo, production is the hardened model; the next demo must start from the
+    undefended baseline again, or there would be nothing to attack.
+    """
+    from training import ModelStore
+
+    store = ModelStore(cfg.store.path)
+    version = store.production()
+    seen: set[str] = set()
+    while version is not None and version not in seen:
+        seen.add(version)
+        parent = store.manifest(version).parent
+        if parent is None:
+            return version
+        version = parent
+    return version
+
+
+def reset_to_baseline(cfg: RobustloopConfig) -> str | None:
+    """Point production back at the undefended baseline; returns it if production changed."""
+    from training import ModelStore
+
+    store = ModelStore(cfg.store.path)
+    root = undefended_root(cfg)
+    if root is None or root == store.production():
+        return None
+    store.promote(
+        root, provenance={"reason": "robustloop demo starts from the undefended baseline"}
+    )
+    return root
+
+
 class LocalStack:
     """The four processes of the one-machine loop, started together and always stopped together.
 
@@ -61,6 +95,7 @@ class LocalStack:
         cfg: the user's config (the stack runs a rewritten copy, see :attr:`folder`).
         echo: where progress lines go (the CLI prints them).
         train_baseline: train a baseline when the store has no production model (else fail).
+        from_baseline: first point production back at the undefended baseline (the demo).
     """
 
     def __init__(
@@ -69,8 +104,10 @@ class LocalStack:
         echo: Echo = print,
         *,
         train_baseline: bool = True,
+        from_baseline: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.from_baseline = from_baseline
         self.echo = echo
         self.train_baseline = train_baseline
         self.supervisor = Supervisor()
@@ -173,6 +210,11 @@ class LocalStack:
         """The production version; trains a baseline first when the store has none."""
         version = production_version(self.cfg)
         if version is not None:
+            if self.from_baseline:
+                reset = reset_to_baseline(self.cfg)
+                if reset is not None:
+                    self.echo(f"production was {version}; starting from the baseline {reset}")
+                    return reset
             return version
         if not self.train_baseline:
             raise StackError(
@@ -274,4 +316,10 @@ class LocalStack:
         self.supervisor.stop_all()
 
 
-__all__ = ["LocalStack", "production_version", "robustloop_argv"]
+__all__ = [
+    "LocalStack",
+    "production_version",
+    "reset_to_baseline",
+    "robustloop_argv",
+    "undefended_root",
+]

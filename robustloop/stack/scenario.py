@@ -130,13 +130,15 @@ class ScenarioRunner:
             f"{seconds:g}",
             "--mode",
             mode,
-            "--eps",
-            f"{self.options.eps:g}",
             "--feedback-fraction",
             f"{self.options.feedback_fraction:g}",
             "--log",
             str(log_path),
         )
+        if mode in ("fgsm", "pgd"):
+            # noise keeps the traffic generator's default strength (calibrated to be as
+            # harmful as a weak attack); eps is the attack's L-inf radius only.
+            argv += ["--eps", f"{self.options.eps:g}"]
         self._traffic = self.stack.supervisor.start(
             f"traffic-{mode}", argv, folder.logs / f"traffic-{mode}.log"
         )
