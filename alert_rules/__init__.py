@@ -1,0 +1,57 @@
+"""Prometheus alert rules and the Alertmanager config, rendered from ``robustloop.yaml``.
+
+Pure Python and YAML (no torch): the Helm chart helpers and the embedded stack import it. The
+committed files beside this module (``robustloop.rules.yaml``, ``alertmanager.yml``,
+``tests/robustloop.test.yml``) are rendered from the default config; ``RUNBOOK.md`` explains
+each alert. Calibration statistics live in :mod:`alert_rules.calibration`.
+"""
+
+from alert_rules._spec import (
+    CANARY_GROUP,
+    INPUTS_GROUP,
+    NO_REMEDIATION_VALUE,
+    REMEDIATION_LABEL,
+    REMEDIATION_VALUE,
+    duration_seconds,
+    effective_threshold,
+)
+from alert_rules.promtool_tests import GenerationError, render_promtool_tests
+from alert_rules.render import (
+    ALERTMANAGER_FILE,
+    DEFAULT_RECEIVER,
+    PACKAGE_DIR,
+    REMEDIATION_RECEIVER,
+    RULES_FILE,
+    TESTS_FILE,
+    generated_header,
+    prometheus_rule_groups,
+    render_alertmanager,
+    render_rules,
+    write_generated,
+)
+
+ALERT_NAMES = ("CanaryAccuracyDegraded", "PredictionEntropyShift", "AdversarialInputSuspected")
+
+__all__ = [
+    "ALERTMANAGER_FILE",
+    "ALERT_NAMES",
+    "CANARY_GROUP",
+    "DEFAULT_RECEIVER",
+    "INPUTS_GROUP",
+    "NO_REMEDIATION_VALUE",
+    "PACKAGE_DIR",
+    "REMEDIATION_LABEL",
+    "REMEDIATION_RECEIVER",
+    "REMEDIATION_VALUE",
+    "RULES_FILE",
+    "TESTS_FILE",
+    "GenerationError",
+    "duration_seconds",
+    "effective_threshold",
+    "generated_header",
+    "prometheus_rule_groups",
+    "render_alertmanager",
+    "render_promtool_tests",
+    "render_rules",
+    "write_generated",
+]
