@@ -335,6 +335,20 @@ class WebhookConfig(_Section):
     submit_timeout_seconds: float = Field(
         10.0, gt=0, description="Timeout of every call to the submitter."
     )
+    poll_seconds: float = Field(
+        5.0, gt=0, description="How often the dispatcher reads the state of submitted runs."
+    )
+    backoff_initial_seconds: float = Field(
+        1.0, gt=0, description="First retry delay after a transient submission failure."
+    )
+    backoff_max_seconds: float = Field(
+        300.0, gt=0, description="Retry delay cap (the delay doubles after each failure)."
+    )
+    lost_run_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A submitted run that the submitter does not know after this long is failed.",
+    )
 
 
 class ArgoConfig(_Section):
