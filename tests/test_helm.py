@@ -322,39 +322,51 @@ def test_workflow_template_is_the_golden_one_completed_for_the_release(
     assert template["metadata"]["name"] == TEMPLATE_NAME == golden["metadata"]["name"]
     assert spec["serviceAccountName"] == f"{FULLNAME}-workflow"
     assert _one(objects, "ServiceAccount", spec["serviceAccountName"])
-    # The steps are the golden ones: same templates, same DAG, same entry points.
+    # The steps are the golden ones: same DAG, entry points, retries, mutex, exit handler.
+    for key in set(golden["spec"]) - {"templates", "volumes", "arguments"}:
+        assert spec.get(key) == golden["spec"][key], f"spec.{key} changed"
     assert [t["name"] for t in spec["templates"]] == [
         t["name"] for t in golden["spec"]["templates"]
     ]
     for ours, theirs in zip(spec["templates"], golden["spec"]["templates"], strict=True):
-        for key in ("dag", "steps", "inputs", "outputs"):
-            assert ours.get(key) == theirs.get(key), f"template {ours['name']}: {key} changed"
+        for key in set(theirs) - {"script", "container"}:
+            assert ours.get(key) == theirs[key], f"template {ours['name']}: {key} changed"
         ours_step = ours.get("script") or ours.get("container") or {}
         theirs_step = theirs.get("script") or theirs.get("container") or {}
         for key in ("command", "args", "source"):
             assert ours_step.get(key) == theirs_step.get(key), f"{ours['name']}: {key} changed"
-    # Completed for the release: image, the store claim, the config beside every step.
-    image = _container(_one(objects, "Deployment", f"{FULLNAME}-server"), "server")["image"]
+        for variable in theirs_step.get("env", []):
+            assert variable in ours_step["env"], f"{ours['name']}: env {variable['name']} lost"
+    parameters = {p["name"]: p.get("value") for p in spec["arguments"]["parameters"]}
+    assert set(parameters) == set(PARAMETERS)
+    # Completed for the release: image; the server's store claim; the release's config.
+    server = _one(objects, "Deployment", f"{FULLNAME}-server")
+    image = _container(server, "server")["image"]
     steps = _steps(template)
     assert steps, "the WorkflowTemplate runs no pod"
     assert {s["image"] for s in steps} == {image}
-    claims = {
-        v["persistentVolumeClaim"]["claimName"]
-        for v in spec["volumes"]
-        if "persistentVolumeClaim" in v
-    }
-    server = _one(objects, "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
     server_claims = {
         v["persistentVolumeClaim"]["claimName"]
-        for v in server["volumes"]
+        for v in server["spec"]["template"]["spec"]["volumes"]
         if "persistentVolumeClaim" in v
     }
-    assert claims == server_claims, "the workflow and the server must share one model store"
+    config = _config(objects)
     for step in steps:
-        mounts = {m["mountPath"] for m in step["volumeMounts"]}
-        assert step["workingDir"] in mounts, "robustloop.yaml must be in the step's working dir"
-    parameters = {p["name"]: p.get("value") for p in spec["arguments"]["parameters"]}
-    assert set(parameters) == set(PARAMETERS)
+        env = {e["name"]: e.get("value") for e in step["env"]}
+        config_file = Path(str(env["ROBUSTLOOP_CONFIG"]))
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in step["volumeMounts"]}
+        config_volume = mounts[str(config_file.parent)]
+        assert config_volume["configMap"]["name"] == f"{FULLNAME}-config"
+        store_mounts = [
+            path
+            for path, volume in mounts.items()
+            if volume.get("persistentVolumeClaim", {}).get("claimName") in server_claims
+        ]
+        assert len(store_mounts) == 1, "every step mounts the server's model store once"
+        assert config.store.path.is_relative_to(store_mounts[0]), (
+            f"store.path {config.store.path} is not on the store volume ({store_mounts[0]})"
+        )
 
 
 def test_workflow_parameter_overrides_and_gpu_placement(rendered: dict[str, list[Obj]]) -> None:
@@ -539,7 +551,7 @@ def test_config_map_is_a_valid_robustloop_config(
     assert config.serving.port == 8080 and config.webhook.port == 9095
     server = _container(_one(objects, "Deployment", f"{FULLNAME}-server"), "server")
     store_mount = next(m for m in server["volumeMounts"] if m["name"] == "store")
-    assert config.store.path == Path(store_mount["mountPath"])
+    assert config.store.path.is_relative_to(store_mount["mountPath"])
     receiver = _container(_one(objects, "Deployment", f"{FULLNAME}-receiver"), "receiver")
     outbox = next(m for m in receiver["volumeMounts"] if m["name"] == "outbox")
     assert config.webhook.db_path.parent == Path(outbox["mountPath"])

@@ -94,9 +94,9 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The config file: the user's `config` under the keys the chart must own. */}}
 {{- define "robustloop.configYaml" -}}
 {{- $owned := dict
-  "store" (dict "path" .Values.persistence.mountPath)
+  "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
   "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port))
-  "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop/webhook.sqlite3")
+  "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3")
   "submitter" (dict "kind" "argo" "runs_dir" "/tmp/robustloop-runs" "argo" (dict
       "host" .Values.argo.serverUrl
       "namespace" .Release.Namespace
@@ -116,6 +116,12 @@ app.kubernetes.io/component: {{ .component }}
     name: {{ include "robustloop.configMap" . }}
 - name: tmp
   emptyDir: {}
+{{- end }}
+
+{{/* The config file's path, for the processes the chart starts itself. */}}
+{{- define "robustloop.configEnv" -}}
+- name: ROBUSTLOOP_CONFIG
+  value: {{ include "robustloop.configDir" . }}/robustloop.yaml
 {{- end }}
 
 {{- define "robustloop.commonMounts" -}}
