@@ -1,0 +1,42 @@
+"""The PyTorch core of robustloop: data, models, attacks, (adversarial) training, evaluation
+and the model store. Serving and the workflow steps use these public names only.
+"""
+
+from training.adversarial import adversarial_train
+from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
+from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
+from training.evaluate import EvalResult, evaluate
+from training.models import ARCHITECTURES, build_model
+from training.store import (
+    Manifest,
+    ModelStore,
+    StoreError,
+    TamperedModelError,
+    UnknownVersionError,
+)
+from training.train import TrainResult, train_standard
+
+__all__ = [
+    "ARCHITECTURES",
+    "ATTACKS",
+    "FGSM",
+    "PGD",
+    "Attack",
+    "DatasetError",
+    "EvalResult",
+    "FashionMNIST",
+    "Manifest",
+    "ModelStore",
+    "Splits",
+    "StoreError",
+    "TamperedModelError",
+    "TrainResult",
+    "UnknownVersionError",
+    "adversarial_train",
+    "build_model",
+    "evaluate",
+    "load_fashion_mnist",
+    "make_attack",
+    "make_splits",
+    "train_standard",
+]

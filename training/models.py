@@ -1,0 +1,71 @@
+"""The classifiers, chosen by name: the paper's reference CNN and a wider variant.
+
+Both take ``[N, 1, 28, 28]`` float inputs in [0, 1] (no normalisation layer: the attacks' eps is
+measured in that pixel space) and return logits ``[N, 10]``. Neither has batch normalisation or
+dropout, so train and eval mode compute the same function and adversarial examples crafted in
+either mode are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+NUM_CLASSES = 10
+
+
+def _cnn(width: int) -> nn.Module:
+    """conv(w) - pool - conv(2w) - pool - fc(4w) - fc(10), 3x3 convolutions, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * 7 * 7, 4 * width),
+        nn.ReLU(),
+        nn.Linear(4 * width, NUM_CLASSES),
+    )
+
+
+def reference_cnn() -> nn.Module:
+    """The paper's reference CNN: conv 32, conv 64, fc 128, fc 10 (about 420k parameters).
+
+    The two 3x3 convolutions are each followed by 2x2 max pooling, which keeps the network
+    cheap enough for adversarial training on two CPU cores.
+    """
+    return _cnn(32)
+
+
+def wide_cnn() -> nn.Module:
+    """The reference CNN at twice the width: conv 64, conv 128, fc 256, fc 10.
+
+    Adversarial training needs capacity (Madry et al. 2018, section 4); this one trades speed
+    for robustness.
+    """
+    return _cnn(64)
+
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "cnn": reference_cnn,
+    "wide-cnn": wide_cnn,
+}
+"""Model constructors by architecture name (the ``model.architecture`` config field)."""
+
+
+def build_model(architecture: str) -> nn.Module:
+    """A freshly initialised model of the named architecture (seed torch first for determinism).
+
+    Raises:
+        ValueError: unknown architecture; the message lists the choices.
+    """
+    try:
+        factory = ARCHITECTURES[architecture]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}"
+        ) from None
+    return factory()

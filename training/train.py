@@ -1,0 +1,102 @@
+"""Standard (undefended) training, and the result type every training function returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from training._loop import Deadline, batches, cosine_lr, progress_bar, validate
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        model: the trained model (for adversarial training, the best checkpoint), in eval mode.
+        history: one dict per epoch (a partial epoch too, when stopped by the clock).
+        stopped_early: True when ``max_seconds`` or the catastrophic-overfitting guard ended
+            training before the last epoch.
+        seconds: wall time of the run.
+        best: the history entry of the kept checkpoint (adversarial training), else None.
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+    best: dict[str, Any] | None = None
+
+
+def train_standard(
+    model: nn.Module,
+    dataset: TensorDataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on clean images: Adam, cross-entropy, cosine learning-rate decay.
+
+    The data order is drawn from a generator seeded by ``seed``; with the same initial weights
+    (seed torch before :func:`~training.models.build_model`) a run is reproducible.
+    ``max_seconds`` ends training after the current mini-batch once exceeded.
+
+    Raises:
+        ValueError: an empty dataset or a non-positive epochs, batch size or learning rate.
+    """
+    validate(dataset, epochs, batch_size, lr)
+    deadline = Deadline(max_seconds)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    per_epoch = -(-len(dataset) // batch_size)
+    total_steps = epochs * per_epoch
+    history: list[dict[str, Any]] = []
+    stopped = False
+    step = 0
+    model.train()
+    for epoch in range(1, epochs + 1):
+        loss_sum, hits, seen = 0.0, 0, 0
+        with progress_bar(per_epoch, f"train epoch {epoch}/{epochs}", progress) as bar:
+            for images, labels in batches(dataset, batch_size, generator):
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(lr, step, total_steps)
+                logits = model(images)
+                loss = nn.functional.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(labels)
+                hits += int((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{hits / seen:.3f}")
+                if deadline.expired:
+                    stopped = True
+                    break
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": loss_sum / seen,
+                "train_accuracy": hits / seen,
+                "samples": seen,
+                "seconds": deadline.elapsed,
+            }
+        )
+        if stopped:
+            break
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=history,
+        stopped_early=stopped and not (epoch == epochs and seen == len(dataset)),
+        seconds=deadline.elapsed,
+    )
