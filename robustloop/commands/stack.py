@@ -13,8 +13,9 @@ from typing import Any
 from robustloop.config import RobustloopConfig
 
 QUICK_HELP = (
-    "short CI variant: a small data slice (2000 training, 500 eval and traffic images), one "
-    "epoch of training and of hardening, a 300-image gate, short phases"
+    "short CI variant: a small data slice (6000 training, 500 eval and traffic images), two "
+    "epochs of training and one of hardening, a 300-image gate, short phases; the store goes "
+    "into the run folder"
 )
 
 
@@ -73,10 +74,10 @@ def quick_config(cfg: RobustloopConfig) -> RobustloopConfig:
     The store moves into the run folder, so that a tiny model never replaces the user's.
     """
     out = cfg.model_copy(deep=True)
-    out.data.train_limit = 2000
+    out.data.train_limit = 6000
     out.data.eval_size = 500
     out.data.traffic_size = 500
-    out.training.epochs = 1
+    out.training.epochs = 2
     out.remediation.epochs = 1
     out.remediation.max_seconds = 30
     out.remediation.check_size = 128

@@ -147,6 +147,10 @@ class LocalStack:
         alertmanager = find_binary(self.cfg.stack.alertmanager_binary)
         self.production = self._ensure_baseline()
         folder = self._folder = prepare_run_folder(self.cfg)
+        if folder.config.alerts.calibrated_version != self.production:
+            # Thresholds judge one model: fit them to the one about to serve.
+            self.echo(f"calibrating the alert thresholds for {self.production}")
+            self._calibrate()
         timeout = self.cfg.stack.ready_timeout_seconds
         sup = self.supervisor
         children = [
@@ -280,6 +284,11 @@ class LocalStack:
         Raises:
             StackError: Prometheus refused to reload (the rules are invalid).
         """
+        self._calibrate()
+        self.reload_prometheus()
+
+    def _calibrate(self) -> None:
+        """Run ``robustloop calibrate`` on the run folder's config and re-render the rules."""
         folder = self.folder
         with open(folder.logs / "calibrate.log", "ab") as out:
             result = subprocess.run(
@@ -295,7 +304,6 @@ class LocalStack:
             )
         cfg = load_config(folder.config_path)
         folder.rules_path.write_text(render_rules_file(cfg), encoding="utf-8")
-        self.reload_prometheus()
 
     def reload_prometheus(self) -> None:
         """Ask Prometheus to reread its config and rules (it runs with --web.enable-lifecycle).
