@@ -13,7 +13,7 @@ NEEDED := /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager
           /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format setup system venv helm generate chart-sync docs bench clean
+.PHONY: help demo test lint format setup system venv helm generate rules chart-sync docs bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -54,9 +54,15 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 generate: setup ## regenerate every generated file (rules, Alertmanager config, workflow YAML, chart copies)
-	$(BIN)/robustloop rules render
+	$(BIN)/robustloop rules render --defaults
 	$(BIN)/robustloop workflow render
 	$(MAKE) chart-sync
+
+rules: setup ## render alert_rules/ from the default config, then promtool and amtool check it
+	$(BIN)/robustloop rules render --defaults
+	promtool check rules alert_rules/robustloop.rules.yaml
+	promtool test rules alert_rules/tests/robustloop.test.yml
+	amtool check-config alert_rules/alertmanager.yml
 
 chart-sync: ## copy the generated alert rules and workflow YAML into the Helm chart
 	@mkdir -p helm/robustloop/files
