@@ -94,7 +94,7 @@ class TrafficSummary:
     correct: int = 0
     errors: int = 0
     feedback: int = 0
-    versions: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)  # served versions, in the order seen
 
     @property
     def accuracy(self) -> float | None:
@@ -261,6 +261,8 @@ def run_traffic(
             version = _send_one(
                 client, options, attacker, images, labels, version, rng, noise_gen, window
             )
+            if version is not None and (not summary.versions or summary.versions[-1] != version):
+                summary.versions.append(version)
             if time.monotonic() >= next_log:
                 next_log = _flush(out, options, version, window, summary, next_log)
         if window.sent or window.errors:
@@ -347,8 +349,6 @@ def _flush(
     summary.correct += window.correct
     summary.errors += window.errors
     summary.feedback += window.feedback
-    if version is not None and (not summary.versions or summary.versions[-1] != version):
-        summary.versions.append(version)
     window.sent = window.images = window.correct = window.errors = window.feedback = 0
     now = time.monotonic()
     return due + 1.0 if due + 1.0 > now else now + 1.0
