@@ -86,13 +86,14 @@ def test_a_second_prepare_gets_a_new_token_and_clears_old_state(
     small_config: RobustloopConfig,
 ) -> None:
     first = prepare_run_folder(small_config, ports=PORTS)
+    first_token = first.token()
     (first.prometheus_data / "old-block").write_text("x")
     (first.root / "webhook.sqlite3").write_text("old outbox")
     keep = first.root / "notes.txt"
     keep.write_text("mine")
 
     second = prepare_run_folder(small_config, ports=PORTS)
-    assert second.token() != first.token()
+    assert second.token() != first_token
     assert not (second.prometheus_data / "old-block").exists()
     assert not (second.root / "webhook.sqlite3").exists()
     assert keep.read_text() == "mine"
