@@ -115,6 +115,10 @@ class RemediationConfig(_Section):
         description="Training images used each epoch to check PGD accuracy (catastrophic "
         "overfitting guard; the best checkpoint is kept).",
     )
+    lr: float = Field(
+        1e-3, gt=0, description="Peak Adam learning rate of adversarial training (cosine decay)."
+    )
+    batch_size: int = Field(128, ge=1, description="Mini-batch size of adversarial training.")
 
 
 class GateConfig(_Section):
