@@ -1,0 +1,208 @@
+"""The container images (docker/): what can be checked without a Docker engine.
+
+No Docker engine runs here, so the images are never built in the tests. What the builds rely on is
+checked instead: the torch pins and the packages the Dockerfiles copy agree with pyproject.toml,
+the build context keeps what they copy, and the receiver image's command really runs without
+torch, with the config file the chart gives it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import free_port
+from tests.test_helm import CHART, FULLNAME, NAMESPACE, RELEASE, _find_helm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILES = {
+    "server": REPO_ROOT / "docker" / "Dockerfile",
+    "receiver": REPO_ROOT / "docker" / "Dockerfile.webhook",
+}
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+# Run a robustloop command in this interpreter with torch made unimportable: the receiver image.
+WITHOUT_TORCH = """
+import importlib.abc, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (the receiver image has no torch)")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+from robustloop.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _packages() -> list[str]:
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    return sorted(pattern.rstrip("*") for pattern in include)
+
+
+def _pin(name: str) -> str:
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        match = re.fullmatch(rf"{name}==([\w.]+)", requirement)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"pyproject.toml does not pin {name}")
+
+
+def test_server_image_pins_the_same_torch_as_pyproject() -> None:
+    text = DOCKERFILES["server"].read_text(encoding="utf-8")
+    assert f"ARG TORCH_VERSION={_pin('torch')}\n" in text
+    assert f"ARG TORCHVISION_VERSION={_pin('torchvision')}\n" in text
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_images_copy_every_package_and_run_as_non_root(image: str) -> None:
+    text = DOCKERFILES[image].read_text(encoding="utf-8")
+    copied = set(re.findall(r"^COPY (\S+) \./\1$", text, flags=re.MULTILINE))
+    assert set(_packages()) <= copied, f"{image} image misses {set(_packages()) - copied}"
+    assert "COPY pyproject.toml README.md ./" in text
+    # Numeric user, so that Kubernetes' runAsNonRoot can check it; the chart's runAsUser.
+    assert "USER 10001:10001" in text
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    assert values["podSecurityContext"]["runAsUser"] == 10001
+
+
+def test_build_context_keeps_what_the_images_copy() -> None:
+    ignored = {
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for needed in [*_packages(), "pyproject.toml", "README.md"]:
+        assert needed not in ignored, f".dockerignore drops {needed}, which the images copy"
+    assert {".git", ".venv", ".robustloop"} <= ignored, "the build context must stay small"
+
+
+def test_receiver_image_installs_no_torch() -> None:
+    extra = PYPROJECT["project"]["optional-dependencies"]["webhook"]
+    names = {re.split(r"[<>=!~\[ ;]", requirement)[0].lower() for requirement in extra}
+    assert not names & {"torch", "torchvision"}, "the receiver image must not install torch"
+    text = DOCKERFILES["receiver"].read_text(encoding="utf-8")
+    assert "['optional-dependencies']['webhook']" in text
+    assert "pip install --no-deps ." in text
+
+
+def test_receiver_command_parses_without_torch() -> None:
+    """The build's last check (`robustloop webhook --help` without torch) passes here."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, "webhook", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "usage:" in done.stdout
+
+
+@pytest.fixture
+def chart_config(tmp_path: Path) -> dict[str, Any]:
+    """The robustloop.yaml of the chart's default scenario."""
+    helm = _find_helm()
+    if helm is None:
+        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
+            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
+        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
+    done = subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    for doc in yaml.safe_load_all(done.stdout):
+        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == f"{FULLNAME}-config":
+            config: dict[str, Any] = yaml.safe_load(doc["data"]["robustloop.yaml"])
+            return config
+    raise AssertionError("the chart renders no robustloop ConfigMap")
+
+
+@pytest.fixture
+def receiver_without_torch(tmp_path: Path, chart_config: dict[str, Any]) -> Iterator[str]:
+    """`robustloop webhook` as the receiver pod runs it: the chart's config, the token from the
+    environment, torch unimportable. Only what a pod provides is redirected to tmp_path: the
+    listen address, the outbox volume and the Argo token file.
+    """
+    port = free_port()
+    config = chart_config
+    config["webhook"]["host"] = "127.0.0.1"
+    config["webhook"]["port"] = port
+    config["webhook"]["db_path"] = str(tmp_path / "outbox" / "webhook.sqlite3")
+    (tmp_path / "outbox").mkdir()
+    argo_token = tmp_path / "argo-token"
+    argo_token.write_text("not-a-real-service-account-token\n", encoding="utf-8")
+    config["submitter"]["argo"]["token_file"] = str(argo_token)
+    config_file = tmp_path / "robustloop.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {
+        **os.environ,
+        "ROBUSTLOOP_WEBHOOK_TOKEN": "s3cret-token-of-the-test",
+        "HOME": str(tmp_path),
+    }
+    log = (tmp_path / "receiver.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-c", WITHOUT_TORCH, "webhook", "--config", str(config_file)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"the receiver exited with {process.returncode}:\n"
+                    + (tmp_path / "receiver.log").read_text()[-3000:]
+                )
+            try:
+                requests.get(f"{url}/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        "the receiver did not listen within 60 s:\n"
+                        + (tmp_path / "receiver.log").read_text()[-3000:]
+                    ) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        log.close()
+
+
+def test_receiver_runs_without_torch_on_the_charts_config(receiver_without_torch: str) -> None:
+    url = receiver_without_torch
+    assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+    # The token comes from ROBUSTLOOP_WEBHOOK_TOKEN (the chart's Secret): no token, no entry.
+    payload = {"version": "4", "status": "firing", "alerts": []}
+    assert requests.post(f"{url}/api/v1/alerts", json=payload, timeout=5).status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert (
+        requests.post(f"{url}/api/v1/alerts", json=payload, headers=wrong, timeout=5).status_code
+        == 401
+    )
