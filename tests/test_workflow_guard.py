@@ -1,0 +1,180 @@
+"""Post-rollout guard: the query, the decision, and a watch against a real Prometheus."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+from robustloop.config import RobustloopConfig
+from tests.conftest import free_port
+from workflows.guard import (
+    CAP_REACHED,
+    KEEP,
+    ROLLBACK,
+    SKIPPED,
+    WAIT,
+    CanaryCounts,
+    canary_queries,
+    consecutive_rollbacks,
+    judge,
+    watch,
+)
+
+
+def test_queries_select_one_version_and_sum_increases_over_the_window() -> None:
+    correct, total = canary_queries("fashion-cnn", 'v0002-"x"', 12.2)
+    assert correct == (
+        'sum(increase(robustloop_feedback_total{model="fashion-cnn",version="v0002-\\"x\\"",'
+        'outcome="correct"}[13s]))'
+    )
+    assert total == (
+        'sum(increase(robustloop_feedback_total{model="fashion-cnn",version="v0002-\\"x\\""}[13s]))'
+    )
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "final", "action"),
+    [
+        (CanaryCounts(30, 100), CanaryCounts(90, 100), False, ROLLBACK),  # clearly worse
+        (CanaryCounts(88, 100), CanaryCounts(90, 100), False, WAIT),  # not (yet) worse
+        (CanaryCounts(88, 100), CanaryCounts(90, 100), True, KEEP),
+        (CanaryCounts(95, 100), CanaryCounts(40, 100), True, KEEP),  # better
+        (CanaryCounts(0, 10), CanaryCounts(90, 100), False, WAIT),  # too little feedback
+        (CanaryCounts(0, 10), CanaryCounts(90, 100), True, KEEP),
+    ],
+)
+def test_judge(new: CanaryCounts, old: CanaryCounts, final: bool, action: str) -> None:
+    got, reason, _p = judge(new, old, alpha=0.05, min_samples=50, looks=4, final=final)
+    assert got == action, reason
+
+
+def test_repeated_looks_are_corrected() -> None:
+    # p is about 0.02: enough for one look at alpha 0.05, not for one of ten looks
+    new, old = CanaryCounts(80, 100), CanaryCounts(90, 100)
+    assert judge(new, old, alpha=0.05, min_samples=50, looks=1)[0] == ROLLBACK
+    assert judge(new, old, alpha=0.05, min_samples=50, looks=10)[0] == KEEP
+
+
+def test_no_watch_window_means_no_watch(small_config: RobustloopConfig) -> None:
+    small_config.rollout.watch_seconds = 0
+    decision = watch(small_config, version="v2", previous="v1", workflow="w")
+    assert decision.action == SKIPPED
+
+
+# ------------------------------------------------------------------ against a real Prometheus
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[tuple[str, Counter]]:
+    """A real Prometheus scraping a feedback counter exported on a free port, every second."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    registry = CollectorRegistry()
+    feedback = Counter(
+        "robustloop_feedback",
+        "ground truth fed back",
+        ["model", "version", "outcome"],
+        registry=registry,
+    )
+    exporter_port = free_port()
+    server, _thread = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"- job_name: serving\n  static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n"
+    )
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("Prometheus did not become ready in 30 s")
+        yield url, feedback
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        server.shutdown()
+
+
+def test_guard_rolls_back_a_worse_version_then_stops_at_the_cap(
+    small_config: RobustloopConfig, prometheus: tuple[str, Counter]
+) -> None:
+    import training
+
+    url, feedback = prometheus
+    cfg = small_config
+    cfg.rollout.prometheus_url = url
+    cfg.rollout.watch_seconds = 5
+    cfg.rollout.poll_seconds = 1
+    cfg.rollout.min_canary_samples = 20
+    cfg.rollout.max_consecutive_rollbacks = 1
+    store = training.ModelStore(cfg.store.path)
+    common = {"architecture": "cnn", "recipe": {}, "metrics": {}, "split": {}, "provenance": {}}
+    old = store.register(training.build_model("cnn"), parent=None, **common)
+    new = store.register(training.build_model("cnn"), parent=old, **common)
+    store.promote(new, provenance={"incident": "t"})
+
+    # GIVEN canary feedback: the old version right 9 times in 10, the new one 3 in 10
+    model = cfg.model.name
+    for version in (old, new):
+        for outcome in ("correct", "wrong"):
+            feedback.labels(model, version, outcome).inc(0)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            feedback.labels(model, old, "correct").inc(18)
+            feedback.labels(model, old, "wrong").inc(2)
+            feedback.labels(model, new, "correct").inc(6)
+            feedback.labels(model, new, "wrong").inc(14)
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        time.sleep(cfg.rollout.watch_seconds + 1)  # history of the old version before "now"
+        # WHEN the guard watches the new version
+        first = watch(cfg, version=new, previous=old, workflow="wf-1")
+        # THEN it rolls back, and the store records why
+        assert first.action == ROLLBACK, first.reason
+        assert store.production() == old
+        last = store.history()[-1]
+        assert last["action"] == "rollback"
+        assert last["provenance"]["by"] == "post-rollout-guard"
+        assert last["provenance"]["workflow"] == "wf-1"
+        assert consecutive_rollbacks(cfg.store.path) == 1
+
+        # WHEN the same bad version is promoted again: the cap (1) is reached
+        store.promote(new, provenance={"incident": "t2"})
+        second = watch(cfg, version=new, previous=old, workflow="wf-2")
+        assert second.action == CAP_REACHED, second.reason
+        assert "a human must decide" in second.reason
+        assert store.production() == new  # not rolled back past the cap
+    finally:
+        stop.set()
+        thread.join()
