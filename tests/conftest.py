@@ -11,6 +11,8 @@ import pytest
 
 from robustloop.config import RobustloopConfig
 
+pytest_plugins = ["tests.webhook_support"]  # the webhook receiver's fixtures
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASET_ROOT = Path("/usr/share/datasets/fashion-mnist")
 

@@ -1,0 +1,305 @@
+"""A stand-in for the Argo Server's workflow API, for tests (the real one needs Kubernetes).
+
+A real HTTP server on 127.0.0.1 (a free port) implementing what the receiver calls:
+
+* ``POST /api/v1/workflows/{namespace}``: checks the body twice, against the Argo JSON schema
+  (``../shared/schemas/argo-workflows/schema.json``: the ``WorkflowCreateRequest`` and its
+  ``Workflow`` definitions, ``$ref``\\ s resolved with ``referencing``) and by parsing it with
+  Hera's model (``hera.workflows.models.WorkflowCreateRequest``); checks that the workflow
+  references a WorkflowTemplate it knows, with parameters that template declares; answers
+  409 for a name it already has, like Argo;
+* ``GET /api/v1/workflows/{namespace}/{name}``: the stored workflow with a ``status`` in
+  Argo's shape (phase, nodes with ``displayName`` and output parameters), 404 if unknown.
+
+Faults are injected per test: an HTTP status for the next N calls (503, 403...), a delay longer
+than the client's timeout (optionally after storing the workflow, as when Argo created it but the
+answer was lost). A body that fails validation is answered 400 and kept in :attr:`invalid`,
+which tests assert to be empty.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import referencing
+import yaml
+from hera.workflows.models import WorkflowCreateRequest
+from pydantic import ValidationError
+
+from workflows.contract import PARAMETERS, TEMPLATE_NAME
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GOLDEN_TEMPLATE = REPO_ROOT / "workflows" / f"{TEMPLATE_NAME}.yaml"
+_DEF = "io.argoproj.workflow.v1alpha1."
+
+
+def template_parameters() -> set[str]:
+    """Parameter names the remediation WorkflowTemplate declares (its golden YAML, else the
+    contract)."""
+    if GOLDEN_TEMPLATE.exists():
+        template = yaml.safe_load(GOLDEN_TEMPLATE.read_text(encoding="utf-8"))
+        declared = template["spec"]["arguments"]["parameters"]
+        return {param["name"] for param in declared}
+    return set(PARAMETERS)
+
+
+@dataclass
+class Fault:
+    """What the stand-in does to the next matching call."""
+
+    method: str
+    """``POST`` (create) or ``GET`` (read)."""
+    status: int | None = None
+    """Answer with this HTTP status (and do nothing else)."""
+    delay: float = 0.0
+    """Sleep this long before answering."""
+    store_first: bool = False
+    """With a delay: store the workflow first, as when Argo created it but the answer was lost."""
+
+
+class ArgoStandIn:
+    """The fake Argo Server. Use as a context manager; :attr:`url` is its base URL.
+
+    Args:
+        schema_path: the Argo JSON schema (``schemas / "argo-workflows" / "schema.json"``).
+        token: when set, requests must carry ``Authorization: Bearer <token>`` (else 401).
+    """
+
+    def __init__(self, schema_path: Path, token: str | None = None) -> None:
+        document = json.loads(schema_path.read_text(encoding="utf-8"))
+        base = document.get("$id", "urn:argo-workflows-schema")
+        registry: referencing.Registry[Any] = referencing.Registry().with_resource(
+            base, referencing.Resource.from_contents(document)
+        )
+        validator_class = jsonschema.validators.validator_for(document)
+        self._create_request = validator_class(
+            {"$ref": f"{base}#/definitions/{_DEF}WorkflowCreateRequest"}, registry=registry
+        )
+        self._workflow = validator_class(
+            {"$ref": f"{base}#/definitions/{_DEF}Workflow"}, registry=registry
+        )
+        self.token = token
+        self.templates: dict[str, set[str]] = {TEMPLATE_NAME: template_parameters()}
+        self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.run_status: dict[str, dict[str, Any]] = {}
+        self.auto_finish: tuple[str, bool] | None = None
+        """(phase, gate passed) every workflow reports from its first read on; None: Running."""
+        self.calls: list[tuple[str, str, int]] = []
+        """(method, path, status) of every call, in order."""
+        self.invalid: list[str] = []
+        """Why each rejected body was invalid; a correct client leaves this empty."""
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # -- control ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def __enter__(self) -> ArgoStandIn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def inject(self, fault: Fault, times: int = 1) -> None:
+        """Apply ``fault`` to the next ``times`` calls of its method."""
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def set_phase(self, name: str, phase: str, gate_passed: bool | None = None) -> None:
+        """Make workflow ``name`` report ``phase`` (and the gate's output) from now on."""
+        with self._lock:
+            self.run_status[name] = _status(name, phase, gate_passed)
+
+    def created(self) -> list[str]:
+        """Names of the workflows created, in any namespace."""
+        with self._lock:
+            return [name for (_, name) in self.workflows]
+
+    def creates(self) -> list[int]:
+        """Statuses answered to every create call."""
+        with self._lock:
+            return [status for method, _, status in self.calls if method == "POST"]
+
+    # -- the API ------------------------------------------------------------------------------
+
+    def _take_fault(self, method: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method == method:
+                    self._faults.remove(fault)
+                    return fault
+        return None
+
+    def validate(self, body: Any) -> list[str]:
+        """Every problem of a create request body (empty when Argo would accept it)."""
+        problems = [
+            f"schema (WorkflowCreateRequest): {error.message} at {list(error.absolute_path)}"
+            for error in self._create_request.iter_errors(body)
+        ]
+        if not isinstance(body, dict) or "workflow" not in body:
+            return [*problems, "no `workflow` in the create request"]
+        problems += [
+            f"schema (Workflow): {error.message} at {list(error.absolute_path)}"
+            for error in self._workflow.iter_errors(body["workflow"])
+        ]
+        try:
+            WorkflowCreateRequest.model_validate(body)
+        except ValidationError as exc:
+            problems.append(f"Hera's WorkflowCreateRequest: {exc}")
+        spec = body["workflow"].get("spec") or {}
+        ref = (spec.get("workflowTemplateRef") or {}).get("name")
+        if ref not in self.templates:
+            problems.append(f"workflowtemplates.argoproj.io {ref!r} not found")
+        else:
+            given = {p.get("name") for p in (spec.get("arguments") or {}).get("parameters") or []}
+            unknown = given - self.templates[ref]
+            if unknown:
+                problems.append(f"parameters {sorted(unknown)} not declared by template {ref}")
+        if not (body["workflow"].get("metadata") or {}).get("name"):
+            problems.append("metadata.name is empty (the receiver must choose the name)")
+        return problems
+
+    def _create(self, namespace: str, body: Any, fault: Fault | None) -> tuple[int, Any]:
+        problems = self.validate(body)
+        if problems:
+            with self._lock:
+                self.invalid.extend(problems)
+            return 400, {"code": 3, "message": "; ".join(problems)}
+        workflow = body["workflow"]
+        name = workflow["metadata"]["name"]
+        with self._lock:
+            if (namespace, name) in self.workflows:
+                return 409, {
+                    "code": 6,
+                    "message": f'workflows.argoproj.io "{name}" already exists',
+                }
+            stored = json.loads(json.dumps(workflow))
+            stored["metadata"]["namespace"] = namespace
+            stored["metadata"]["uid"] = f"uid-{len(self.workflows)}"
+            self.workflows[(namespace, name)] = stored
+        if fault is not None and fault.store_first:
+            time.sleep(fault.delay)
+        return 200, stored
+
+    def _get(self, namespace: str, name: str) -> tuple[int, Any]:
+        with self._lock:
+            workflow = self.workflows.get((namespace, name))
+            if workflow is None:
+                return 404, {"code": 5, "message": f'workflows.argoproj.io "{name}" not found'}
+            if name not in self.run_status and self.auto_finish is not None:
+                self.run_status[name] = _status(name, *self.auto_finish)
+            status = self.run_status.get(name) or _status(name, "Running", None)
+            return 200, {**workflow, "status": status}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+            def _answer(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                with standin._lock:
+                    standin.calls.append((self.command, self.path, status))
+
+            def _route(self) -> tuple[str, str | None] | None:
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:3] != ["api", "v1", "workflows"] or len(parts) not in (4, 5):
+                    return None
+                return parts[3], parts[4] if len(parts) == 5 else None
+
+            def _authorised(self) -> bool:
+                if standin.token is None:
+                    return True
+                return self.headers.get("Authorization") == f"Bearer {standin.token}"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                route = self._route()
+                if route is None or route[1] is not None:
+                    return self._answer(404, {"code": 5, "message": "no such route"})
+                if not self._authorised():
+                    return self._answer(401, {"code": 16, "message": "token not valid"})
+                fault = standin._take_fault("POST")
+                if fault is not None and fault.status is not None:
+                    return self._answer(fault.status, {"code": 14, "message": "injected fault"})
+                if fault is not None and fault.delay and not fault.store_first:
+                    time.sleep(fault.delay)
+                try:
+                    body = json.loads(raw)
+                except ValueError as exc:
+                    with standin._lock:
+                        standin.invalid.append(f"body is not JSON: {exc}")
+                    return self._answer(400, {"code": 3, "message": "body is not JSON"})
+                status, answer = standin._create(route[0], body, fault)
+                return self._answer(status, answer)
+
+            def do_GET(self) -> None:
+                route = self._route()
+                if route is None or route[1] is None:
+                    return self._answer(404, {"code": 5, "message": "no such route"})
+                if not self._authorised():
+                    return self._answer(401, {"code": 16, "message": "token not valid"})
+                fault = standin._take_fault("GET")
+                if fault is not None and fault.status is not None:
+                    return self._answer(fault.status, {"code": 14, "message": "injected fault"})
+                if fault is not None and fault.delay:
+                    time.sleep(fault.delay)
+                status, answer = standin._get(route[0], route[1])
+                return self._answer(status, answer)
+
+        return Handler
+
+
+def _status(name: str, phase: str, gate_passed: bool | None) -> dict[str, Any]:
+    """An Argo ``WorkflowStatus`` with a gate node (and a promote node when it passed)."""
+    nodes: dict[str, Any] = {}
+    if gate_passed is not None:
+        nodes[f"{name}-1"] = {
+            "id": f"{name}-1",
+            "name": f"{name}.gate",
+            "displayName": "gate",
+            "type": "Pod",
+            "phase": "Succeeded",
+            "outputs": {"parameters": [{"name": "passed", "value": str(gate_passed).lower()}]},
+        }
+        if gate_passed:
+            nodes[f"{name}-2"] = {
+                "id": f"{name}-2",
+                "name": f"{name}.promote",
+                "displayName": "promote",
+                "type": "Pod",
+                "phase": "Succeeded",
+                "outputs": {"parameters": [{"name": "version", "value": "v0002"}]},
+            }
+    return {"phase": phase, "nodes": nodes, "message": "" if phase != "Failed" else "step failed"}

@@ -1,0 +1,341 @@
+"""The receiver's Flask app: ``create_app(config)``.
+
+Routes (blueprint ``webhook``):
+
+* ``POST /api/v1/alerts``: Alertmanager's webhook payload v4; bearer token; body size limit.
+  Answers 200 once every alert is durably recorded (new or duplicate), 4xx for garbage (which
+  Alertmanager does not retry), 503 only when the outbox could not record (a resend is wanted).
+* ``GET /api/v1/remediations`` (``?state=&limit=``), ``GET /api/v1/remediations/<id>``: the
+  incidents with their states and history; bearer token too.
+* ``GET /healthz`` (the process lives), ``GET /readyz`` (outbox open and dispatcher running),
+  ``GET /metrics`` (Prometheus text format).
+
+Errors are :mod:`webhook.errors`, mapped to ``{"error": message}`` in :func:`_register_errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from robustloop.config import RobustloopConfig
+from webhook import errors
+from webhook._auth import load_token, token_matches
+from webhook.dispatcher import Dispatcher
+from webhook.metrics import WebhookMetrics
+from webhook.models import Alert, WebhookPayload
+from webhook.outbox import STATES, AlertRecord, Outbox
+from webhook.submitters import Submitter, build_submitter
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "robustloop.webhook"
+MODEL_LABEL = "model"
+"""The alert label naming the model to remediate (every robustloop series carries it)."""
+_MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MAX_PROBLEMS = 5
+
+bp = Blueprint("webhook", __name__)
+
+
+@dataclass
+class Receiver:
+    """Everything a running receiver holds; ``app.extensions["robustloop.webhook"]``."""
+
+    config: RobustloopConfig
+    token: str | None
+    outbox: Outbox
+    submitter: Submitter
+    dispatcher: Dispatcher
+    metrics: WebhookMetrics
+
+    def close(self) -> None:
+        """Stop the dispatcher, close the submitter and the outbox (idempotent)."""
+        self.dispatcher.stop()
+        self.submitter.close()
+        self.outbox.close()
+
+
+def create_app(
+    config: RobustloopConfig,
+    *,
+    submitter: Submitter | None = None,
+    registry: CollectorRegistry | None = None,
+    config_path: Path | None = None,
+    start_dispatcher: bool = True,
+) -> Flask:
+    """Build the receiver: load the token, open the outbox, start the dispatcher.
+
+    Args:
+        config: the configuration (sections ``webhook``, ``submitter``, ``remediation``).
+        submitter: where runs start; default :func:`webhook.submitters.build_submitter`.
+        registry: Prometheus registry of the metrics (tests pass a fresh one); default a new
+            registry served at ``/metrics``.
+        config_path: the config file, handed to the local executor.
+        start_dispatcher: False leaves the dispatcher stopped (``receiver_of(app).dispatcher``
+            can be started or run pass by pass), for tests that look at the outbox alone.
+
+    Raises:
+        webhook.errors.ConfigurationError: no token while ``webhook.auth`` is ``bearer``.
+    """
+    token = load_token(config.webhook)
+    outbox = Outbox(config.webhook.db_path)
+    submitter = submitter if submitter is not None else build_submitter(config, config_path)
+    metrics = WebhookMetrics(registry if registry is not None else CollectorRegistry())
+    dispatcher = Dispatcher(outbox, submitter, config, metrics)
+    receiver = Receiver(config, token, outbox, submitter, dispatcher, metrics)
+    app = Flask(__name__)
+    app.extensions[EXTENSION] = receiver
+    app.register_blueprint(bp)
+    _register_errors(app)
+    if start_dispatcher:
+        dispatcher.start()
+    return app
+
+
+def receiver_of(app: Flask) -> Receiver:
+    """The :class:`Receiver` of an app made by :func:`create_app`."""
+    receiver: Receiver = app.extensions[EXTENSION]
+    return receiver
+
+
+def _receiver() -> Receiver:
+    return receiver_of(current_app)
+
+
+def _register_errors(app: Flask) -> None:
+    """The one place where errors become HTTP answers."""
+
+    @app.errorhandler(errors.WebhookError)
+    def _webhook_error(exc: errors.WebhookError) -> tuple[Response, int, dict[str, str]]:
+        headers = {"WWW-Authenticate": 'Bearer realm="robustloop"'} if exc.status == 401 else {}
+        return jsonify(error=exc.message), exc.status, headers
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        mapped: dict[int, type[errors.WebhookError]] = {
+            400: errors.BadPayload,
+            404: errors.NotFound,
+            405: errors.MethodNotAllowed,
+            413: errors.PayloadTooLarge,
+        }
+        message = exc.description or exc.name
+        if status in mapped:
+            message = mapped[status](message).message
+        return jsonify(error=message), status
+
+
+def _authenticate(receiver: Receiver) -> None:
+    if receiver.token is None:
+        return
+    if not token_matches(request.headers.get("Authorization"), receiver.token):
+        raise errors.Unauthorized(
+            "missing or wrong bearer token: send `Authorization: Bearer <token>` "
+            "(Alertmanager: http_config.authorization.credentials_file)"
+        )
+
+
+def _read_body(limit: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise errors.PayloadTooLarge(
+            f"body of {declared} bytes exceeds webhook.max_body_bytes ({limit}); lower the "
+            "receiver's max_alerts in Alertmanager or raise the limit"
+        )
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise errors.PayloadTooLarge(
+            f"body exceeds webhook.max_body_bytes ({limit}); lower the receiver's max_alerts "
+            "in Alertmanager or raise the limit"
+        )
+    return body
+
+
+def _parse(body: bytes) -> WebhookPayload:
+    if not body:
+        raise errors.BadPayload("empty body: expected Alertmanager's webhook JSON (version 4)")
+    try:
+        raw: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.BadPayload(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise errors.BadPayload("body is not JSON this receiver accepts: nested too deep") from None
+    if not isinstance(raw, dict):
+        raise errors.BadPayload(
+            f"expected a JSON object (Alertmanager's webhook payload), got {type(raw).__name__}"
+        )
+    if "version" in raw and raw["version"] != "4":
+        raise errors.BadPayload(
+            f"unsupported payload version {raw['version']!r}: this receiver speaks Alertmanager's "
+            'webhook version "4"'
+        )
+    try:
+        return WebhookPayload.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
+            for err in exc.errors()[:_MAX_PROBLEMS]
+        ]
+        more = exc.error_count() - len(problems)
+        suffix = f" (and {more} more)" if more > 0 else ""
+        raise errors.BadPayload(
+            "not Alertmanager's webhook payload v4: " + "; ".join(problems) + suffix
+        ) from None
+    except RecursionError:
+        raise errors.BadPayload("payload nested too deep") from None
+
+
+def _not_allowed(alert: Alert, allow: dict[str, str]) -> str | None:
+    for name, wanted in sorted(allow.items()):
+        got = alert.labels.get(name)
+        if got != wanted:
+            shown = "missing" if got is None else f"{got!r}"
+            return (
+                f"not allowed: label {name} is {shown}; webhook.allow_labels wants {wanted!r} "
+                "before an alert may start a remediation"
+            )
+    model = alert.labels.get(MODEL_LABEL)
+    if model is not None and not _MODEL_NAME.match(model):
+        return f"not allowed: label model {model!r} is not a model name ([a-z0-9-])"
+    return None
+
+
+def _records(receiver: Receiver, payload: WebhookPayload) -> list[AlertRecord]:
+    allow = receiver.config.webhook.allow_labels
+    default_model = receiver.config.model.name
+    return [
+        AlertRecord(
+            incident_id=alert.incident_id,
+            fingerprint=alert.fingerprint,
+            starts_at=alert.starts_at.isoformat(),
+            status=alert.status,
+            alertname=alert.labels.get("alertname", ""),
+            model=alert.labels.get(MODEL_LABEL) or default_model,
+            labels=alert.labels,
+            annotations=alert.annotations,
+            group_key=payload.group_key,
+            not_allowed=_not_allowed(alert, allow),
+        )
+        for alert in payload.alerts
+    ]
+
+
+@bp.post("/api/v1/alerts")
+def post_alerts() -> tuple[Response, int]:
+    """Record one Alertmanager delivery; 200 once it is on disk."""
+    receiver = _receiver()
+    started = time.perf_counter()
+    status = 500
+    try:
+        _authenticate(receiver)
+        payload = _parse(_read_body(receiver.config.webhook.max_body_bytes))
+        try:
+            results = receiver.outbox.record(_records(receiver, payload))
+        except sqlite3.Error as exc:
+            log.error("cannot record a delivery: %s", exc)
+            raise errors.StorageUnavailable(
+                f"cannot record the alerts now ({exc}); Alertmanager will resend"
+            ) from None
+        status = 200
+    except errors.WebhookError as exc:
+        status = exc.status
+        raise
+    finally:
+        receiver.metrics.requests.labels(code=str(status)).inc()
+    receiver.metrics.request_seconds.observe(time.perf_counter() - started)
+    for alert, result in zip(payload.alerts, results, strict=True):
+        outcome = "new" if result.new else "duplicate"
+        receiver.metrics.alerts.labels(status=alert.status, outcome=outcome).inc()
+        if result.new and result.state != "received" and alert.status == "firing":
+            receiver.metrics.decisions.labels(decision="not-allowed").inc()
+    if payload.truncated_alerts:
+        receiver.metrics.truncated_alerts.inc(payload.truncated_alerts)
+        log.warning(
+            "delivery %s left out %d alerts (truncatedAlerts): raise max_alerts",
+            payload.group_key,
+            payload.truncated_alerts,
+        )
+    receiver.dispatcher.wake()
+    body = {
+        "status": "accepted",
+        "alerts": [
+            {"incident": r.incident_id, "state": r.state, "duplicate": not r.new} for r in results
+        ],
+        "truncated_alerts": payload.truncated_alerts,
+    }
+    return jsonify(body), 200
+
+
+@bp.get("/api/v1/remediations")
+def list_remediations() -> Response:
+    """The newest incidents (``?state=<state>``, ``?limit=<1..1000>``, default 100)."""
+    receiver = _receiver()
+    _authenticate(receiver)
+    state = request.args.get("state")
+    if state is not None and state not in STATES:
+        raise errors.BadPayload(f"unknown state {state!r}; one of {', '.join(STATES)}")
+    raw_limit = request.args.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise errors.BadPayload(f"limit must be an integer from 1 to 1000, got {raw_limit!r}")
+    incidents = receiver.outbox.list(state=state, limit=int(raw_limit))
+    return jsonify(
+        remediations=[incident.to_dict() for incident in incidents],
+        counts=receiver.outbox.count_by_state(),
+    )
+
+
+@bp.get("/api/v1/remediations/<incident_id>")
+def get_remediation(incident_id: str) -> Response:
+    """One incident with its history."""
+    receiver = _receiver()
+    _authenticate(receiver)
+    incident = receiver.outbox.get(incident_id)
+    if incident is None:
+        raise errors.NotFound(f"no remediation with id {incident_id!r}")
+    return jsonify(incident.to_dict())
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process answers."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Ready when the outbox answers and the dispatcher runs."""
+    receiver = _receiver()
+    problems = []
+    if not receiver.dispatcher.alive:
+        problems.append("dispatcher not running")
+    try:
+        receiver.outbox.count_by_state()
+    except sqlite3.Error as exc:
+        problems.append(f"outbox unavailable: {exc}")
+    if problems:
+        return jsonify(status="not ready", problems=problems), 503
+    return jsonify(status="ready", submitter=receiver.submitter.kind), 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format; the incident gauge is read from the outbox now."""
+    receiver = _receiver()
+    for state, count in receiver.outbox.count_by_state().items():
+        receiver.metrics.incidents.labels(state=state).set(count)
+    return Response(generate_latest(receiver.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["Receiver", "create_app", "receiver_of"]

@@ -1,0 +1,398 @@
+"""The dispatcher: decides, submits and follows remediations, in one background thread.
+
+All decisions are taken here, one at a time, so that parallel deliveries cannot race: the
+request path only records incidents (:meth:`webhook.outbox.Outbox.record`). Each pass:
+
+1. *follow*: read the state of submitted runs back from the submitter;
+2. *decide*: for each ``received`` incident, oldest first: suppress it if its alert resolved,
+   wait while another remediation of its model is active, suppress it within the cooldown after
+   the last one ended or beyond the model's budget for the UTC day, record it only in dry-run
+   mode, else turn it into a ``submitting`` intent with its deterministic workflow name;
+3. *submit* the due intents, each call with a timeout; a transient failure is retried with
+   exponential backoff, a refusal (4xx such as 403) ends in ``refused`` and is not retried.
+
+Every step commits before the next, so a crash at any point leaves a state that the next pass
+(after a restart) completes; a repeated submission is a 409, taken as success.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime
+
+from robustloop.config import RobustloopConfig
+from webhook import outbox as ob
+from webhook.metrics import WebhookMetrics
+from webhook.outbox import Incident, Outbox
+from webhook.submitters.base import (
+    RefusedSubmitError,
+    SubmitError,
+    Submitted,
+    Submitter,
+)
+from workflows.contract import PARAMETERS, PHASE_SUCCEEDED, RunSummary, workflow_name_for
+
+log = logging.getLogger(__name__)
+
+
+def _number(value: float | int | None) -> str:
+    return "0" if value is None else f"{value:g}"
+
+
+def workflow_parameters(config: RobustloopConfig, incident: Incident) -> dict[str, str]:
+    """The remediation workflow's parameters for an incident (every name of the contract)."""
+    rem = config.remediation
+    values = {
+        "model": incident.model,
+        "base-version": "production",
+        "method": rem.method,
+        "eps": _number(rem.eps),
+        "steps": _number(rem.steps),
+        "epochs": _number(rem.epochs),
+        "max-seconds": _number(rem.max_seconds),
+        "incident-id": incident.id,
+    }
+    return {name: values.get(name, default) for name, default in PARAMETERS.items()}
+
+
+class Dispatcher:
+    """Background thread turning recorded incidents into remediation runs.
+
+    Args:
+        outbox: the durable outbox.
+        submitter: where runs start.
+        config: webhook settings (cooldown, budget, dry run, backoff, polling) and the
+            remediation recipe (the workflow's parameters).
+        metrics: where decisions and submissions are counted.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        submitter: Submitter,
+        config: RobustloopConfig,
+        metrics: WebhookMetrics,
+    ) -> None:
+        self.outbox = outbox
+        self.submitter = submitter
+        self.config = config
+        self.settings = config.webhook
+        self.metrics = metrics
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread (it first resumes whatever the outbox holds)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="webhook-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to stop and wait for it (a submission in flight finishes first)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Run a pass now (a delivery was recorded)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                delay = self.run_once()
+            except Exception:
+                log.exception(
+                    "dispatcher pass failed; retrying in %.1fs", self.settings.poll_seconds
+                )
+                self.metrics.dispatcher_errors.inc()
+                delay = self.settings.poll_seconds
+            self._wake.wait(delay)
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def run_once(self, now: float | None = None) -> float:
+        """Follow, decide and submit once; returns the seconds until the next pass is due."""
+        self._follow(time.time() if now is None else now)
+        self._decide(time.time() if now is None else now)
+        self._submit(time.time() if now is None else now)
+        return self._next_delay(time.time() if now is None else now)
+
+    def _next_delay(self, now: float) -> float:
+        delay = self.settings.poll_seconds
+        for incident in self.outbox.in_state(ob.SUBMITTING):
+            due = (incident.next_attempt_at or now) - now
+            delay = min(delay, max(due, 0.0))
+        return delay
+
+    def _follow(self, now: float) -> None:
+        for incident in self.outbox.in_state(ob.SUBMITTED, ob.RUNNING):
+            if self._stop.is_set():
+                return
+            if (
+                incident.polled_at is not None
+                and now - incident.polled_at < self.settings.poll_seconds
+            ):
+                continue
+            assert incident.workflow is not None
+            try:
+                summary = self.submitter.status(incident.workflow)
+            except SubmitError as exc:
+                with self.outbox.transaction() as conn:
+                    self.outbox.update(
+                        conn, incident.id, now, polled_at=now, last_error=exc.message
+                    )
+                continue
+            self._record_run_state(incident, summary, now)
+
+    def _record_run_state(self, incident: Incident, summary: RunSummary | None, now: float) -> None:
+        with self.outbox.transaction() as conn:
+            if summary is None:
+                since = incident.submitted_at or now
+                if now - since < self.settings.lost_run_seconds:
+                    self.outbox.update(conn, incident.id, now, polled_at=now)
+                    return
+                summary = RunSummary(
+                    incident.workflow or "",
+                    "Lost",
+                    None,
+                    None,
+                    f"no run named {incident.workflow} exists any more at the submitter "
+                    f"({self.submitter.kind})",
+                )
+                state = ob.FAILED
+            elif not summary.finished:
+                state = ob.RUNNING
+            elif summary.gate_passed is False:
+                state = ob.REJECTED
+            elif summary.phase == PHASE_SUCCEEDED:
+                state = ob.SUCCEEDED
+            else:
+                state = ob.FAILED
+            fields: dict[str, object] = {
+                "polled_at": now,
+                "phase": summary.phase,
+                "gate_passed": summary.gate_passed,
+                "promoted_version": summary.promoted_version,
+                "message": summary.message,
+                "last_error": None,
+            }
+            detail = None
+            if state != incident.state:
+                fields["state"] = state
+                detail = f"workflow {summary.name}: phase {summary.phase}"
+                if state in ob.FINISHED_STATES:
+                    fields["finished_at"] = now
+                    fields["reason"] = _finished_reason(state, summary)
+                    detail = fields["reason"]  # type: ignore[assignment]
+            self.outbox.update(conn, incident.id, now, detail, **fields)
+        if state != incident.state and state in ob.FINISHED_STATES:
+            self.metrics.runs_finished.labels(outcome=state).inc()
+            log.info("incident %s: %s", incident.id, fields.get("reason"))
+
+    def _decide(self, now: float) -> None:
+        for incident in self.outbox.in_state(ob.RECEIVED):
+            with self.outbox.transaction() as conn:
+                row = conn.execute(
+                    "SELECT state, resolved_at FROM incidents WHERE id = ?", (incident.id,)
+                ).fetchone()
+                if row["state"] != ob.RECEIVED:
+                    continue
+                decision, code, reason, fields = self._decision(
+                    conn, incident, row["resolved_at"], now
+                )
+                if decision == "wait":
+                    if reason != incident.reason:
+                        self.outbox.update(conn, incident.id, now, reason=reason)
+                    continue
+                self.outbox.update(conn, incident.id, now, reason, reason_code=code, **fields)
+            self.metrics.decisions.labels(decision=decision).inc()
+            log.info("incident %s (model %s): %s", incident.id, incident.model, reason)
+
+    def _decision(
+        self, conn: sqlite3.Connection, incident: Incident, resolved_at: float | None, now: float
+    ) -> tuple[str, str | None, str, dict[str, object]]:
+        """(decision, reason code, reason, columns to set) for a received incident."""
+        model = incident.model
+        settings = self.settings
+        suppressed: dict[str, object] = {"state": ob.SUPPRESSED, "decided_at": now}
+        if resolved_at is not None:
+            return (
+                ob.REASON_RESOLVED,
+                ob.REASON_RESOLVED,
+                "the alert resolved before a remediation was decided",
+                suppressed,
+            )
+        active = conn.execute(
+            f"SELECT workflow, state FROM incidents WHERE model = ? AND state IN "
+            f"({', '.join('?' for _ in ob.ACTIVE_STATES)}) ORDER BY rowid LIMIT 1",
+            (model, *sorted(ob.ACTIVE_STATES)),
+        ).fetchone()
+        if active is not None:
+            return (
+                "wait",
+                None,
+                f"waiting: remediation {active['workflow']} of model {model} is "
+                f"{active['state']} (one at a time)",
+                {},
+            )
+        last_end = conn.execute(
+            f"SELECT MAX(finished_at) FROM incidents WHERE model = ? AND state IN "
+            f"({', '.join('?' for _ in ob.FINISHED_STATES)})",
+            (model, *sorted(ob.FINISHED_STATES)),
+        ).fetchone()[0]
+        if last_end is not None and now - last_end < settings.cooldown_seconds:
+            return (
+                ob.REASON_COOLDOWN,
+                ob.REASON_COOLDOWN,
+                f"cooldown: the last remediation of model {model} ended {now - last_end:.0f}s "
+                f"ago; webhook.cooldown_seconds is {settings.cooldown_seconds:g}",
+                suppressed,
+            )
+        day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        used = conn.execute(
+            f"SELECT COUNT(*) FROM incidents WHERE model = ? AND decided_at >= ? AND state IN "
+            f"({', '.join('?' for _ in ob.BUDGET_STATES)})",
+            (model, day.timestamp(), *sorted(ob.BUDGET_STATES)),
+        ).fetchone()[0]
+        if used >= settings.daily_budget:
+            return (
+                ob.REASON_BUDGET,
+                ob.REASON_BUDGET,
+                f"budget: {used} remediations of model {model} on {day:%Y-%m-%d} (UTC) already; "
+                f"webhook.daily_budget is {settings.daily_budget}",
+                suppressed,
+            )
+        name = workflow_name_for(incident.id, model)
+        if settings.dry_run:
+            return (
+                ob.REASON_DRY_RUN,
+                ob.REASON_DRY_RUN,
+                f"dry run: would submit workflow {name} (webhook.dry_run is true)",
+                suppressed,
+            )
+        return (
+            "submit",
+            None,
+            f"decided: submitting workflow {name}",
+            {
+                "state": ob.SUBMITTING,
+                "workflow": name,
+                "decided_at": now,
+                "next_attempt_at": now,
+            },
+        )
+
+    def _submit(self, now: float) -> None:
+        for incident in self.outbox.in_state(ob.SUBMITTING):
+            if self._stop.is_set():
+                return
+            if incident.next_attempt_at is not None and incident.next_attempt_at > now:
+                continue
+            assert incident.workflow is not None
+            attempts = incident.attempts + 1
+            try:
+                result = self.submitter.submit(
+                    incident.workflow, workflow_parameters(self.config, incident)
+                )
+            except RefusedSubmitError as exc:
+                self._refused(incident, exc, attempts, time.time())
+                continue
+            except SubmitError as exc:
+                self._retry_later(incident, exc.message, attempts, time.time())
+                continue
+            except Exception as exc:  # a submitter bug must not lose the intent
+                log.exception("submitter raised unexpectedly for %s", incident.workflow)
+                self._retry_later(incident, f"{type(exc).__name__}: {exc}", attempts, time.time())
+                continue
+            done = time.time()
+            if result is Submitted.EXISTS:
+                reason = f"workflow {incident.workflow} already existed (409): taken as submitted"
+            else:
+                reason = f"workflow {incident.workflow} created ({self.submitter.kind})"
+            with self.outbox.transaction() as conn:
+                self.outbox.update(
+                    conn,
+                    incident.id,
+                    done,
+                    reason,
+                    state=ob.SUBMITTED,
+                    reason=reason,
+                    submitted_at=done,
+                    attempts=attempts,
+                    next_attempt_at=None,
+                    last_error=None,
+                )
+            self.metrics.submissions.labels(result=result.value).inc()
+            log.info("incident %s: %s", incident.id, reason)
+
+    def _retry_later(self, incident: Incident, error: str, attempts: int, now: float) -> None:
+        delay = min(
+            self.settings.backoff_max_seconds,
+            self.settings.backoff_initial_seconds * 2 ** (attempts - 1),
+        )
+        with self.outbox.transaction() as conn:
+            self.outbox.update(
+                conn,
+                incident.id,
+                now,
+                f"attempt {attempts} failed, retrying in {delay:g}s: {error}",
+                attempts=attempts,
+                next_attempt_at=now + delay,
+                last_error=error,
+            )
+        self.metrics.submissions.labels(result="transient").inc()
+        log.warning("incident %s: submission failed (%s); retry in %gs", incident.id, error, delay)
+
+    def _refused(
+        self, incident: Incident, exc: RefusedSubmitError, attempts: int, now: float
+    ) -> None:
+        status = f" {exc.status}" if exc.status is not None else ""
+        reason = (
+            f"refused: the {self.submitter.kind} submitter answered{status} and will not be "
+            f"retried; fix its permissions or settings, then re-fire the alert ({exc.message})"
+        )
+        with self.outbox.transaction() as conn:
+            self.outbox.update(
+                conn,
+                incident.id,
+                now,
+                reason,
+                state=ob.REFUSED,
+                reason_code="refused",
+                reason=reason,
+                attempts=attempts,
+                next_attempt_at=None,
+                last_error=exc.message,
+            )
+        self.metrics.submissions.labels(result="refused").inc()
+        log.error("incident %s: %s", incident.id, reason)
+
+
+def _finished_reason(state: str, summary: RunSummary) -> str:
+    if state == ob.SUCCEEDED:
+        version = (
+            f", promoted version {summary.promoted_version}" if summary.promoted_version else ""
+        )
+        return f"workflow {summary.name} succeeded{version}"
+    if state == ob.REJECTED:
+        return f"workflow {summary.name}: the gate rejected the candidate"
+    message = f": {summary.message}" if summary.message else ""
+    return f"workflow {summary.name} ended {summary.phase}{message}"
+
+
+__all__ = ["Dispatcher", "workflow_parameters"]
