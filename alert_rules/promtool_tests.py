@@ -205,18 +205,24 @@ def _safe_levels(builder: _Builder, alert: Alert, cond: Condition) -> tuple[floa
             continue
         phases = builder.episode(alert, {cond.signal: candidate}, {cond.signal: clean})
         sim = builder.simulate(phases)
-        if _well_separated(sim, cond, builder.version):
+        if _well_separated(sim, alert, cond, builder.version):
             return clean, candidate
     raise GenerationError(f"{cond.signal}: no test level avoids the threshold {cond.threshold}")
 
 
-def _well_separated(sim: Simulation, cond: Condition, version: str) -> bool:
+def _well_separated(sim: Simulation, alert: Alert, cond: Condition, version: str) -> bool:
+    """No window value sits on the threshold; no checked ``$value`` sits on a %.3f tie."""
     for t in range(sim.end + 1):
         value, _ = sim.signal(cond.signal, version, t)
-        if value is None:
-            continue
-        if abs(value - cond.threshold) < 1e-9:
+        if value is not None and abs(value - cond.threshold) < 1e-9:
             return False
+    states = sim.firing(alert, version)
+    fire = first(states)
+    resolve = first(states, fire, lambda v: v is None) if fire is not None else None
+    if fire is None or resolve is None:
+        return False
+    for value in (states[fire], states[resolve - 1]):
+        assert value is not None
         scaled = value * 1000
         if abs(scaled - math.floor(scaled) - 0.5) < 1e-6:
             return False
@@ -302,7 +308,7 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
 
     # No traffic at all: counters exist but stand still.
     flat: dict[SeriesKey, float] = {}
-    for signal in bad_levels:
+    for signal in _RANGE:
         flat.update({k: 0.0 for k in _increments(signal, b.version, 1.0, 0.5)})
     total = 3 * b.span + 30
     idle = [Phase(total, flat)]

@@ -88,14 +88,14 @@ def register(sub: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from alert_rules import PACKAGE_DIR, write_generated
+    from alert_rules import PACKAGE_DIR
     from alert_rules.render import ALERTMANAGER_FILE, RULES_FILE, TESTS_FILE
 
     cfg: RobustloopConfig = RobustloopConfig() if args.defaults else args.cfg
     out: Path = args.out if args.out is not None else PACKAGE_DIR
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
-            write_generated(cfg, tmp)
+            _write_generated(cfg, Path(tmp))
             stale = [
                 name
                 for name in (RULES_FILE, ALERTMANAGER_FILE, TESTS_FILE)
@@ -106,9 +106,21 @@ def _render(args: argparse.Namespace) -> int:
         for name in stale:
             print(f"stale: {out / name} (run `robustloop rules render`)")
         return 1 if stale else 0
-    for path in write_generated(cfg, out):
+    for path in _write_generated(cfg, out):
         print(f"wrote {path}")
     return 0
+
+
+def _write_generated(cfg: RobustloopConfig, out: Path) -> list[Path]:
+    """Render everything into ``out``; nothing is written when the tests cannot be generated."""
+    from alert_rules import GenerationError, render_promtool_tests, write_generated
+    from robustloop.cli import CommandError
+
+    try:
+        render_promtool_tests(cfg)
+    except GenerationError as exc:
+        raise CommandError(f"cannot generate the promtool tests: {exc}") from None
+    return write_generated(cfg, out)
 
 
 # -- calibrate -------------------------------------------------------------------------------
@@ -262,7 +274,6 @@ def _write_config(path: Path, text: str) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from alert_rules import write_generated
     from alert_rules.calibration import CalibrationError
     from robustloop.cli import CommandError
 
@@ -297,13 +308,15 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"cannot rewrite the alerts section of {path} safely (its layout is unusual); "
             "write the thresholds by hand:\n" + json.dumps(alerts.model_dump(by_alias=True))
         )
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_generated(new_cfg, Path(tmp))  # fails here, before anything is written
     _report(record, as_json=args.json)
     if args.dry_run:
         return 0
     _write_config(path, new_text)
     store.annotate(version, ANNOTATION_KEY, record)
     out = args.rules_out if args.rules_out is not None else cfg.stack.run_dir / "alert_rules"
-    written = write_generated(new_cfg, out)
+    written = _write_generated(new_cfg, out)
     if not args.json:
         print(f"wrote thresholds for {version} into {path}")
         print(f"recorded them as annotation {ANNOTATION_KEY!r} of {version}")
@@ -325,6 +338,7 @@ def _report(record: dict[str, Any], *, as_json: bool) -> None:
         print(
             f"  {name:8s} clean mean {stats['mean']:.4f} sd {stats['sd']:.4f} "
             f"skew {stats['skewness']:.2f} (n={stats['count']}); window {s['window']} holds "
-            f"{s['samples_per_window']:.1f} samples; z {s['z']:.2f} -> {s['z_cornish_fisher']:.2f}; "
+            f"{s['samples_per_window']:.1f} samples; "
+            f"z {s['z']:.2f} -> {s['z_cornish_fisher']:.2f}; "
             f"threshold {s['baseline']:.4f} + {s['delta']:.4f} = {s['threshold']:.4f}"
         )

@@ -1,0 +1,348 @@
+"""The generated rules and Alertmanager config: golden files, promtool and amtool, structure.
+
+promtool and amtool are the real Debian binaries; the promtool unit tests pin every alert's
+``for:`` boundary, recovery, no traffic, low traffic and natural drift (see
+alert_rules/promtool_tests.py for what each generated test checks).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+import alert_rules
+from alert_rules import (
+    ALERT_NAMES,
+    PACKAGE_DIR,
+    GenerationError,
+    prometheus_rule_groups,
+    render_alertmanager,
+    render_promtool_tests,
+    render_rules,
+    write_generated,
+)
+from robustloop.cli import main
+from robustloop.config import ConfigError, RobustloopConfig, SignalAlert, load_config
+from tests.conftest import REPO_ROOT
+
+GENERATED = ("robustloop.rules.yaml", "alertmanager.yml", "tests/robustloop.test.yml")
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+AMTOOL = shutil.which("amtool") or "/usr/bin/amtool"
+
+
+def _run(*cmd: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _promtool_test(folder: Path) -> subprocess.CompletedProcess[str]:
+    return _run(PROMTOOL, "test", "rules", "tests/robustloop.test.yml", cwd=folder)
+
+
+def _alerts(cfg: RobustloopConfig) -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for g in prometheus_rule_groups(cfg) for r in g["rules"] if "alert" in r}
+
+
+# -- golden files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_committed_files_equal_a_fresh_render_of_the_defaults(tmp_path: Path, name: str) -> None:
+    write_generated(RobustloopConfig(), tmp_path)
+    fresh = (tmp_path / name).read_text(encoding="utf-8")
+    committed = (PACKAGE_DIR / name).read_text(encoding="utf-8")
+    assert committed == fresh, f"alert_rules/{name} is stale: run `make rules`"
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_generated_files_say_do_not_edit(name: str) -> None:
+    head = (PACKAGE_DIR / name).read_text(encoding="utf-8").splitlines()[:4]
+    assert any("GENERATED" in line and "robustloop rules render" in line for line in head)
+    assert any("Do not edit" in line for line in head)
+
+
+def test_render_check_reports_a_hand_edited_file(tmp_path: Path) -> None:
+    write_generated(RobustloopConfig(), tmp_path)
+    assert main(["rules", "render", "--defaults", "--check", "--out", str(tmp_path)]) == 0
+    rules = tmp_path / "robustloop.rules.yaml"
+    rules.write_text(rules.read_text().replace("for: 10s", "for: 1m"))
+    assert main(["rules", "render", "--defaults", "--check", "--out", str(tmp_path)]) == 1
+
+
+# -- promtool ----------------------------------------------------------------------------------
+
+
+def test_promtool_accepts_the_committed_rules() -> None:
+    done = _run(PROMTOOL, "check", "rules", PACKAGE_DIR / "robustloop.rules.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 10 rules found" in done.stdout
+
+
+def test_promtool_unit_tests_of_the_committed_rules_pass() -> None:
+    done = _promtool_test(PACKAGE_DIR)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _configs() -> dict[str, RobustloopConfig]:
+    """Configs unlike the defaults: calibrated (relative, one version), long windows, a switch."""
+    calibrated = RobustloopConfig()
+    a = calibrated.alerts
+    a.entropy = SignalAlert(
+        threshold=0.0123, mode="relative", baseline=0.2011, window="1m", remediate=False
+    )
+    a.squeeze = SignalAlert(threshold=0.0087, mode="relative", baseline=0.0517, **{"for": "15s"})
+    a.canary_accuracy = SignalAlert(threshold=0.8, mode="relative", baseline=0.91, window="45s")
+    a.calibrated_version = "v0002-0badc0de"
+    sparse = RobustloopConfig()
+    sparse.alerts.canary_accuracy = SignalAlert(threshold=0.5, min_rate=0.05, window="2m")
+    sparse.alerts.squeeze = SignalAlert(threshold=1.2, min_rate=3.0, severity="warning")
+    sparse.alerts.entropy = SignalAlert(threshold=0.4, min_rate=0, **{"for": "0s"})
+    no_entropy = RobustloopConfig()
+    no_entropy.alerts.entropy = SignalAlert(threshold=0.35, enabled=False)
+    no_entropy.model.name = "other-model"
+    return {"calibrated": calibrated, "sparse": sparse, "no-entropy": no_entropy}
+
+
+@pytest.mark.parametrize("name", sorted(_configs()))
+def test_promtool_unit_tests_pass_for_other_configs(tmp_path: Path, name: str) -> None:
+    cfg = _configs()[name]
+    write_generated(cfg, tmp_path)
+    check = _run(PROMTOOL, "check", "rules", tmp_path / "robustloop.rules.yaml")
+    assert check.returncode == 0, check.stdout + check.stderr
+    done = _promtool_test(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_generated_tests_cover_boundary_recovery_and_no_traffic() -> None:
+    tests = yaml.safe_load(render_promtool_tests(_configs()["calibrated"]))["tests"]
+    names = " | ".join(t["name"] for t in tests)
+    for alert in ALERT_NAMES:
+        assert f"{alert} at its for boundary" in names or f"{alert}: attack, for boundary" in names
+    assert "No traffic at all" in names
+    assert "below min_rate" in names
+    assert "never AdversarialInputSuspected" in names
+    assert "another version than v0002-0badc0de" in names
+    for test in tests:
+        checks = test.get("alert_rule_test", [])
+        firing = [c for c in checks if c["exp_alerts"]]
+        for check in firing:  # a firing check is preceded by a silent one, one second earlier
+            silent_before = [
+                c
+                for c in checks
+                if c["alertname"] == check["alertname"]
+                and not c["exp_alerts"]
+                and int(c["eval_time"][:-1]) in (int(check["eval_time"][:-1]) - 1,)
+            ]
+            resolved_after = [
+                c
+                for c in checks
+                if c["alertname"] == check["alertname"]
+                and not c["exp_alerts"]
+                and int(c["eval_time"][:-1]) == int(check["eval_time"][:-1]) + 1
+            ]
+            assert silent_before or resolved_after, (test["name"], check["eval_time"])
+
+
+def test_the_unit_tests_fail_when_a_rule_changes(tmp_path: Path) -> None:
+    """The generated tests pin the thresholds and for: durations: a changed rule fails them."""
+    cfg = RobustloopConfig()
+    write_generated(cfg, tmp_path)
+    rules = tmp_path / "robustloop.rules.yaml"
+    original = rules.read_text()
+    for old, new in (
+        ("mean30s > 0.25", "mean30s > 0.26"),  # threshold of AdversarialInputSuspected
+        ("for: 5s", "for: 6s"),  # for: of CanaryAccuracyDegraded
+        ("rate30s >= 0.5", "rate30s >= 0"),  # traffic guard
+    ):
+        assert old in original
+        rules.write_text(original.replace(old, new, 1))
+        done = _promtool_test(tmp_path)
+        assert done.returncode != 0, f"promtool tests still pass after {old!r} -> {new!r}"
+
+
+def test_no_room_for_a_test_series_is_a_clear_error() -> None:
+    cfg = RobustloopConfig()
+    cfg.alerts.entropy = SignalAlert(threshold=1.0)  # the entropy never exceeds 1
+    with pytest.raises(GenerationError, match="threshold 1.0 leaves no room"):
+        render_promtool_tests(cfg)
+
+
+# -- structure of the rules ------------------------------------------------------------------
+
+
+def test_groups_records_and_alerts_follow_the_naming_conventions() -> None:
+    groups = prometheus_rule_groups(RobustloopConfig())
+    assert [g["name"] for g in groups] == ["robustloop-canary.rules", "robustloop-inputs.rules"]
+    records = [r["record"] for g in groups for r in g["rules"] if "record" in r]
+    assert records and all(re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z]+[0-9a-z]*", r) for r in records)
+    assert "model_version:robustloop_prediction_entropy:mean30s" in records
+    assert sorted(_alerts(RobustloopConfig())) == sorted(ALERT_NAMES)
+
+
+def test_every_alert_has_labels_annotations_and_a_runbook_section() -> None:
+    runbook = (PACKAGE_DIR / "RUNBOOK.md").read_text(encoding="utf-8")
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+        for h in re.findall(r"^## (.+)$", runbook, re.M)
+    }
+    for name, rule in _alerts(RobustloopConfig()).items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+        assert rule["labels"]["remediation"] in {"adversarial-training", "none"}
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
+        base, anchor = rule["annotations"]["runbook_url"].split("#")
+        assert base == RobustloopConfig().alerts.runbook_base_url
+        assert anchor in anchors, f"RUNBOOK.md has no section for {name}"
+        assert "by (model, version)" not in rule["expr"]  # records aggregate, alerts compare
+        assert "and on (model, version)" in rule["expr"]  # the traffic guard
+
+
+def test_remediation_labels_follow_the_config() -> None:
+    cfg = RobustloopConfig()
+    alerts = _alerts(cfg)
+    assert alerts["CanaryAccuracyDegraded"]["labels"]["remediation"] == "adversarial-training"
+    assert alerts["AdversarialInputSuspected"]["labels"]["remediation"] == "adversarial-training"
+    assert alerts["PredictionEntropyShift"]["labels"]["remediation"] == "none"
+    cfg.alerts.entropy.remediate = True
+    cfg.alerts.squeeze.severity = "warning"
+    alerts = _alerts(cfg)
+    assert alerts["PredictionEntropyShift"]["labels"]["remediation"] == "adversarial-training"
+    assert alerts["AdversarialInputSuspected"]["labels"]["severity"] == "warning"
+
+
+def test_calibrated_rules_judge_the_calibrated_version_only() -> None:
+    alerts = _alerts(_configs()["calibrated"])
+    for name in ("PredictionEntropyShift", "AdversarialInputSuspected"):
+        assert '{version="v0002-0badc0de"}' in alerts[name]["expr"]
+        assert "calibrated on version v0002-0badc0de" in alerts[name]["annotations"]["description"]
+    assert "version=" not in alerts["CanaryAccuracyDegraded"]["expr"]  # labels judge any version
+    # relative thresholds: baseline + shift (label-free), baseline * factor (canary)
+    assert "mean1m{" in alerts["PredictionEntropyShift"]["expr"]
+    assert "> 0.2134" in alerts["PredictionEntropyShift"]["expr"]
+    assert "> 0.0604" in alerts["AdversarialInputSuspected"]["expr"]
+    assert "< 0.728" in alerts["CanaryAccuracyDegraded"]["expr"]
+
+
+def test_a_disabled_signal_has_no_alert() -> None:
+    alerts = _alerts(_configs()["no-entropy"])
+    assert "PredictionEntropyShift" not in alerts
+    assert 'model="other-model"' in render_rules(_configs()["no-entropy"])
+
+
+def test_prometheus_rule_groups_validate_against_the_operator_crd(schemas: Path) -> None:
+    crd = yaml.safe_load(
+        (schemas / "prometheus-operator" / "monitoring.coreos.com_prometheusrules.yaml").read_text()
+    )
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
+        "openAPIV3Schema"
+    ]
+    obj = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "robustloop"},
+        "spec": {"groups": prometheus_rule_groups(RobustloopConfig())},
+    }
+    # The CRD's patterns use Go's inline flags ("^(?i)..."), which Python's re refuses where
+    # they do not open the pattern; none of them applies to our objects, so validate without
+    # checking the schema itself.
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator.validate(obj)
+    assert yaml.safe_load(render_rules(RobustloopConfig()))["groups"] == obj["spec"]["groups"]
+
+
+def test_importing_alert_rules_does_not_import_torch() -> None:
+    code = "import sys, alert_rules, alert_rules.calibration; print('torch' in sys.modules)"
+    done = _run(sys.executable, "-c", code, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    assert alert_rules.__all__  # the public names are listed
+
+
+# -- Alertmanager --------------------------------------------------------------------------------
+
+
+def test_amtool_accepts_the_committed_config() -> None:
+    done = _run(AMTOOL, "check-config", PACKAGE_DIR / "alertmanager.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (
+            ["alertname=AdversarialInputSuspected", "remediation=adversarial-training"],
+            "robustloop-remediation",
+        ),
+        (
+            ["alertname=CanaryAccuracyDegraded", "remediation=adversarial-training"],
+            "robustloop-remediation",
+        ),
+        (["alertname=PredictionEntropyShift", "remediation=none"], "robustloop-null"),
+        (["alertname=Watchdog", "severity=none"], "robustloop-null"),
+    ],
+)
+def test_amtool_routes_remediation_alerts_to_the_receiver_and_nothing_else(
+    labels: list[str], receiver: str
+) -> None:
+    config = PACKAGE_DIR / "alertmanager.yml"
+    args = ["model=fashion-cnn", "severity=critical", *labels]
+    done = _run(
+        AMTOOL, "config", "routes", "test", f"--config.file={config}",
+        f"--verify.receivers={receiver}", *args,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == receiver
+
+
+def test_alertmanager_groups_by_model_sends_resolved_and_reads_the_token_from_a_file() -> None:
+    cfg = RobustloopConfig()
+    doc = yaml.safe_load(
+        render_alertmanager(cfg, receiver_url="http://127.0.0.1:1/x", credentials_file="/t")
+    )
+    route = doc["route"]["routes"][0]
+    assert route["matchers"] == ['remediation="adversarial-training"']
+    assert route["group_by"] == ["model"]
+    (webhook,) = next(r for r in doc["receivers"] if r["name"] == route["receiver"])[
+        "webhook_configs"
+    ]
+    assert webhook["send_resolved"] is True
+    assert webhook["url"] == "http://127.0.0.1:1/x"
+    assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": "/t"}
+    default = yaml.safe_load(render_alertmanager(cfg))["receivers"][1]["webhook_configs"][0]
+    assert default["url"] == cfg.alerts.receiver_url
+    assert default["http_config"]["authorization"]["credentials_file"] == "webhook-token"
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alerts_yaml", "message"),
+    [
+        ("entropy: {threshold: 0.05, mode: relative}", "mode relative needs a baseline"),
+        ("squeeze: {threshold: 0.3, window: 30sec}", "is not a Prometheus duration"),
+        ("squeeze: {threshold: 0.3, window: 0s}", "must not be zero"),
+        ("canary_accuracy: {threshold: 0.6, for: 5 s}", "is not a Prometheus duration"),
+        ("group_wait: soon", "group_wait 'soon' is not a duration"),
+    ],
+)
+def test_bad_alert_config_is_a_clear_error_and_renders_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], alerts_yaml: str, message: str
+) -> None:
+    config = tmp_path / "robustloop.yaml"
+    config.write_text("alerts:\n  " + alerts_yaml + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+    out = tmp_path / "out"
+    assert main(["rules", "render", "--config", str(config), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
