@@ -604,6 +604,8 @@ def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, lis
         (["--set", "server.monitor.kind=Probe"], "/server/monitor/kind"),
         (["--set", "argo.serverUrl=argo:2746"], "/argo/serverUrl"),
         (["--set", "persistence.accessModes={ReadWriteSometimes}"], "/persistence/accessModes"),
+        (["--set", "workflow.parameters.epsilon=0.2"], "workflow.parameters.epsilon"),
+        (["--set", "config.model.name=other-model"], "run `make generate`"),
     ],
 )
 def test_bad_values_are_rejected_with_the_offending_key(
