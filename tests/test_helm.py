@@ -29,6 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from alert_rules import REMEDIATION_LABEL, REMEDIATION_VALUE
 from robustloop.config import RobustloopConfig
 from workflows.contract import PARAMETERS, TEMPLATE_NAME
 
@@ -299,7 +300,7 @@ def test_prometheus_rule_alerts_are_routed_to_the_receiver(
     """Some alert in the rules carries the label the AlertmanagerConfig routes on."""
     objects = rendered["default"]
     matchers = _one(objects, "AlertmanagerConfig")["spec"]["route"]["matchers"]
-    assert matchers == [{"name": "remediation", "value": "adversarial-training", "matchType": "="}]
+    assert matchers == [{"name": REMEDIATION_LABEL, "value": REMEDIATION_VALUE, "matchType": "="}]
     alerts = [
         r
         for g in _one(objects, "PrometheusRule")["spec"]["groups"]
@@ -307,8 +308,8 @@ def test_prometheus_rule_alerts_are_routed_to_the_receiver(
         if "alert" in r
     ]
     assert alerts, "the PrometheusRule has no alerts"
-    routed = [a for a in alerts if a.get("labels", {}).get("remediation") == "adversarial-training"]
-    assert routed, "no alert carries remediation=adversarial-training"
+    routed = [a for a in alerts if a.get("labels", {}).get(REMEDIATION_LABEL) == REMEDIATION_VALUE]
+    assert routed, f"no alert carries {REMEDIATION_LABEL}={REMEDIATION_VALUE}"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
