@@ -145,4 +145,131 @@ def window_threshold(
     )
 
 
-__all__ = ["CalibrationError", "SignalStats", "WindowThreshold", "window_threshold"]
+def simulate_false_alarms(
+    values: Sequence[float],
+    threshold: float,
+    *,
+    window_seconds: int,
+    samples_per_second: float,
+    for_seconds: int,
+    hours: float,
+    seed: int = 0,
+) -> float:
+    """False alarms per hour of a window-mean rule on simulated clean traffic (Monte Carlo).
+
+    Checks the Gaussian/Bonferroni threshold without its assumptions: Poisson arrivals at
+    ``samples_per_second``, each sample drawn from ``values`` (bootstrap of the clean
+    distribution), the window mean evaluated every second over a sliding window as
+    ``rate(sum)/rate(count)`` does, and an alarm when the mean stays above ``threshold`` for more
+    than ``for_seconds`` (the pending -> firing rule of Prometheus at a 1 s evaluation interval).
+    Each such episode counts once. numpy is imported here only.
+    """
+    import numpy as np
+
+    if window_seconds < 1 or hours <= 0:
+        raise CalibrationError("window_seconds must be >= 1 and hours > 0")
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(values, dtype=np.float64)
+    seconds = int(hours * SECONDS_PER_HOUR)
+    counts = np.empty(seconds, dtype=np.int64)
+    sums = np.empty(seconds, dtype=np.float64)
+    chunk = 100_000
+    for start in range(0, seconds, chunk):
+        n = min(chunk, seconds - start)
+        k = rng.poisson(samples_per_second, n)
+        drawn = pool[rng.integers(0, len(pool), int(k.sum()))]
+        counts[start : start + n] = k
+        sums[start : start + n] = np.bincount(np.repeat(np.arange(n), k), drawn, minlength=n)
+    cum_c = np.concatenate([[0], np.cumsum(counts)])
+    cum_s = np.concatenate([[0.0], np.cumsum(sums)])
+    in_window = cum_c[window_seconds:] - cum_c[:-window_seconds]
+    total = cum_s[window_seconds:] - cum_s[:-window_seconds]
+    mean = np.divide(total, in_window, out=np.zeros_like(total), where=in_window > 0)
+    above = np.concatenate([[False], mean > threshold, [False]]).astype(np.int8)
+    edges = np.diff(above)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    alarms = int(np.count_nonzero(ends - starts > for_seconds))
+    return alarms / hours
+
+
+@dataclass(frozen=True)
+class CheckedThreshold:
+    """A threshold after the Monte Carlo check of :func:`check_threshold`."""
+
+    threshold: float
+    simulated_false_alarms_per_hour: float
+    simulated_hours: float
+    raised: bool
+
+
+def check_threshold(
+    values: Sequence[float],
+    proposed: WindowThreshold,
+    *,
+    window_seconds: int,
+    for_seconds: int,
+    events: float = 40.0,
+    max_samples: float = 2e7,
+    decimals: int = 4,
+    seed: int = 0,
+) -> CheckedThreshold:
+    """Check a threshold by :func:`simulate_false_alarms`; raise it if it alarms too often.
+
+    The Gaussian/Bonferroni threshold counts disjoint windows; Prometheus evaluates overlapping
+    windows every second, which crosses a threshold more often, and the ``for:`` duration
+    compensates only when it is long enough (about a third of the window or more). So the
+    proposed threshold is simulated for about ``events`` expected false alarms' worth of hours;
+    where the simulated rate exceeds the target, the threshold is raised (doubling the shift,
+    then bisecting, with the same random draws each time) until it does not.
+    """
+    target = proposed.false_alarms_per_hour
+    rate = proposed.samples_per_window / window_seconds
+    hours = min(events / target, max_samples / (rate * SECONDS_PER_HOUR))
+
+    def simulated(threshold: float) -> float:
+        return simulate_false_alarms(
+            values,
+            threshold,
+            window_seconds=window_seconds,
+            samples_per_second=rate,
+            for_seconds=for_seconds,
+            hours=hours,
+            seed=seed,
+        )
+
+    first_rate = simulated(proposed.threshold)
+    if first_rate <= target:
+        return CheckedThreshold(proposed.threshold, first_rate, hours, raised=False)
+    step = max(proposed.threshold - proposed.baseline, 10.0**-decimals)
+    lo, hi = proposed.threshold, proposed.threshold + step
+    while simulated(hi) > target:
+        lo, hi, step = hi, hi + 2 * step, 2 * step
+        if step > 1e6:
+            raise CalibrationError("no threshold meets the false-alarm target in simulation")
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if simulated(mid) > target else (lo, mid)
+    scale = 10**decimals
+    threshold = math.ceil(hi * scale - 1e-9) / scale
+    # Raising a threshold can split one long excursion into two alarms, so the rate is not
+    # strictly monotone: step on until the rounded threshold itself meets the target.
+    final = simulated(threshold)
+    for _ in range(32):
+        if final <= target:
+            break
+        threshold = math.ceil((threshold + step / 16) * scale - 1e-9) / scale
+        final = simulated(threshold)
+    else:
+        raise CalibrationError("no threshold meets the false-alarm target in simulation")
+    return CheckedThreshold(threshold, final, hours, raised=True)
+
+
+__all__ = [
+    "CalibrationError",
+    "CheckedThreshold",
+    "SignalStats",
+    "WindowThreshold",
+    "check_threshold",
+    "simulate_false_alarms",
+    "window_threshold",
+]

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ def calibrate_alerts(
         CalibrationError: too few images, or a target false-alarm rate that cannot be met.
     """
     from alert_rules import duration_seconds
-    from alert_rules.calibration import SignalStats, window_threshold
+    from alert_rules.calibration import SignalStats, check_threshold, window_threshold
 
     a = cfg.alerts
     rates = {
@@ -198,10 +198,25 @@ def calibrate_alerts(
             samples_per_second=rates[name],
             false_alarms_per_hour=a.false_alarms_per_hour,
         )
-        updates[name] = current.model_copy(
-            update={"mode": "relative", "baseline": result.baseline, "threshold": result.delta}
+        checked = check_threshold(
+            values,
+            result,
+            window_seconds=max(1, round(duration_seconds(current.window))),
+            for_seconds=round(duration_seconds(current.for_)),
         )
-        record["signals"][name] = {"window": current.window, **result.to_dict()}
+        delta = round(checked.threshold - result.baseline, 4)
+        updates[name] = current.model_copy(
+            update={"mode": "relative", "baseline": result.baseline, "threshold": delta}
+        )
+        record["signals"][name] = {
+            "window": current.window,
+            "for": current.for_,
+            **result.to_dict(),
+            "simulation": asdict(checked),
+            "threshold": checked.threshold,
+            "delta": delta,
+            "gaussian_threshold": result.threshold,
+        }
     updates["canary_accuracy"] = a.canary_accuracy.model_copy(
         update={"baseline": round(signals.accuracy, 4)}
     )
@@ -341,4 +356,10 @@ def _report(record: dict[str, Any], *, as_json: bool) -> None:
             f"{s['samples_per_window']:.1f} samples; "
             f"z {s['z']:.2f} -> {s['z_cornish_fisher']:.2f}; "
             f"threshold {s['baseline']:.4f} + {s['delta']:.4f} = {s['threshold']:.4f}"
+        )
+        sim = s["simulation"]
+        print(
+            f"  {'':8s} Monte Carlo check ({sim['simulated_hours']:.0f} h of clean traffic, for: "
+            f"{s['for']}): {sim['simulated_false_alarms_per_hour']:.3g} false alarms/hour"
+            + (f"; raised from {s['gaussian_threshold']:.4f}" if sim["raised"] else "")
         )
