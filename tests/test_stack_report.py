@@ -134,3 +134,36 @@ def test_a_corrupt_timeline_line_is_named(tmp_path: Path) -> None:
     path.write_text('{"type": "sample", "t": 0, "phase": "clean"}\n{"type": "other"}\n')
     with pytest.raises(ValueError, match=r"timeline.jsonl:2: expected type sample or event"):
         rp.Timeline.load(path)
+
+
+def test_gate_figures_flatten_the_decision_for_the_report() -> None:
+    from robustloop.stack.scenario import gate_figures
+
+    decision = {
+        "baseline": "v1",
+        "candidate": "v2",
+        "passed": False,
+        "reasons": ["robust: ok", "clean: FAIL"],
+        "metrics": {
+            "n": 300,
+            "eps": 0.1,
+            "attack": {"name": "pgd", "steps": 20, "restarts": 1},
+            "clean": {
+                "baseline_accuracy": 0.7266,
+                "candidate_accuracy": 0.6633,
+                "difference": -0.06,
+            },
+            "robust": {
+                "baseline_accuracy": 0.3533,
+                "candidate_accuracy": 0.47,
+                "difference": 0.117,
+            },
+        },
+    }
+    figures = gate_figures({"passed": "false", "decision": json.dumps(decision)})
+    assert figures["passed"] is False
+    assert figures["attack"] == "pgd-20 x1"
+    assert figures["robust_candidate_accuracy"] == pytest.approx(0.47)
+    assert figures["clean_difference"] == pytest.approx(-0.06)
+    assert figures["reasons"] == ["robust: ok", "clean: FAIL"]
+    assert figures["candidate"] == "v2"

@@ -282,6 +282,27 @@ def render_markdown(summary: dict[str, Any], events: Sequence[Event]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ROLLING_S = 5.0
+"""Seconds of traffic behind the plot's smoothed accuracy line."""
+
+
+def _rolling_accuracy(samples: Sequence[Sample], seconds: float) -> tuple[list[float], list[float]]:
+    """Image-weighted accuracy over the trailing ``seconds`` at each sample (phase-local)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, s in enumerate(samples):
+        window = [
+            w
+            for w in samples[: i + 1]
+            if w.t > s.t - seconds and w.phase == s.phase and w.accuracy is not None
+        ]
+        value = _weighted_accuracy(window)
+        if value is not None:
+            xs.append(s.t)
+            ys.append(value)
+    return xs, ys
+
+
 _MARK_STYLE = {
     ATTACK_START: ("tab:red", "attack"),
     DRIFT_START: ("tab:brown", "drift"),
@@ -306,7 +327,9 @@ def render_plot(timeline: Timeline, path: Path, title: str = "robustloop demo") 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     try:
         xs, ys = series("accuracy")
-        top.plot(xs, ys, color="tab:blue", lw=1.2, label="accuracy of sent traffic")
+        top.plot(xs, ys, color="tab:blue", lw=0.6, alpha=0.35, label="accuracy, each second")
+        rx, ry = _rolling_accuracy(timeline.samples, ROLLING_S)
+        top.plot(rx, ry, color="tab:blue", lw=1.8, label=f"accuracy, last {ROLLING_S:g} s")
         top.set_ylim(-0.02, 1.02)
         top.set_ylabel("accuracy")
         top.set_title(title)

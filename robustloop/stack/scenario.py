@@ -14,8 +14,10 @@ whether a remediation was (wrongly) started.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +35,7 @@ from robustloop.stack.observe import (
     started_at,
 )
 from robustloop.stack.supervisor import Child, StackError
-from workflows.contract import GATE_TASK, PROMOTE_TASK
+from workflows.contract import FINISHED_PHASES, GATE_TASK, PROMOTE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,24 @@ class ScenarioOptions:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+@dataclass
+class _Traffic:
+    """One running ``robustloop traffic`` client and the tail of its log."""
+
+    mode: str
+    child: Child
+    tail: TrafficTail
+    first_t: float | None = None
+    """Unix time at which its first second of traffic began (from its first log line)."""
+
+
 class ScenarioRunner:
     """Drives one scenario against a started :class:`LocalStack` and writes the report.
+
+    Phases are timed from the traffic itself, not from process starts: the client needs
+    seconds to import torch and load the model it attacks, so the clean phase counts from the
+    first clean answer, clean traffic goes on until the first attacked answer, and the attack
+    starts when its first second of traffic began.
 
     Args:
         stack: the started stack.
@@ -106,16 +124,17 @@ class ScenarioRunner:
         self.baseline = stack.production
         self.hardened: str | None = None
         self.t0 = time.time()
-        self._traffic: Child | None = None
-        self._tail: TrafficTail | None = None
+        self.phase = "clean"
+        self._traffic: dict[str, _Traffic] = {}
+        self._attack_t: float | None = None
         self._workflow: dict[str, Any] | None = None
         self._gate: dict[str, Any] | None = None
+        self._clean_alerts: set[str] = set()
 
     # -- traffic -------------------------------------------------------------------------------
 
-    def _start_traffic(self, mode: str, seconds: float) -> None:
-        """Start (replacing any previous) ``robustloop traffic`` in ``mode`` for ``seconds``."""
-        self._stop_traffic()
+    def _start_traffic(self, mode: str, seconds: float) -> _Traffic:
+        """Start ``robustloop traffic`` in ``mode`` for at most ``seconds``."""
         folder = self.stack.folder
         log_path = self.report_dir / f"traffic-{mode}.jsonl"
         log_path.unlink(missing_ok=True)
@@ -139,16 +158,37 @@ class ScenarioRunner:
             # noise keeps the traffic generator's default strength (calibrated to be as
             # harmful as a weak attack); eps is the attack's L-inf radius only.
             argv += ["--eps", f"{self.options.eps:g}"]
-        self._traffic = self.stack.supervisor.start(
+        child = self.stack.supervisor.start(
             f"traffic-{mode}", argv, folder.logs / f"traffic-{mode}.log"
         )
-        self._tail = TrafficTail(log_path)
+        traffic = self._traffic[mode] = _Traffic(mode, child, TrafficTail(log_path))
+        return traffic
 
-    def _stop_traffic(self) -> None:
-        if self._traffic is not None:
-            self.stack.supervisor.stop(self._traffic)
-            self.stack.supervisor.children.remove(self._traffic)
-            self._traffic = None
+    def _stop_traffic(self, mode: str) -> None:
+        traffic = self._traffic.pop(mode, None)
+        if traffic is not None:
+            self.stack.supervisor.stop(traffic.child)
+            self.stack.supervisor.children.remove(traffic.child)
+
+    def _read_traffic(self) -> dict[str, list[dict[str, Any]]]:
+        """New log records of every running client, by mode; fails if a client crashed."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for mode, traffic in self._traffic.items():
+            child = traffic.child
+            if not child.alive and child.process.returncode:
+                raise StackError(
+                    f"the traffic client ({mode}) exited with status "
+                    f"{child.process.returncode}; its log ({child.log_path}) ends with:\n"
+                    f"{child.log_tail()}"
+                )
+            records = traffic.tail.read()
+            answered = [r for r in records if r.get("images")]
+            if traffic.first_t is None and answered:
+                first = answered[0].get("t")
+                traffic.first_t = float(first) - 1.0 if isinstance(first, int | float) else None
+                traffic.first_t = traffic.first_t or time.time()
+            out[mode] = records
+        return out
 
     # -- one tick ------------------------------------------------------------------------------
 
@@ -158,52 +198,65 @@ class ScenarioRunner:
     def _rel(self, unix: float | None) -> float:
         return self._now() if unix is None else round(unix - self.t0, 2)
 
-    def _tick(self, phase: str) -> rp.Sample:
-        """Observe the stack once, record a sample and any new events, print a progress line."""
+    def _tick(self, attack_mode: str | None = None) -> rp.Sample:
+        """Observe the stack once, record a sample and any new events, print a progress line.
+
+        Args:
+            attack_mode: the mode whose first answered second starts the attack (or drift).
+        """
         self.stack.poll()
-        if (
-            self._traffic is not None
-            and not self._traffic.alive
-            and self._traffic.process.returncode
-        ):
-            raise StackError(
-                f"the traffic client exited with status {self._traffic.process.returncode}; "
-                f"its log ({self._traffic.log_path}) ends with:\n{self._traffic.log_tail()}"
-            )
+        by_mode = self._read_traffic()
+        if attack_mode is not None and self._attack_t is None:
+            traffic = self._traffic.get(attack_mode)
+            if traffic is not None and traffic.first_t is not None:
+                self._begin_attack(attack_mode, traffic.first_t)
         t = self._now()
-        traffic = merge_traffic(self._tail.read() if self._tail else [])
+        phase = self.phase
+        mode = "clean" if phase == "clean" else (attack_mode or "")
+        traffic_now = merge_traffic(by_mode.get(mode, []))
         obs = self.observer
         alerts = obs.firing_alerts()
-        if alerts:
+        if phase == "clean":
+            self._clean_alerts.update(alerts)
+        elif alerts:
             self.timeline.add_event(rp.ALERT_FIRING, t, alerts=alerts)
         for rem in obs.remediations():
-            self.timeline.add_event(
-                rp.ALERT_RECEIVED,
-                self._rel(rem.received_at),
-                incident=rem.incident,
-                state=rem.state,
-            )
+            at = self._rel(rem.received_at)
+            if self._attack_t is not None and at >= self._rel(self._attack_t):
+                self.timeline.add_event(
+                    rp.ALERT_RECEIVED, at, incident=rem.incident, state=rem.state
+                )
         step = self._follow_workflow()
-        if self.hardened is not None and traffic.version == self.hardened and phase != "clean":
+        if self.hardened is not None and traffic_now.version == self.hardened and phase != "clean":
             self.timeline.add_event(rp.HARDENED_SERVING, t, version=self.hardened)
         sample = rp.Sample(
             t=t,
             phase=phase,
-            version=traffic.version,
-            accuracy=None if traffic.accuracy is None else round(traffic.accuracy, 4),
-            n=traffic.n,
+            version=traffic_now.version,
+            accuracy=None if traffic_now.accuracy is None else round(traffic_now.accuracy, 4),
+            n=traffic_now.n,
             entropy=_round(obs.level("robustloop_prediction_entropy")),
             squeeze=_round(obs.level("robustloop_squeeze_score")),
             alerts=alerts,
             workflow_step=step,
         )
         self.timeline.add_sample(sample)
-        acc = "  —  " if sample.accuracy is None else f"{sample.accuracy:.3f}"
+        acc = "  -  " if sample.accuracy is None else f"{sample.accuracy:.3f}"
         self.echo(
             f"[{t:6.1f}s] {phase:<6} serving={sample.version or '?'} acc={acc} "
-            f"alerts={','.join(alerts) or '-'} workflow={step or '-'}"
+            f"(n={sample.n}) alerts={','.join(alerts) or '-'} workflow={step or '-'}"
         )
         return sample
+
+    def _begin_attack(self, mode: str, unix: float) -> None:
+        """The attacked traffic has begun: record it and stop the clean client."""
+        self._attack_t = unix
+        self.phase = "attack" if self.options.scenario == "attack" else "drift"
+        kind = rp.ATTACK_START if self.options.scenario == "attack" else rp.DRIFT_START
+        eps = self.options.eps if mode != "noise" else None
+        self.timeline.add_event(kind, self._rel(unix), mode=mode, eps=eps)
+        self._stop_traffic("clean")
+        self.echo(f"{self.phase} starts: mode={mode}" + (f" eps={eps:g}" if eps else ""))
 
     def _follow_workflow(self) -> str | None:
         """Record workflow start, gate decision and promotion; return the current step."""
@@ -213,21 +266,23 @@ class ScenarioRunner:
         obj, summary = runs[-1]
         self._workflow = {"name": summary.name, "phase": summary.phase, "message": summary.message}
         self.timeline.add_event(rp.WORKFLOW_START, self._rel(started_at(obj)), name=summary.name)
-        if summary.gate_passed is not None:
-            gate = node_outputs(obj, GATE_TASK)
-            self._gate = dict(gate)
+        if summary.gate_passed is not None and self.timeline.first(rp.GATE_DECISION) is None:
+            self._gate = gate_figures(node_outputs(obj, GATE_TASK))
             self.timeline.add_event(
                 rp.GATE_DECISION,
                 self._rel(node_finished_at(obj, GATE_TASK)),
                 passed=summary.gate_passed,
             )
-        if summary.promoted_version:
+            verdict = "passed" if summary.gate_passed else "REJECTED"
+            self.echo(f"gate {verdict}: " + "; ".join(self._gate.get("reasons") or []))
+        if summary.promoted_version and self.hardened is None:
             self.hardened = summary.promoted_version
             self.timeline.add_event(
                 rp.PROMOTION,
                 self._rel(node_finished_at(obj, PROMOTE_TASK)),
                 version=summary.promoted_version,
             )
+            self.echo(f"promoted {self.hardened}")
         return running_step(obj)
 
     def _recovered(self) -> bool:
@@ -244,49 +299,72 @@ class ScenarioRunner:
             return False
         recent = [s for s in window if s.t >= window[-1].t - self.options.recovery_window]
         total = sum(s.n for s in recent)
-        accuracy = (
-            sum(s.accuracy * s.n for s in recent if s.accuracy is not None) / total
-            if total
-            else 0.0
-        )
-        return accuracy >= self.options.recovered_accuracy
+        correct = sum((s.accuracy or 0.0) * s.n for s in recent)
+        return total > 0 and correct / total >= self.options.recovered_accuracy
 
     # -- the scenario --------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         """Run the scenario to its end and write the report; returns the summary."""
         opts = self.options
+        attack_mode = "fgsm" if opts.scenario == "attack" else "noise"
         try:
-            self._run_phase("clean", "clean", opts.clean_seconds)
-            attack_mode = "fgsm" if opts.scenario == "attack" else "noise"
-            phase = "attack" if opts.scenario == "attack" else "drift"
-            start_kind = rp.ATTACK_START if opts.scenario == "attack" else rp.DRIFT_START
-            self._start_traffic(attack_mode, opts.attack_seconds + 60)
-            self.timeline.add_event(start_kind, self._now(), eps=opts.eps, mode=attack_mode)
-            self.echo(f"{phase} starts: mode={attack_mode} eps={opts.eps:g}")
-            deadline = time.monotonic() + opts.attack_seconds
-            while time.monotonic() < deadline:
-                tick_start = time.monotonic()
-                self._tick(phase)
+            self._clean_phase()
+            self._start_traffic(attack_mode, opts.attack_seconds + 120)
+            self.echo(f"starting the {attack_mode} client")
+            self._ticks_until(
+                lambda: self._attack_t is not None,
+                self.stack.cfg.stack.ready_timeout_seconds,
+                attack_mode,
+                f"the {attack_mode} client answered nothing",
+            )
+            assert self._attack_t is not None
+            deadline = self._attack_t + opts.attack_seconds
+            while time.time() < deadline:
+                tick = time.monotonic()
+                self._tick(attack_mode)
                 if opts.scenario == "attack" and self._attack_over():
                     break
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - tick_start)))
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
             else:
                 if opts.scenario == "attack":
                     self.timeline.add_event(rp.TIMEOUT, self._now(), seconds=opts.attack_seconds)
                     self.echo(f"timeout: not recovered {opts.attack_seconds:g} s after the attack")
         finally:
-            self._stop_traffic()
+            for mode in list(self._traffic):
+                self._stop_traffic(mode)
         return self.finish()
 
-    def _run_phase(self, phase: str, mode: str, seconds: float) -> None:
-        self._start_traffic(mode, seconds + 5)
-        self.echo(f"{phase} phase: {seconds:g} s of {mode} traffic")
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            tick_start = time.monotonic()
-            self._tick(phase)
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - tick_start)))
+    def _clean_phase(self) -> None:
+        """Clean traffic for ``clean_seconds``, counted from its first answered second."""
+        seconds = self.options.clean_seconds
+        clean = self._start_traffic("clean", seconds + self.stack.cfg.stack.ready_timeout_seconds)
+        self.echo(f"clean phase: {seconds:g} s of clean traffic")
+        self._ticks_until(
+            lambda: clean.first_t is not None,
+            self.stack.cfg.stack.ready_timeout_seconds,
+            None,
+            "the clean client answered nothing",
+        )
+        assert clean.first_t is not None
+        end = clean.first_t + seconds
+        self._ticks_until(lambda: time.time() >= end, seconds + 5, None, "")
+
+    def _ticks_until(
+        self, done: Callable[[], bool], timeout: float, attack_mode: str | None, failure: str
+    ) -> None:
+        """Tick once a second until ``done()``; raise StackError(``failure``) at the timeout."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                if not failure:
+                    return
+                raise StackError(
+                    f"{failure} within {timeout:.0f} s (see the logs in {self.stack.folder.logs})"
+                )
+            tick = time.monotonic()
+            self._tick(attack_mode)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
 
     def _attack_over(self) -> bool:
         if self._recovered():
@@ -294,10 +372,11 @@ class ScenarioRunner:
             self.echo(f"recovered: {self.hardened} serves and holds the attack off")
             return True
         wf = self._workflow or {}
-        if wf.get("phase") in ("Failed", "Error") or (
-            wf.get("phase") == "Succeeded" and self.hardened is None
-        ):
-            self.echo(f"the remediation {wf.get('name')} ended without a promotion ({wf})")
+        if self.hardened is None and wf.get("phase") in FINISHED_PHASES:
+            self.echo(
+                f"the remediation {wf.get('name')} ended ({wf.get('phase')}) without a "
+                f"promotion: {wf.get('message') or 'see robustloop runs show'}"
+            )
             return True
         return False
 
@@ -314,12 +393,47 @@ class ScenarioRunner:
             workflow=self._workflow,
             remediation_started=started,
         )
+        # False alarms: alerts firing, or reaching the receiver, before the attack began.
+        summary["alerts_during_clean"] = sorted(self._clean_alerts)
+        attack_t = self._attack_t if self._attack_t is not None else time.time()
+        summary["incidents_during_clean"] = sum(
+            1
+            for rem in self.observer.remediations()
+            if rem.received_at is not None and rem.received_at < attack_t
+        )
         rp.write_report(self.report_dir, self.timeline, summary)
         return summary
+
+
+def gate_figures(outputs: dict[str, str]) -> dict[str, Any]:
+    """The gate's decision as flat figures (accuracies, differences, reasons) for the report."""
+    figures: dict[str, Any] = {"passed": outputs.get("passed") == "true"}
+    try:
+        decision = json.loads(outputs.get("decision") or "{}")
+    except json.JSONDecodeError:
+        figures["decision"] = outputs.get("decision")
+        return figures
+    metrics = decision.get("metrics") or {}
+    for key in ("n", "eps", "alpha"):
+        if key in metrics:
+            figures[key] = metrics[key]
+    attack = metrics.get("attack") or {}
+    if attack:
+        figures["attack"] = f"{attack.get('name')}-{attack.get('steps')} x{attack.get('restarts')}"
+    for part in ("clean", "robust"):
+        m = metrics.get(part) or {}
+        for key in ("baseline_accuracy", "candidate_accuracy", "difference"):
+            if key in m:
+                figures[f"{part}_{key}"] = round(float(m[key]), 4)
+    figures["reasons"] = list(decision.get("reasons") or [])
+    for key in ("baseline", "candidate"):
+        if key in decision:
+            figures[key] = decision[key]
+    return figures
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-__all__ = ["ScenarioOptions", "ScenarioRunner"]
+__all__ = ["ScenarioOptions", "ScenarioRunner", "gate_figures"]
