@@ -1,0 +1,297 @@
+"""``robustloop calibrate``: the statistics, their Monte Carlo check, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from alert_rules.calibration import (
+    CalibrationError,
+    SignalStats,
+    check_threshold,
+    simulate_false_alarms,
+    window_threshold,
+)
+from robustloop.cli import main
+from robustloop.commands.alerts import ANNOTATION_KEY, rewrite_alerts_section
+from robustloop.config import RobustloopConfig, dump_config, load_config
+from tests.conftest import DATASET_ROOT
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+def _skewed(n: int = 5000, seed: int = 1) -> list[float]:
+    """Values shaped like clean per-image entropies: most near 0, a long right tail."""
+    return list(np.random.default_rng(seed).beta(0.5, 2.0, n))
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def test_threshold_is_baseline_plus_gaussian_quantile_of_the_window_mean() -> None:
+    stats = SignalStats(count=1000, mean=0.2, sd=0.15, skewness=0.0)
+    got = window_threshold(
+        stats, window_seconds=30, samples_per_second=10, false_alarms_per_hour=0.1
+    )
+    p = 0.1 / (3600 / 30)
+    z = statistics.NormalDist().inv_cdf(1 - p)
+    exact = 0.2 + z * 0.15 / math.sqrt(300)
+    assert got.samples_per_window == 300
+    assert got.per_window_probability == pytest.approx(p)
+    assert got.z == pytest.approx(z)
+    assert exact <= got.threshold < exact + 1e-4  # rounded up, never below the target
+    assert got.baseline == 0.2
+    assert got.baseline + got.delta == pytest.approx(got.threshold)
+
+
+def test_stricter_targets_and_thinner_windows_give_higher_thresholds() -> None:
+    stats = SignalStats.of(_skewed())
+
+    def thr(window: float, rate: float, fah: float) -> float:
+        return window_threshold(
+            stats, window_seconds=window, samples_per_second=rate, false_alarms_per_hour=fah
+        ).threshold
+
+    assert thr(30, 10, 0.01) > thr(30, 10, 0.1) > thr(30, 10, 1.0)
+    assert thr(30, 2, 0.1) > thr(30, 10, 0.1)  # fewer samples per window: a noisier mean
+    assert thr(30, 10, 0.1) > stats.mean
+
+
+def test_cornish_fisher_raises_the_threshold_of_a_right_skewed_signal() -> None:
+    skewed = SignalStats(count=1000, mean=0.2, sd=0.15, skewness=1.5)
+    symmetric = SignalStats(count=1000, mean=0.2, sd=0.15, skewness=0.0)
+    kwargs = {"window_seconds": 30.0, "samples_per_second": 2.5, "false_alarms_per_hour": 0.1}
+    assert (
+        window_threshold(skewed, **kwargs).z_cornish_fisher
+        > window_threshold(symmetric, **kwargs).z_cornish_fisher
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"window_seconds": 30, "samples_per_second": 0.01}, "holds under one sample"),
+        ({"window_seconds": 30, "false_alarms_per_hour": 60}, "must be below 0.5"),
+    ],
+)
+def test_impossible_calibrations_are_clear_errors(kwargs: dict[str, float], message: str) -> None:
+    args: dict[str, float] = {
+        "window_seconds": 30,
+        "samples_per_second": 10,
+        "false_alarms_per_hour": 0.1,
+    }
+    args.update(kwargs)
+    with pytest.raises(CalibrationError, match=message):
+        window_threshold(SignalStats.of(_skewed()), **args)
+    with pytest.raises(CalibrationError, match="at least 30 clean values"):
+        SignalStats.of([0.1] * 29)
+
+
+def test_simulated_false_alarm_rate_meets_the_target_and_is_not_far_below() -> None:
+    """Monte Carlo of clean traffic (Poisson arrivals, bootstrap values, 1 s evaluation)."""
+    values = _skewed()
+    target = 6.0
+    proposed = window_threshold(
+        SignalStats.of(values),
+        window_seconds=30,
+        samples_per_second=10,
+        false_alarms_per_hour=target,
+    )
+    rate = simulate_false_alarms(
+        values,
+        proposed.threshold,
+        window_seconds=30,
+        samples_per_second=10,
+        for_seconds=10,
+        hours=100,
+    )
+    assert target / 4 <= rate <= target
+
+
+def test_a_threshold_that_alarms_too_often_is_raised_until_it_does_not() -> None:
+    """With for: 0s every overlapping window is a chance to alarm: the formula alone is too low."""
+    values = _skewed()
+    proposed = window_threshold(
+        SignalStats.of(values), window_seconds=30, samples_per_second=10, false_alarms_per_hour=6
+    )
+    unchecked = simulate_false_alarms(
+        values,
+        proposed.threshold,
+        window_seconds=30,
+        samples_per_second=10,
+        for_seconds=0,
+        hours=20,
+    )
+    assert unchecked > 6  # the Bonferroni count of disjoint windows undercounts here
+    checked = check_threshold(values, proposed, window_seconds=30, for_seconds=0)
+    assert checked.raised
+    assert checked.threshold > proposed.threshold
+    assert checked.simulated_false_alarms_per_hour <= 6
+
+
+# -- rewriting the config file -------------------------------------------------------------------
+
+
+def test_rewriting_the_alerts_section_keeps_every_other_line() -> None:
+    cfg = RobustloopConfig()
+    text = (
+        "# my settings\nmodel:\n  name: my-model   # keep this comment\n"
+        "alerts:\n  entropy:\n    threshold: 0.5\n# about the webhook\nwebhook:\n  port: 9999\n"
+    )
+    cfg.model.name = "my-model"
+    cfg.webhook.port = 9999
+    cfg.alerts.calibrated_version = "v0007-00000000"
+    new = rewrite_alerts_section(text, cfg)
+    assert new.startswith("# my settings\nmodel:\n  name: my-model   # keep this comment\nalerts:")
+    assert new.endswith("# about the webhook\nwebhook:\n  port: 9999\n")
+    assert RobustloopConfig.model_validate(yaml.safe_load(new)) == cfg
+
+
+def test_a_file_without_alerts_gets_the_section_appended() -> None:
+    cfg = RobustloopConfig()
+    cfg.alerts.calibrated_version = "v0001-00000000"
+    new = rewrite_alerts_section("data:\n  seed: 0\n", cfg)
+    assert new.startswith("data:\n  seed: 0\n")
+    assert yaml.safe_load(new)["alerts"]["calibrated_version"] == "v0001-00000000"
+    assert rewrite_alerts_section(None, cfg) == dump_config(cfg)
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibration_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A config file and a store holding one briefly trained model (a few seconds on 2 cores)."""
+    if not (DATASET_ROOT / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Fashion-MNIST is not installed in {DATASET_ROOT}")
+    import torch
+
+    import training
+
+    root = tmp_path_factory.mktemp("calibrate")
+    cfg = RobustloopConfig()
+    cfg.data.eval_size = 500
+    cfg.data.traffic_size = 500
+    cfg.data.train_limit = 1000
+    cfg.store.path = root / "store"
+    cfg.stack.run_dir = root / "run"
+    torch.manual_seed(0)
+    splits = training.make_splits(cfg.data)
+    model = training.build_model("cnn")
+    training.train_standard(
+        model, splits.train, epochs=1, batch_size=100, lr=1e-3, seed=0, progress=False
+    )
+    version = training.ModelStore(cfg.store.path).register(
+        model,
+        architecture="cnn",
+        parent=None,
+        recipe={"test": True},
+        metrics={},
+        split={"seed": 0},
+        provenance={"test": "calibrate"},
+    )
+    config = root / "robustloop.yaml"
+    config.write_text(dump_config(cfg), encoding="utf-8")
+    return config, version
+
+
+def _outside_alerts(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = lines.index("alerts:")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace())
+    while lines[end - 1].startswith("#"):
+        end -= 1
+    return lines[:start] + lines[end:]
+
+
+def test_calibrate_writes_thresholds_records_them_and_renders_rules_that_pass_promtool(
+    calibration_setup: tuple[Path, str], tmp_path: Path
+) -> None:
+    original, version = calibration_setup
+    config = tmp_path / "robustloop.yaml"
+    shutil.copy(original, config)
+    before = config.read_text()
+    rules = tmp_path / "rules"
+
+    assert main(["calibrate", "--config", str(config), "--rules-out", str(rules)]) == 0
+
+    after = config.read_text()
+    assert _outside_alerts(after) == _outside_alerts(before)  # the rest of the file is kept
+    cfg = load_config(config)
+    a = cfg.alerts
+    assert a.calibrated_version == version
+    for signal in (a.entropy, a.squeeze):
+        assert signal.mode == "relative"
+        assert signal.baseline is not None and signal.threshold > 0
+    assert a.canary_accuracy.baseline is not None and 0 < a.canary_accuracy.baseline <= 1
+
+    import training
+
+    record = training.ModelStore(cfg.store.path).annotation(version, ANNOTATION_KEY)
+    assert record is not None and record["version"] == version
+    entropy = record["signals"]["entropy"]
+    assert entropy["baseline"] == a.entropy.baseline
+    assert entropy["delta"] == a.entropy.threshold
+    assert entropy["simulation"]["simulated_false_alarms_per_hour"] <= 0.1
+
+    rendered = (rules / "robustloop.rules.yaml").read_text()
+    assert f'{{version="{version}"}}' in rendered
+    done = subprocess.run(
+        [PROMTOOL, "test", "rules", "tests/robustloop.test.yml"],
+        cwd=rules,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_calibrate_json_and_dry_run_write_nothing(
+    calibration_setup: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original, version = calibration_setup
+    config = tmp_path / "robustloop.yaml"
+    shutil.copy(original, config)
+    rules = tmp_path / "rules"
+    code = main(
+        ["calibrate", "--config", str(config), "--rules-out", str(rules), "--dry-run", "--json"]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["version"] == version
+    assert set(printed["signals"]) == {"entropy", "squeeze"}
+    assert config.read_text() == original.read_text()
+    assert not rules.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "v9999"], "unknown model version 'v9999'"),
+        (["--n", "10"], "--n must be at least 30"),
+    ],
+)
+def test_calibrate_bad_input_is_a_clear_error_and_changes_nothing(
+    calibration_setup: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    original, version = calibration_setup
+    config = tmp_path / "robustloop.yaml"
+    shutil.copy(original, config)
+    rules = tmp_path / "rules"
+    assert main(["calibrate", "--config", str(config), "--rules-out", str(rules), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert config.read_text() == original.read_text()
+    assert not rules.exists()
