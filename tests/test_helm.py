@@ -557,7 +557,11 @@ def test_config_map_is_a_valid_robustloop_config(
     outbox = next(m for m in receiver["volumeMounts"] if m["name"] == "outbox")
     assert config.webhook.db_path.parent == Path(outbox["mountPath"])
     for container in (server, receiver):
-        assert container["args"][-2:] == ["--config", f"{container['workingDir']}/robustloop.yaml"]
+        config_file = f"{container['workingDir']}/robustloop.yaml"
+        assert _env(container, "ROBUSTLOOP_CONFIG")["value"] == config_file
+        config_mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+        assert config_mount["mountPath"] == container["workingDir"]
+    assert receiver["args"][-2:] == ["--config", f"{receiver['workingDir']}/robustloop.yaml"]
 
 
 def test_existing_claim_and_secret_are_used_not_created(rendered: dict[str, list[Obj]]) -> None:

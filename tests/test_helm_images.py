@@ -8,6 +8,7 @@ torch, with the config file the chart gives it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -67,6 +68,11 @@ def test_server_image_pins_the_same_torch_as_pyproject() -> None:
     assert f"ARG TORCHVISION_VERSION={_pin('torchvision')}\n" in text
 
 
+def test_server_image_installs_the_gunicorn_the_chart_runs() -> None:
+    (spec,) = [r for r in PYPROJECT["project"]["optional-dependencies"]["test"] if "gunicorn" in r]
+    assert f'"{spec}"' in DOCKERFILES["server"].read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_images_copy_every_package_and_run_as_non_root(image: str) -> None:
     text = DOCKERFILES[image].read_text(encoding="utf-8")
@@ -113,9 +119,9 @@ def test_receiver_command_parses_without_torch() -> None:
     assert "usage:" in done.stdout
 
 
-@pytest.fixture
-def chart_config(tmp_path: Path) -> dict[str, Any]:
-    """The robustloop.yaml of the chart's default scenario."""
+@pytest.fixture(scope="module")
+def chart_objects() -> list[dict[str, Any]]:
+    """The objects of the chart's default scenario."""
     helm = _find_helm()
     if helm is None:
         if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
@@ -128,19 +134,85 @@ def chart_config(tmp_path: Path) -> dict[str, Any]:
         timeout=120,
         check=True,
     )
-    for doc in yaml.safe_load_all(done.stdout):
-        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == f"{FULLNAME}-config":
-            config: dict[str, Any] = yaml.safe_load(doc["data"]["robustloop.yaml"])
-            return config
-    raise AssertionError("the chart renders no robustloop ConfigMap")
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def _chart_object(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"the chart renders {len(found)} {kind} {name}"
+    return found[0]
+
+
+def _pod_container(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    deployment = _chart_object(objects, "Deployment", f"{FULLNAME}-{component}")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 @pytest.fixture
-def receiver_without_torch(tmp_path: Path, chart_config: dict[str, Any]) -> Iterator[str]:
-    """`robustloop webhook` as the receiver pod runs it: the chart's config, the token from the
-    environment, torch unimportable. Only what a pod provides is redirected to tmp_path: the
-    listen address, the outbox volume and the Argo token file.
+def chart_config(chart_objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The robustloop.yaml of the chart's default scenario (a fresh copy per test)."""
+    config_map = _chart_object(chart_objects, "ConfigMap", f"{FULLNAME}-config")
+    config: dict[str, Any] = yaml.safe_load(config_map["data"]["robustloop.yaml"])
+    return config
+
+
+@contextlib.contextmanager
+def _pod_process(
+    command: list[str], env: dict[str, str], workdir: Path, url: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a pod's command here until it listens at url; always stopped (SIGTERM, as kubelet)."""
+    log_path = workdir / "pod.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env={**os.environ, "HOME": str(workdir), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError(
+                        f"{command[0]} exited with {process.returncode}:\n"
+                        + log_path.read_text()[-3000:]
+                    )
+                try:
+                    requests.get(url, timeout=5)
+                    break
+                except (requests.ConnectionError, requests.Timeout):
+                    if time.monotonic() > deadline:
+                        raise AssertionError(
+                            f"{command[0]} did not listen within 120 s:\n"
+                            + log_path.read_text()[-3000:]
+                        ) from None
+                    time.sleep(0.2)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
+
+
+@pytest.fixture
+def receiver_without_torch(
+    tmp_path: Path, chart_objects: list[dict[str, Any]], chart_config: dict[str, Any]
+) -> Iterator[str]:
+    """`robustloop webhook` as the receiver pod runs it: the chart's arguments and config, the
+    token from the environment, torch unimportable. Only what a pod provides is redirected to
+    tmp_path: the listen address, the outbox volume and the Argo token file.
     """
+    container = _pod_container(chart_objects, "receiver")
+    assert container["command"] == ["robustloop"]
+    args = list(container["args"])
+    config_file = tmp_path / "robustloop.yaml"
+    assert args[-2:] == ["--config", f"{container['workingDir']}/robustloop.yaml"]
+    args[-1] = str(config_file)
     port = free_port()
     config = chart_config
     config["webhook"]["host"] = "127.0.0.1"
@@ -150,59 +222,73 @@ def receiver_without_torch(tmp_path: Path, chart_config: dict[str, Any]) -> Iter
     argo_token = tmp_path / "argo-token"
     argo_token.write_text("not-a-real-service-account-token\n", encoding="utf-8")
     config["submitter"]["argo"]["token_file"] = str(argo_token)
-    config_file = tmp_path / "robustloop.yaml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {
-        **os.environ,
-        "ROBUSTLOOP_WEBHOOK_TOKEN": "s3cret-token-of-the-test",
-        "HOME": str(tmp_path),
-    }
-    log = (tmp_path / "receiver.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-c", WITHOUT_TORCH, "webhook", "--config", str(config_file)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    env = {"ROBUSTLOOP_WEBHOOK_TOKEN": "s3cret-token-of-the-test"}
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"the receiver exited with {process.returncode}:\n"
-                    + (tmp_path / "receiver.log").read_text()[-3000:]
-                )
-            try:
-                requests.get(f"{url}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        "the receiver did not listen within 60 s:\n"
-                        + (tmp_path / "receiver.log").read_text()[-3000:]
-                    ) from None
-                time.sleep(0.2)
+    command = [sys.executable, "-c", WITHOUT_TORCH, *args]
+    with _pod_process(command, env, tmp_path, f"{url}/healthz"):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        log.close()
 
 
 def test_receiver_runs_without_torch_on_the_charts_config(receiver_without_torch: str) -> None:
     url = receiver_without_torch
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+    assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
     # The token comes from ROBUSTLOOP_WEBHOOK_TOKEN (the chart's Secret): no token, no entry.
     payload = {"version": "4", "status": "firing", "alerts": []}
     assert requests.post(f"{url}/api/v1/alerts", json=payload, timeout=5).status_code == 401
     wrong = {"Authorization": "Bearer wrong"}
-    assert (
-        requests.post(f"{url}/api/v1/alerts", json=payload, headers=wrong, timeout=5).status_code
-        == 401
-    )
+    response = requests.post(f"{url}/api/v1/alerts", json=payload, headers=wrong, timeout=5)
+    assert response.status_code == 401
+
+
+def test_server_pod_command_serves_and_its_probes_follow_the_store(
+    tmp_path: Path, chart_objects: list[dict[str, Any]], chart_config: dict[str, Any]
+) -> None:
+    """The server container's command and probes, run here: on a fresh claim (no store folder
+    yet) it lives but is not ready; once a production model is registered (the bootstrap Job's
+    work) it turns ready without a restart, and serves /metrics for the ServiceMonitor.
+    """
+    from training import ModelStore, build_model
+
+    container = _pod_container(chart_objects, "server")
+    binary = Path(sys.executable).parent / container["command"][0]
+    assert binary.is_file(), f"{container['command'][0]} is not installed beside python"
+    port = free_port()
+    args = [f"--bind=127.0.0.1:{port}" if a.startswith("--bind=") else a for a in container["args"]]
+    assert args != container["args"], "the server's arguments have no --bind= to redirect"
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "store")["mountPath"]
+    store_path = Path(chart_config["store"]["path"])
+    config = chart_config
+    config["store"]["path"] = str(claim / store_path.relative_to(mount))
+    config["serving"]["reload_interval_seconds"] = 0.2
+    config_file = tmp_path / "robustloop.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env_names = {e["name"] for e in container["env"]}
+    assert "ROBUSTLOOP_CONFIG" in env_names
+    url = f"http://127.0.0.1:{port}"
+    live = url + container["livenessProbe"]["httpGet"]["path"]
+    ready = url + container["readinessProbe"]["httpGet"]["path"]
+    env = {"ROBUSTLOOP_CONFIG": str(config_file)}
+    with _pod_process([str(binary), *args], env, tmp_path, live):
+        assert requests.get(live, timeout=5).status_code == 200
+        assert requests.get(ready, timeout=5).status_code == 503
+        store = ModelStore(config["store"]["path"])
+        version = store.register(
+            build_model("cnn"),
+            architecture="cnn",
+            parent=None,
+            recipe={},
+            metrics={},
+            split={},
+            provenance={"test": "chart bootstrap stand-in"},
+        )
+        deadline = time.monotonic() + 60
+        while requests.get(ready, timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the server did not turn ready within 60 s"
+            time.sleep(0.2)
+        metrics = requests.get(f"{url}/metrics", timeout=5)
+        assert metrics.status_code == 200
+        assert f'version="{version}"' in metrics.text
