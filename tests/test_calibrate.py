@@ -83,14 +83,15 @@ def test_cornish_fisher_raises_the_threshold_of_a_right_skewed_signal() -> None:
     ],
 )
 def test_impossible_calibrations_are_clear_errors(kwargs: dict[str, float], message: str) -> None:
-    args: dict[str, float] = {
-        "window_seconds": 30,
-        "samples_per_second": 10,
-        "false_alarms_per_hour": 0.1,
-    }
+    args = {"window_seconds": 30.0, "samples_per_second": 10.0, "false_alarms_per_hour": 0.1}
     args.update(kwargs)
     with pytest.raises(CalibrationError, match=message):
-        window_threshold(SignalStats.of(_skewed()), **args)
+        window_threshold(
+            SignalStats.of(_skewed()),
+            window_seconds=args["window_seconds"],
+            samples_per_second=args["samples_per_second"],
+            false_alarms_per_hour=args["false_alarms_per_hour"],
+        )
     with pytest.raises(CalibrationError, match="at least 30 clean values"):
         SignalStats.of([0.1] * 29)
 
@@ -287,7 +288,7 @@ def test_calibrate_bad_input_is_a_clear_error_and_changes_nothing(
     args: list[str],
     message: str,
 ) -> None:
-    original, version = calibration_setup
+    original, _ = calibration_setup
     config = tmp_path / "robustloop.yaml"
     shutil.copy(original, config)
     rules = tmp_path / "rules"
