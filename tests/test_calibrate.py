@@ -68,11 +68,13 @@ def test_stricter_targets_and_thinner_windows_give_higher_thresholds() -> None:
 def test_cornish_fisher_raises_the_threshold_of_a_right_skewed_signal() -> None:
     skewed = SignalStats(count=1000, mean=0.2, sd=0.15, skewness=1.5)
     symmetric = SignalStats(count=1000, mean=0.2, sd=0.15, skewness=0.0)
-    kwargs = {"window_seconds": 30.0, "samples_per_second": 2.5, "false_alarms_per_hour": 0.1}
-    assert (
-        window_threshold(skewed, **kwargs).z_cornish_fisher
-        > window_threshold(symmetric, **kwargs).z_cornish_fisher
-    )
+
+    def z(stats: SignalStats) -> float:
+        return window_threshold(
+            stats, window_seconds=30, samples_per_second=2.5, false_alarms_per_hour=0.1
+        ).z_cornish_fisher
+
+    assert z(skewed) > z(symmetric)
 
 
 @pytest.mark.parametrize(
