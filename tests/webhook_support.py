@@ -104,6 +104,7 @@ def argo(schemas: Path) -> Iterator[ArgoStandIn]:
     with ArgoStandIn(schemas / "argo-workflows" / "schema.json", token=ARGO_TOKEN) as standin:
         yield standin
     assert standin.invalid == [], "the receiver sent bodies Argo would reject"
+    assert standin.errors == [], "the Argo stand-in failed"
 
 
 @pytest.fixture

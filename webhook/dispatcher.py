@@ -219,7 +219,9 @@ class Dispatcher:
                     if reason != incident.reason:
                         self.outbox.update(conn, incident.id, now, reason=reason)
                     continue
-                self.outbox.update(conn, incident.id, now, reason, reason_code=code, **fields)
+                self.outbox.update(
+                    conn, incident.id, now, reason, reason_code=code, reason=reason, **fields
+                )
             self.metrics.decisions.labels(decision=decision).inc()
             log.info("incident %s (model %s): %s", incident.id, incident.model, reason)
 

@@ -38,7 +38,10 @@ class ReceiverServer:
         self.host = host
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="webhook-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="webhook-http",
+            daemon=True,
         )
 
     @property
