@@ -408,8 +408,8 @@ class ModelStore:
             stack = self._production_stack()
             if len(stack) < 2:
                 raise StoreError(
-                    f"nothing to roll back to in store {self.root}: production has never been "
-                    "promoted away from its first version"
+                    f"nothing to roll back to in store {self.root}: production "
+                    f"({stack[-1] if stack else 'none'}) is the earliest production version"
                 )
             target = stack[-2]
             self._verified_weights(self.manifest(target))

@@ -1,12 +1,32 @@
-"""``robustloop init`` (and, from the training issue, train/harden/evaluate/models)."""
+"""``robustloop init``, ``train``, ``harden``, ``evaluate`` and ``models ...``.
+
+These names are a contract (the workflow steps, the demo and the checks call them):
+
+* ``train [--epochs N]`` registers a standard model; its id is the last line on stdout.
+* ``harden --from REF [--method M] [--eps E] [--steps K] [--epochs N] [--max-seconds S]
+  [--incident ID]`` registers an adversarially trained child of REF (not promoted); its id is
+  the last line on stdout.
+* ``evaluate --model REF --attack none|fgsm|pgd --eps E [--steps K] [--restarts R] [--n N]
+  --json`` prints ``{"model", "attack", "eps", "n", "accuracy", "ci95"}``.
+* ``models list [--json] | show REF | promote REF | rollback | export REF --format F PATH``.
+
+torch is imported inside the handlers only (the receiver image has none).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustloop.config import DEFAULT_CONFIG_PATH, RobustloopConfig, dump_config
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from training import ModelStore
 
 
 def register(sub: Any) -> None:
@@ -14,6 +34,135 @@ def register(sub: Any) -> None:
     p = sub.add_parser("init", help="write robustloop.yaml with every default, commented")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=_init, needs_config=False)
+
+    p = sub.add_parser(
+        "train", help="train a standard (undefended) model and register it; prints its id"
+    )
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default: training.epochs)")
+    p.add_argument("--max-seconds", type=_positive_float, help="stop cleanly after S seconds")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser(
+        "harden",
+        help="adversarially fine-tune a version and register the result (not promoted); "
+        "prints its id",
+    )
+    p.add_argument(
+        "--from", dest="base", default="production", help="VERSION or production (default)"
+    )
+    p.add_argument("--method", choices=["pgd", "fgsm-rs"], help="default: remediation.method")
+    p.add_argument("--eps", type=_eps, help="L-inf radius (default: remediation.eps)")
+    p.add_argument("--step-size", type=_positive_float, help="attack step size")
+    p.add_argument("--steps", type=_positive_int, help="PGD steps (default: remediation.steps)")
+    p.add_argument("--epochs", type=_positive_int, help="default: remediation.epochs")
+    p.add_argument("--max-seconds", type=_positive_float, help="default: remediation.max_seconds")
+    p.add_argument("--incident", default=None, help="incident id recorded as provenance")
+    p.add_argument(
+        "--scratch",
+        action="store_true",
+        help="train from fresh weights instead of fine-tuning (overrides remediation.warm_start)",
+    )
+    p.set_defaults(handler=_harden)
+
+    p = sub.add_parser("evaluate", help="accuracy of a version on the held-out eval split")
+    p.add_argument("--model", default="production", help="VERSION or production (default)")
+    p.add_argument("--attack", choices=["none", "fgsm", "pgd"], default="none")
+    p.add_argument("--eps", type=_eps, default=None, help="default: remediation.eps")
+    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--restarts", type=_positive_int, default=1, help="PGD restarts (default 1)")
+    p.add_argument("--n", type=_positive_int, default=None, help="images (default: all)")
+    p.add_argument(
+        "--split", choices=["eval", "traffic"], default="eval", help="which split (default eval)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_evaluate)
+
+    models = sub.add_parser("models", help="list, show, promote, roll back or export versions")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = msub.add_parser("list", help="every version, oldest first")
+    p.add_argument("--json", action="store_true", help="print the manifests as a JSON list")
+    p.set_defaults(handler=_models_list)
+    p = msub.add_parser("show", help="print one version's manifest as JSON")
+    p.add_argument("version", help="VERSION or production")
+    p.set_defaults(handler=_models_show)
+    p = msub.add_parser("promote", help="point production at VERSION")
+    p.add_argument("version")
+    p.add_argument("--reason", default="manual", help="recorded in the pointer history")
+    p.set_defaults(handler=_models_promote)
+    p = msub.add_parser("rollback", help="point production back at the previous version")
+    p.add_argument("--reason", default="manual", help="recorded in the pointer history")
+    p.set_defaults(handler=_models_rollback)
+    p = msub.add_parser("export", help="write a version for other runtimes (TorchScript, ONNX)")
+    p.add_argument("version")
+    p.add_argument("path", type=Path)
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.set_defaults(handler=_models_export)
+
+
+# -- argument types ------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _eps(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (pixels are in [0, 1]): {value}")
+    return value
+
+
+# -- shared helpers ------------------------------------------------------------------------
+
+
+def _store(cfg: RobustloopConfig) -> ModelStore:
+    from training import ModelStore
+
+    return ModelStore(cfg.store.path)
+
+
+def _setup_torch(cfg: RobustloopConfig) -> None:
+    import torch
+
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    from training import DatasetError, StoreError
+
+    return (DatasetError, StoreError, ValueError)
+
+
+def _fail(exc: Exception) -> Exception:
+    from robustloop.cli import CommandError
+
+    return CommandError(str(exc))
+
+
+def _clean_accuracy(model: nn.Module, cfg: RobustloopConfig) -> float:
+    from training import evaluate, make_splits
+
+    return evaluate(model, make_splits(cfg.data).eval, attack="none").accuracy
+
+
+# -- handlers ------------------------------------------------------------------------------
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -24,4 +173,233 @@ def _init(args: argparse.Namespace) -> int:
         raise CommandError(f"{path} exists; pass --force to overwrite it")
     path.write_text(dump_config(RobustloopConfig()), encoding="utf-8")
     print(f"wrote {path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from training import build_model, make_splits, train_standard
+
+    cfg: RobustloopConfig = args.cfg
+    _setup_torch(cfg)
+    tc = cfg.training
+    epochs = args.epochs or tc.epochs
+    try:
+        store = _store(cfg)
+        splits = make_splits(cfg.data)
+        torch.manual_seed(tc.seed)
+        model = build_model(cfg.model.architecture)
+        result = train_standard(
+            model,
+            splits.train,
+            epochs=epochs,
+            batch_size=tc.batch_size,
+            lr=tc.lr,
+            seed=tc.seed,
+            max_seconds=args.max_seconds,
+            progress=_progress(),
+        )
+        version = store.register(
+            result.model,
+            architecture=cfg.model.architecture,
+            parent=None,
+            recipe={
+                "method": "standard",
+                "epochs": epochs,
+                "batch_size": tc.batch_size,
+                "lr": tc.lr,
+                "seed": tc.seed,
+                "optimizer": "adam, cosine decay",
+            },
+            metrics={
+                "eval_clean_accuracy": _clean_accuracy(result.model, cfg),
+                "train_seconds": result.seconds,
+                "stopped_early": result.stopped_early,
+                "history": result.history,
+            },
+            split=splits.describe(),
+            provenance={"command": "train"},
+        )
+    except _errors() as exc:
+        raise _fail(exc) from None
+    print(f"registered {version} (production: {store.production()})", file=sys.stderr)
+    print(version)
+    return 0
+
+
+def _harden(args: argparse.Namespace) -> int:
+    import torch
+
+    from training import adversarial_train, build_model, make_splits
+
+    cfg: RobustloopConfig = args.cfg
+    _setup_torch(cfg)
+    rc = cfg.remediation
+    method = args.method or rc.method
+    eps = args.eps if args.eps is not None else rc.eps
+    step_size = args.step_size if args.step_size is not None else rc.step_size
+    steps = args.steps or rc.steps
+    epochs = args.epochs or rc.epochs
+    max_seconds = args.max_seconds if args.max_seconds is not None else rc.max_seconds
+    warm_start = rc.warm_start and not args.scratch
+    try:
+        store = _store(cfg)
+        base, base_manifest = store.load(args.base)
+        splits = make_splits(cfg.data)
+        if warm_start:
+            model = base
+        else:
+            torch.manual_seed(cfg.training.seed)
+            model = build_model(base_manifest.architecture)
+        result = adversarial_train(
+            model,
+            splits.train,
+            method=method,
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            epochs=epochs,
+            batch_size=rc.batch_size,
+            lr=rc.lr,
+            seed=cfg.training.seed,
+            max_seconds=max_seconds,
+            check_size=rc.check_size,
+            progress=_progress(),
+        )
+        version = store.register(
+            result.model,
+            architecture=base_manifest.architecture,
+            parent=base_manifest.version,
+            recipe={
+                "method": method,
+                "eps": eps,
+                "step_size": step_size,
+                "steps": steps if method == "pgd" else 1,
+                "epochs": epochs,
+                "max_seconds": max_seconds,
+                "batch_size": rc.batch_size,
+                "lr": rc.lr,
+                "seed": cfg.training.seed,
+                "warm_start": warm_start,
+                "check_size": rc.check_size,
+            },
+            metrics={
+                "eval_clean_accuracy": _clean_accuracy(result.model, cfg),
+                "train_seconds": result.seconds,
+                "stopped_early": result.stopped_early,
+                "best_check": result.best,
+                "history": result.history,
+            },
+            split=splits.describe(),
+            provenance={"command": "harden", "incident": args.incident, "base": args.base},
+        )
+    except _errors() as exc:
+        raise _fail(exc) from None
+    print(f"registered {version} (parent {base_manifest.version}; not promoted)", file=sys.stderr)
+    print(version)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training import evaluate, make_splits
+
+    cfg: RobustloopConfig = args.cfg
+    _setup_torch(cfg)
+    eps = args.eps if args.eps is not None else cfg.remediation.eps
+    try:
+        model, manifest = _store(cfg).load(args.model)
+        dataset = getattr(make_splits(cfg.data), args.split)
+        result = evaluate(
+            model,
+            dataset,
+            attack=args.attack,
+            eps=eps,
+            steps=args.steps,
+            restarts=args.restarts,
+            n=args.n,
+            seed=args.seed,
+        )
+    except _errors() as exc:
+        raise _fail(exc) from None
+    out = {"model": manifest.version, **result.as_dict()}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        lo, hi = result.ci95
+        label = "clean" if result.attack == "none" else f"{result.attack} eps={result.eps}"
+        print(
+            f"{manifest.version} {label}: accuracy {result.accuracy:.4f} "
+            f"(95% CI {lo:.4f}-{hi:.4f}, n={result.n})"
+        )
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    try:
+        store = _store(args.cfg)
+        manifests = store.list()
+        production = store.production()
+    except _errors() as exc:
+        raise _fail(exc) from None
+    if args.json:
+        rows = [{**m.to_dict(), "production": m.version == production} for m in manifests]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not manifests:
+        print(f"no versions in {store.root}; run `robustloop train`")
+        return 0
+    print(f"{'':2}{'VERSION':16}{'PARENT':16}{'METHOD':10}{'CLEAN':>7}  CREATED")
+    for m in manifests:
+        mark = "* " if m.version == production else "  "
+        clean = m.metrics.get("eval_clean_accuracy")
+        clean_text = f"{clean:.4f}" if isinstance(clean, float) else "-"
+        print(
+            f"{mark}{m.version:16}{m.parent or '-':16}{m.recipe.get('method', '-'):10}"
+            f"{clean_text:>7}  {m.created_at}"
+        )
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    try:
+        manifest = _store(args.cfg).manifest(args.version)
+    except _errors() as exc:
+        raise _fail(exc) from None
+    print(json.dumps(manifest.to_dict(), indent=2))
+    return 0
+
+
+def _models_promote(args: argparse.Namespace) -> int:
+    try:
+        version = _store(args.cfg).promote(
+            args.version, {"command": "models promote", "reason": args.reason}
+        )
+    except _errors() as exc:
+        raise _fail(exc) from None
+    print(version)
+    return 0
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    try:
+        version = _store(args.cfg).rollback({"command": "models rollback", "reason": args.reason})
+    except _errors() as exc:
+        raise _fail(exc) from None
+    print(version)
+    return 0
+
+
+def _models_export(args: argparse.Namespace) -> int:
+    from training.export import ExportError, export_model
+
+    try:
+        model, manifest = _store(args.cfg).load(args.version)
+        export_model(model, args.path, args.format)
+    except ExportError as exc:
+        raise _fail(exc) from None
+    except _errors() as exc:
+        raise _fail(exc) from None
+    print(f"exported {manifest.version} as {args.format} to {args.path}", file=sys.stderr)
+    print(args.path)
     return 0

@@ -9,13 +9,17 @@ from torch import nn
 
 from training.attacks.base import Attack
 
+_FOOLED = 1e6
+"""Score bonus of a fooled example (any loss is far below it)."""
+
 
 class PGD(Attack):
     """``steps`` signed-gradient steps of ``step_size``, each projected back onto the eps-ball.
 
     With several restarts, each example keeps the restart that fooled the model, or, where none
     did, the one with the highest loss: accuracy under PGD with restarts is the accuracy on the
-    worst restart of each example.
+    worst restart of each example. Restarts after the first run only on the examples that no
+    earlier restart fooled, which gives the same accuracy for a fraction of the cost.
 
     Args:
         model: the classifier under attack.
@@ -62,11 +66,15 @@ class PGD(Attack):
             return best
         best_score = self._score(best, labels)
         for _ in range(self.restarts - 1):
-            adv = self._run(images, labels)
-            score = self._score(adv, labels)
-            better = score > best_score
-            best[better] = adv[better]
-            best_score = torch.where(better, score, best_score)
+            # Examples already fooled cannot do better: restart only the others.
+            todo = (best_score < _FOOLED).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            adv = self._run(images[todo], labels[todo])
+            score = self._score(adv, labels[todo])
+            better = score > best_score[todo]
+            best[todo[better]] = adv[better]
+            best_score[todo[better]] = score[better]
         return best
 
     @torch.no_grad()
@@ -75,7 +83,7 @@ class PGD(Attack):
         logits = self.model(adv)
         loss = nn.functional.cross_entropy(logits, labels, reduction="none")
         fooled = logits.argmax(dim=1) != labels
-        return loss + fooled.to(loss.dtype) * 1e6
+        return loss + fooled.to(loss.dtype) * _FOOLED
 
     def __repr__(self) -> str:
         return (
