@@ -6,6 +6,7 @@ docs/serving.md). This module only binds, announces and stops.
 
 from __future__ import annotations
 
+import socket
 import threading
 from types import TracebackType
 
@@ -26,13 +27,25 @@ class RunningServer:
         app: the WSGI app (from :func:`serving.create_app`).
         host: bind address.
         port: TCP port; 0 picks a free one (read it back from :attr:`port`).
+
+    Raises:
+        OSError: the address cannot be bound (port in use, unknown host).
     """
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
-        self._server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, request_handler=_KeepAliveHandler
-        )
+        # Bind here rather than in werkzeug, which answers a busy port with sys.exit(1): an
+        # OSError lets the caller say what went wrong.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, port), family=family, backlog=128) as sock:
+            self._server: BaseWSGIServer = make_server(
+                host,
+                sock.getsockname()[1],
+                app,
+                threaded=True,
+                request_handler=_KeepAliveHandler,
+                fd=sock.fileno(),  # werkzeug serves on a duplicate of this socket
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="wsgi-server", daemon=True
         )

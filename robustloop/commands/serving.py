@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
         type=float,
         default=None,
         help="L-inf radius for fgsm/pgd (default 0.1); noise standard deviation for noise "
-        "(default 0.2)",
+        "(default 0.3)",
     )
     t.add_argument(
         "--feedback-fraction",
