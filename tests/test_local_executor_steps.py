@@ -70,7 +70,12 @@ def _template(deadline: int | None = None) -> dict[str, Any]:
                 when="{{tasks.judge.outputs.parameters.passed}} == true",
                 arguments={"out": "{{tasks.produce.outputs.parameters.out}}"},
             )
-            p >> j >> a  # type: ignore[operator]
+            again = act(
+                name="again",
+                when="{{tasks.judge.outputs.parameters.passed}} == true",
+                arguments={"out": "{{tasks.act.outputs.parameters.done}}"},
+            )
+            p >> j >> a >> again  # type: ignore[operator]
         with DAG(name="exit-handler"):
             record(
                 name="record",

@@ -401,15 +401,16 @@ class LocalExecutor:
         self, task: dict[str, Any], path: str, parent: dict[str, Any], deadline: bool
     ) -> str:
         template = self.templates[task["template"]]
+        when = task.get("when")
+        if when and not evaluate_when(substitute(when, self.scope)):
+            # Argo resolves a skipped task's arguments never (they may name skipped outputs).
+            node = self._add_node(path, task["name"], task["template"], "Skipped", parent["id"])
+            self._finish(node, _SKIPPED, f"when '{substitute(when, self.scope)}' evaluated false")
+            return _SKIPPED
         arguments = {
             p["name"]: substitute(str(p.get("value", "")), self.scope)
             for p in (task.get("arguments") or {}).get("parameters") or []
         }
-        when = task.get("when")
-        if when and not evaluate_when(substitute(when, self.scope)):
-            node = self._add_node(path, task["name"], task["template"], "Skipped", parent["id"])
-            self._finish(node, _SKIPPED, f"when '{substitute(when, self.scope)}' evaluated false")
-            return _SKIPPED
         node = self._add_node(path, task["name"], task["template"], "Pod", parent["id"])
         phase = self._run_script(node, template, arguments, deadline)
         for output in (node.get("outputs") or {}).get("parameters") or []:

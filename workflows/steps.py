@@ -39,6 +39,8 @@ CONFIG_ENV = "ROBUSTLOOP_CONFIG"
 """Environment variable naming the config file a step reads."""
 OUTPUTS_DIR = "/tmp/hera-outputs"
 """Hera runner's outputs folder in a pod (the local executor points it elsewhere)."""
+PROMOTION_ANNOTATION = "promotion"
+"""Store annotation of a promoted version: incident, workflow, previous version, gate figures."""
 OUTCOMES_FILE = "remediations.jsonl"
 """File in the store folder where the exit handler appends each run's outcome."""
 
@@ -216,15 +218,15 @@ def promote(
             f"production moved from {baseline} to {current} after the evaluation; the gate's "
             "verdict is stale, so nothing is promoted (run the remediation again)"
         )
-    store.promote(
-        candidate,
-        provenance={
-            "incident": incident_id,
-            "workflow": workflow,
-            "previous": baseline,
-            "gate": {"passed": True, "metrics": verdict.get("metrics", {})},
-        },
-    )
+    provenance = {
+        "incident": incident_id,
+        "workflow": workflow,
+        "previous": baseline,
+        "gate": {"passed": True, "metrics": verdict.get("metrics", {})},
+    }
+    # The manifest is immutable: the promotion's provenance goes beside it and into the history.
+    store.annotate(candidate, PROMOTION_ANNOTATION, provenance)
+    store.promote(candidate, provenance=provenance)
     log.info("promote: production is now %s (was %s)", candidate, baseline)
     recalibrate(candidate)
     return candidate
@@ -339,6 +341,7 @@ __all__ = [
     "CONFIG_ENV",
     "IMAGE",
     "OUTCOMES_FILE",
+    "PROMOTION_ANNOTATION",
     "StepError",
     "evaluate",
     "gate",
