@@ -228,3 +228,21 @@ def test_a_step_killed_midway_leaves_production_unchanged(site: Site) -> None:
     assert summarise_workflow(wf).promoted_version is None
     outcome = json.loads((site.root / "store" / OUTCOMES_FILE).read_text().splitlines()[-1])
     assert outcome["workflow"] == name and outcome["status"] == "Failed"
+
+
+def test_gate_command_judges_two_versions_and_refuses_unknown_ones(site: Site) -> None:
+    promoted = site.store().production()
+    result = site.cli(
+        "gate", "--candidate", promoted, "--baseline", site.random_version, "--json"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    decision = json.loads(result.stdout)
+    assert decision["passed"] is True
+    assert decision["metrics"]["attack"] == {"name": "pgd", "steps": 20, "restarts": 1}
+    assert decision["metrics"]["robust"]["difference"] > 0
+    # bad input: a clear error, exit 2, and the store is untouched
+    history = site.store().history()
+    bad = site.cli("gate", "--candidate", "v9999-deadbeef")
+    assert bad.returncode == 2
+    assert "v9999-deadbeef" in bad.stderr and "Traceback" not in bad.stderr
+    assert site.store().history() == history

@@ -83,12 +83,15 @@ def evaluate_pair(
         current = store.production()
         if current is None:
             raise GateError(
-                "there is no production model to compare the candidate with; "
-                "promote a first model with `robustloop models promote` (or train one)"
+                f"there is no production model in {cfg.store.path} to compare the candidate "
+                "with; train one (`robustloop train`) or promote one (`robustloop models promote`)"
             )
         baseline = current
-    baseline = store.resolve(baseline)
-    candidate = store.resolve(candidate)
+    try:
+        baseline = store.resolve(baseline)
+        candidate = store.resolve(candidate)
+    except training.StoreError as exc:
+        raise GateError(str(exc)) from None
     if candidate == baseline:
         raise GateError(f"the candidate {candidate} is the baseline itself; nothing to judge")
     eps = float(eps if eps is not None else (cfg.gate.eps or cfg.remediation.eps))
