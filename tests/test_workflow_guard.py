@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
@@ -134,7 +135,13 @@ def test_guard_rolls_back_a_worse_version_then_stops_at_the_cap(
     cfg.rollout.min_canary_samples = 20
     cfg.rollout.max_consecutive_rollbacks = 1
     store = training.ModelStore(cfg.store.path)
-    common = {"architecture": "cnn", "recipe": {}, "metrics": {}, "split": {}, "provenance": {}}
+    common: dict[str, Any] = {
+        "architecture": "cnn",
+        "recipe": {},
+        "metrics": {},
+        "split": {},
+        "provenance": {},
+    }
     old = store.register(training.build_model("cnn"), parent=None, **common)
     new = store.register(training.build_model("cnn"), parent=old, **common)
     store.promote(new, provenance={"incident": "t"})
