@@ -369,6 +369,7 @@ __all__ = [
     "DEFAULT_NOISE_SIGMA",
     "MODES",
     "AdaptiveAttacker",
+    "Mode",
     "ServerClient",
     "TrafficError",
     "TrafficOptions",

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from robustloop.config import RobustloopConfig
 from serving import RunningServer, create_app, get_state
-from serving.traffic import TrafficOptions, run_traffic
+from serving.traffic import Mode, TrafficOptions, run_traffic
 from training import ModelStore, build_model, make_splits, train_standard
 
 Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -98,7 +98,7 @@ def test_fgsm_traffic_lowers_canary_accuracy_and_shifts_entropy_and_squeeze(
 ) -> None:
     server, store = trained_server
 
-    def send(mode: str) -> None:
+    def send(mode: Mode) -> None:
         options = TrafficOptions(
             url=server.url, rate=500, duration=0.12, mode=mode, batch=8, feedback_fraction=1.0
         )  # 60 requests of 8 images, as fast as the server answers
