@@ -169,13 +169,35 @@ def _check_name(name: str) -> ServingState:
 
 
 def _read_body(state: ServingState) -> bytes:
-    try:
-        return request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body is over the limit of {state.config.serving.max_body_bytes} bytes; "
-            "send smaller batches"
-        ) from None
+    """The request body, refusing more than ``serving.max_body_bytes`` with a 413.
+
+    A declared Content-Length over the limit is refused before reading; a chunked body is read
+    up to one byte past the limit (werkzeug would silently truncate it, turning a too-large
+    body into a confusing JSON error).
+    """
+    limit = state.config.serving.max_body_bytes
+    too_large = PayloadTooLarge(
+        f"request body is over the limit of {limit} bytes; send smaller batches"
+    )
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise too_large
+        try:
+            return request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            raise too_large from None
+    stream = request.environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise too_large
+    return b"".join(chunks)
 
 
 @bp.get("/v2/health/live")
