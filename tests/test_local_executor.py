@@ -5,11 +5,13 @@ subprocesses exactly like the remediation steps), so they need no torch and run 
 remediation template itself is exercised end to end in ``test_workflow_e2e.py``.
 """
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,34 @@ def test_unresolvable_variables_and_garbage_expressions_are_errors() -> None:
         evaluate_when("maybe")
     with pytest.raises(ExpressionError):
         evaluate_depends("a.Sometimes", {"a": "Succeeded"})
+
+
+def test_a_second_run_of_the_same_model_waits_for_the_mutex(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    # GIVEN another remediation of model m1 holds the mutex
+    locks = tmp_path / "runs" / ".locks"
+    locks.mkdir(parents=True)
+    holder = open(locks / "tiny-m1.lock", "a+")  # noqa: SIM115 (held across the test)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(executor.run("queued", {})))
+    thread.start()
+    try:
+        record = tmp_path / "runs" / "queued" / "workflow.json"
+        for _ in range(300):
+            if record.exists() and "Waiting for" in json.loads(record.read_text())["status"].get(
+                "message", ""
+            ):
+                break
+            time.sleep(0.1)
+        # THEN the run waits, Pending, and has run no step
+        wf = json.loads(record.read_text())
+        assert wf["status"]["phase"] == "Pending"
+        assert "local/Mutex/tiny-m1" in wf["status"]["message"]
+        assert wf["status"]["nodes"] == {}
+    finally:
+        holder.close()  # WHEN the other run ends
+        thread.join(timeout=120)
+    # THEN this one runs to the end
+    assert result == ["Succeeded"]

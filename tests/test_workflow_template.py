@@ -159,3 +159,27 @@ def test_every_step_runs_project_code_through_heras_runner(golden: dict[str, Any
         assert mounts == {"store", "config"}
         # retried on infrastructure errors only, never on a failing exit code
         assert template["retryStrategy"]["retryPolicy"] == "OnError"
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("eps=abc", "eps='abc' is not a number"),
+        ("eps=2", "eps=2 is outside"),
+        ("epochs=0", "epochs=0 is outside"),
+        ("method=fgsm", "not one of pgd, fgsm-rs"),
+        ("model=other", "this config serves"),
+        ("colour=blue", "no such parameter"),
+        ("no-equals-sign", "expected NAME=VALUE"),
+    ],
+)
+def test_run_local_refuses_bad_parameters_and_creates_nothing(
+    tmp_path: Path, param: str, message: str
+) -> None:
+    (tmp_path / "robustloop.yaml").write_text("submitter:\n  runs_dir: runs\n")
+    cmd = [sys.executable, "-m", "robustloop", "workflow", "run-local", "--name", "r1"]
+    done = subprocess.run([*cmd, "-p", param], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs" / "r1").exists()

@@ -38,6 +38,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -256,9 +257,11 @@ class LocalExecutor:
             "workflow.namespace": NAMESPACE,
             **{f"workflow.parameters.{k}": v for k, v in self.params.items()},
         }
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            previous = {
+                sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+            }
         try:
             with self._mutex():
                 phase, message = self._run_main()

@@ -81,6 +81,51 @@ def parameter_defaults(cfg: RobustloopConfig | None = None) -> dict[str, str]:
     return values
 
 
+class ParameterError(ValueError):
+    """A workflow parameter has a value the steps would reject; the message says which."""
+
+
+def validate_parameters(params: dict[str, str], cfg: RobustloopConfig | None = None) -> None:
+    """Check parameter values before a run is created, as the steps would check them.
+
+    Argo submissions are checked by the steps themselves (a failing ``harden``); the local
+    executor and ``robustloop workflow run-local`` call this first, so that bad input changes
+    nothing.
+
+    Raises:
+        ParameterError: a name is unknown or a value is invalid (all problems are listed).
+    """
+    cfg = RobustloopConfig() if cfg is None else cfg
+    problems = [f"unknown parameter {key!r}" for key in params if key not in PARAMETERS]
+    checks: dict[str, tuple[type, float, float]] = {
+        "eps": (float, 1e-9, 1.0),
+        "steps": (int, 1, 10_000),
+        "epochs": (int, 1, 10_000),
+        "max-seconds": (float, 0.0, 7 * 86400),
+    }
+    for key, (kind, low, high) in checks.items():
+        if key not in params:
+            continue
+        try:
+            value = kind(params[key])
+        except ValueError:
+            problems.append(
+                f"{key}={params[key]!r} is not a{'n integer' if kind is int else ' number'}"
+            )
+            continue
+        if not low <= value <= high:
+            problems.append(f"{key}={params[key]} is outside [{low:g}, {high:g}]")
+    if "method" in params and params["method"] not in ("pgd", "fgsm-rs"):
+        problems.append(f"method={params['method']!r} is not one of pgd, fgsm-rs")
+    if "model" in params and params["model"] != cfg.model.name:
+        problems.append(f"model={params['model']!r} but this config serves {cfg.model.name!r}")
+    for key in ("base-version", "incident-id"):
+        if key in params and not params[key].strip():
+            problems.append(f"{key} is empty")
+    if problems:
+        raise ParameterError("invalid workflow parameters: " + "; ".join(problems))
+
+
 def _num(value: float) -> str:
     """Format a number as Argo users type it: 0.1, 120 (not 120.0)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
@@ -204,7 +249,9 @@ __all__ = [
     "IMAGE",
     "STORE_CLAIM",
     "STORE_MOUNT",
+    "ParameterError",
     "build_template",
     "parameter_defaults",
     "render_yaml",
+    "validate_parameters",
 ]

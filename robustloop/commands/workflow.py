@@ -109,11 +109,12 @@ def _render(args: argparse.Namespace) -> int:
 def _run_local(args: argparse.Namespace) -> int:
     from robustloop.cli import CommandError
     from workflows.executor import EXIT_EXISTS, ExecutorError, RunExists, parse_params, run_local
-    from workflows.remediation import parameter_defaults
+    from workflows.remediation import ParameterError, parameter_defaults, validate_parameters
 
     try:
         params = parse_params(args.param, parameter_defaults(args.cfg))
-    except ExecutorError as exc:
+        validate_parameters(params, args.cfg)
+    except (ExecutorError, ParameterError) as exc:
         raise CommandError(str(exc)) from None
     config_path = getattr(args, "config", None)
     if config_path is None and DEFAULT_CONFIG_PATH.exists():
