@@ -16,8 +16,10 @@ at runtime.
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -258,10 +260,22 @@ def recalibrate(version: str) -> None:
         )
         return
     command = [sys.executable, "-m", "robustloop", "calibrate", "--model", version]
-    if os.environ.get(CONFIG_ENV):
-        command += ["--config", os.environ[CONFIG_ENV]]
-    log.info("promote: recalibrating: %s", " ".join(command[1:]))
-    done = subprocess.run(command, check=False)
+    config = os.environ.get(CONFIG_ENV)
+    with tempfile.TemporaryDirectory(prefix="robustloop-calibrate-") as tmp:
+        if config and not os.access(config, os.W_OK):
+            # A pod's config is a read-only ConfigMap: calibrate a copy; the thresholds are
+            # recorded with the version in the store (shared volume), where the rules read them.
+            log.warning(
+                "promote: %s is read-only; the thresholds are recorded in the store only", config
+            )
+            copy = Path(tmp) / "robustloop.yaml"
+            shutil.copyfile(config, copy)
+            command += ["--rules-out", os.fspath(Path(tmp) / "alert_rules")]
+            config = os.fspath(copy)
+        if config:
+            command += ["--config", config]
+        log.info("promote: recalibrating: %s", " ".join(command[1:]))
+        done = subprocess.run(command, check=False)
     if done.returncode != 0:
         raise StepError(
             f"{version} is promoted but `robustloop calibrate --model {version}` failed "
