@@ -77,7 +77,7 @@ class Fault:
     method: str
     """``POST`` (create) or ``GET`` (read)."""
     status: int | None = None
-    """Answer with this HTTP status (and do nothing else)."""
+    """Answer with this HTTP status (after the delay, if any) and do nothing else."""
     delay: float = 0.0
     """Sleep this long before answering."""
     store_first: bool = False
@@ -100,6 +100,8 @@ class ArgoStandIn:
         self.run_status: dict[str, dict[str, Any]] = {}
         self.auto_finish: tuple[str, bool] | None = None
         """(phase, gate passed) every workflow reports from its first read on; None: Running."""
+        self.received: list[tuple[str, str]] = []
+        """(method, path) of every call as it arrives (before any answer)."""
         self.calls: list[tuple[str, str, int]] = []
         """(method, path, status) of every call, in order."""
         self.invalid: list[str] = []
@@ -264,11 +266,13 @@ class ArgoStandIn:
                     return self._answer(404, {"code": 5, "message": "no such route"})
                 if not self._authorised():
                     return self._answer(401, {"code": 16, "message": "token not valid"})
+                with standin._lock:
+                    standin.received.append((self.command, self.path))
                 fault = standin._take_fault("POST")
-                if fault is not None and fault.status is not None:
-                    return self._answer(fault.status, {"code": 14, "message": "injected fault"})
                 if fault is not None and fault.delay and not fault.store_first:
                     time.sleep(fault.delay)
+                if fault is not None and fault.status is not None:
+                    return self._answer(fault.status, {"code": 14, "message": "injected fault"})
                 try:
                     body = json.loads(raw)
                 except ValueError as exc:
@@ -285,10 +289,10 @@ class ArgoStandIn:
                 if not self._authorised():
                     return self._answer(401, {"code": 16, "message": "token not valid"})
                 fault = standin._take_fault("GET")
-                if fault is not None and fault.status is not None:
-                    return self._answer(fault.status, {"code": 14, "message": "injected fault"})
                 if fault is not None and fault.delay:
                     time.sleep(fault.delay)
+                if fault is not None and fault.status is not None:
+                    return self._answer(fault.status, {"code": 14, "message": "injected fault"})
                 status, answer = standin._get(route[0], route[1])
                 return self._answer(status, answer)
 

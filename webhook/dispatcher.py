@@ -91,8 +91,23 @@ class Dispatcher:
         """Start the thread (it first resumes whatever the outbox holds)."""
         if self._thread is not None:
             return
+        self.resume()
         self._thread = threading.Thread(target=self._loop, name="webhook-dispatcher", daemon=True)
         self._thread.start()
+
+    def resume(self, now: float | None = None) -> int:
+        """Make every pending submission due now (after a restart: retry at once, not after
+        the backoff the previous process chose); returns how many there are."""
+        now = time.time() if now is None else now
+        pending = self.outbox.in_state(ob.SUBMITTING)
+        with self.outbox.transaction() as conn:
+            for incident in pending:
+                self.outbox.update(
+                    conn, incident.id, now, "resumed after a restart", next_attempt_at=now
+                )
+        if pending:
+            log.info("resuming %d pending submissions", len(pending))
+        return len(pending)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the thread to stop and wait for it (a submission in flight finishes first)."""

@@ -1,0 +1,211 @@
+"""Must show 9: crashes lose nothing and duplicate nothing.
+
+The receiver runs as a real process (``python -m robustloop webhook``) and is killed with
+SIGKILL: between recording an incident and submitting it, after Argo created the workflow but
+before the receiver recorded that, and in the middle of a stream of writes. After a restart
+on the same outbox, the state is readable and each incident has exactly one workflow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from robustloop.config import RobustloopConfig, dump_config
+from tests.argo_standin import ArgoStandIn, Fault
+from tests.conftest import REPO_ROOT, free_port
+from tests.webhook_support import firing_payload, post, remediation, wait_for
+from webhook.models import incident_id
+from workflows.contract import workflow_name_for
+
+STARTS = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+INCIDENT = incident_id("a1b2c3d4e5f60718", STARTS)
+NAME = workflow_name_for(INCIDENT, "fashion-cnn")
+
+
+class ReceiverProcess:
+    """``python -m robustloop --config CFG webhook --port P``, started and SIGKILLed at will."""
+
+    def __init__(self, config: RobustloopConfig, tmp_path: Path) -> None:
+        self.config_path = tmp_path / "robustloop.yaml"
+        self.config_path.write_text(dump_config(config), encoding="utf-8")
+        self.log_path = tmp_path / "receiver.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> ReceiverProcess:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "robustloop",
+                    "--config",
+                    str(self.config_path),
+                    "webhook",
+                    "--port",
+                    str(port),
+                ],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._ready, timeout=60, what="the receiver process to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"receiver exited {self.proc.returncode}: {self.log_path.read_text()}")
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def receiver_process(
+    webhook_config: RobustloopConfig, tmp_path: Path
+) -> Iterator[Callable[[], ReceiverProcess]]:
+    made: list[ReceiverProcess] = []
+
+    def make() -> ReceiverProcess:
+        made.append(ReceiverProcess(webhook_config, tmp_path))
+        return made[-1]
+
+    yield make
+    for process in made:
+        process.stop()
+
+
+def _state(config: RobustloopConfig, incident: str) -> str | None:
+    with sqlite3.connect(config.webhook.db_path) as conn:
+        row = conn.execute("SELECT state FROM incidents WHERE id = ?", (incident,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("created_before_crash", [False, True], ids=["not-created", "created"])
+def test_kill9_around_the_submission_gives_exactly_one_workflow(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    receiver_process: Callable[[], ReceiverProcess],
+    created_before_crash: bool,
+) -> None:
+    # GIVEN a receiver process whose call to Argo hangs: before Argo stores anything, or after
+    webhook_config.webhook.submit_timeout_seconds = 60
+    argo.inject(
+        Fault(
+            "POST",
+            delay=60,
+            status=None if created_before_crash else 503,
+            store_first=created_before_crash,
+        )
+    )
+    first = receiver_process().start()
+    assert post(first.url, firing_payload(starts_at=STARTS)).status_code == 200
+    wait_for(lambda: argo.received, what="the submission to reach Argo")
+    assert _state(webhook_config, INCIDENT) == "submitting"
+    assert argo.created() == ([NAME] if created_before_crash else [])
+
+    # WHEN the receiver is killed with SIGKILL in the middle of the call, and restarted
+    first.kill9()
+    second = receiver_process().start()
+
+    # THEN the intent is carried out, and there is exactly one workflow
+    wait_for(lambda: remediation(second.url, INCIDENT)["state"] == "submitted", timeout=30)
+    assert argo.created() == [NAME]
+    expected = [409] if created_before_crash else [200]
+    assert [s for s in argo.creates()] == expected
+    record = remediation(second.url, INCIDENT)
+    assert any("resumed after a restart" in e["detail"] for e in record["events"])
+
+
+@pytest.mark.slow
+def test_kill9_during_a_stream_of_writes_loses_and_duplicates_nothing(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    receiver_process: Callable[[], ReceiverProcess],
+) -> None:
+    # GIVEN four clients delivering distinct incidents (of distinct models) as fast as they can
+    first = receiver_process().start()
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    base = datetime.now(UTC)
+
+    def client(n: int) -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            fingerprint = f"{n:04x}{i:012x}"
+            starts = base - timedelta(seconds=i)
+            payload = firing_payload(fingerprint, starts, labels={"model": f"m-{n}-{i}"})
+            try:
+                answer = post(first.url, payload)
+            except requests.ConnectionError:
+                return
+            if answer.status_code == 200:
+                with lock:
+                    acked.append(incident_id(fingerprint, starts))
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in clients:
+        thread.start()
+    wait_for(lambda: len(acked) >= 40, timeout=60, what="40 acknowledged deliveries")
+
+    # WHEN the receiver is killed with SIGKILL while writes are in flight
+    first.kill9()
+    stop.set()
+    for thread in clients:
+        thread.join(10)
+
+    # THEN after a restart the outbox is sound, holds every acknowledged incident, and every
+    # incident ends with exactly one workflow
+    second = receiver_process().start()
+    with sqlite3.connect(webhook_config.webhook.db_path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {row[0] for row in conn.execute("SELECT id FROM incidents")}
+    assert set(acked) <= stored
+
+    def all_submitted() -> bool:
+        return {_state(webhook_config, i) for i in stored} <= {"submitted", "running"}
+
+    wait_for(all_submitted, timeout=120, what="every stored incident to be submitted")
+    names = sorted(workflow_name_for(i, _model_of(webhook_config, i)) for i in stored)
+    assert sorted(argo.created()) == names
+    assert argo.creates().count(200) == len(names)
+    del second
+
+
+def _model_of(config: RobustloopConfig, incident: str) -> str:
+    with sqlite3.connect(config.webhook.db_path) as conn:
+        return str(
+            conn.execute("SELECT model FROM incidents WHERE id = ?", (incident,)).fetchone()[0]
+        )
