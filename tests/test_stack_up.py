@@ -128,6 +128,7 @@ def test_a_promotion_recalibrates_and_reloads_the_rules(stack: LocalStack) -> No
     reloads = stack.rules_reloads
 
     assert stack.poll() == new
+    stack.wait_recalibrated(timeout=180)
     assert stack.rules_reloads == reloads + 1
     assert stack.poll() is None
     # The label-free thresholds were recalibrated for, and now judge, the new version.

@@ -87,7 +87,7 @@ def quick_config(cfg: RobustloopConfig) -> RobustloopConfig:
     out.gate.max_clean_drop = 0.15
     out.store.path = out.stack.run_dir / "quick-store"
     out.stack.clean_seconds = 15
-    out.stack.timeout_seconds = 180
+    out.stack.timeout_seconds = 240
     out.stack.drift_seconds = 30
     out.stack.recovery_window_seconds = 5
     out.stack.recovered_accuracy = 0.4

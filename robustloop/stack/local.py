@@ -12,9 +12,13 @@ production model changed — after a promotion the thresholds are recalibrated f
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -114,6 +118,11 @@ class LocalStack:
         self._folder: RunFolder | None = None
         self.production: str | None = None
         self.rules_reloads = 0
+        self._recal_lock = threading.Lock()
+        self._recal_thread: threading.Thread | None = None
+        self._recal_again = False
+        self._recal_error: StackError | None = None
+        self._calibrate_proc: subprocess.Popen[bytes] | None = None
 
     @property
     def folder(self) -> RunFolder:
@@ -257,13 +266,18 @@ class LocalStack:
     def poll(self) -> str | None:
         """Check the stack once: every process alive; rules follow the production model.
 
+        A production change starts a recalibration in the background (calibrating takes
+        seconds, and the demo must keep observing meanwhile); :meth:`wait_recalibrated` waits
+        for it.
+
         Returns:
             The new production version if it changed since the last poll, else None.
 
         Raises:
-            StackError: a process died.
+            StackError: a process died, or the last recalibration could not reload Prometheus.
         """
         self.supervisor.check_alive()
+        self._raise_recalibration_error()
         current = production_version(self.folder.config)
         if current is None or current == self.production:
             return None
@@ -271,8 +285,45 @@ class LocalStack:
         log.info(
             "production changed %s -> %s: recalibrating and reloading rules", previous, current
         )
-        self.recalibrate()
+        with self._recal_lock:
+            if self._recal_thread is not None and self._recal_thread.is_alive():
+                self._recal_again = True
+            else:
+                self._recal_thread = threading.Thread(
+                    target=self._recalibrate_loop, name="recalibrate", daemon=True
+                )
+                self._recal_thread.start()
         return current
+
+    def wait_recalibrated(self, timeout: float | None = None) -> None:
+        """Wait for a running recalibration to end.
+
+        Raises:
+            StackError: it failed, or did not end within ``timeout``.
+        """
+        thread = self._recal_thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                raise StackError(f"recalibration still running after {timeout} s")
+        self._raise_recalibration_error()
+
+    def _raise_recalibration_error(self) -> None:
+        error, self._recal_error = self._recal_error, None
+        if error is not None:
+            raise error
+
+    def _recalibrate_loop(self) -> None:
+        """Recalibrate until no production change arrived meanwhile; keep the error for poll."""
+        try:
+            while True:
+                self.recalibrate()
+                with self._recal_lock:
+                    if not self._recal_again:
+                        return
+                    self._recal_again = False
+        except StackError as exc:
+            self._recal_error = exc
 
     def recalibrate(self) -> None:
         """Recalibrate the thresholds for the production model, re-render the rules, reload.
@@ -286,20 +337,24 @@ class LocalStack:
         """
         self._calibrate()
         self.reload_prometheus()
+        self.echo(f"rules recalibrated for {self.production} and reloaded")
 
     def _calibrate(self) -> None:
         """Run ``robustloop calibrate`` on the run folder's config and re-render the rules."""
         folder = self.folder
         with open(folder.logs / "calibrate.log", "ab") as out:
-            result = subprocess.run(
+            proc = subprocess.Popen(
                 robustloop_argv(folder.config_path, "calibrate"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                check=False,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
-        if result.returncode != 0:
+            self._calibrate_proc = proc
+            returncode = proc.wait()
+        if returncode != 0:
             self.echo(
-                f"calibration for {self.production} failed (exit {result.returncode}, see "
+                f"calibration for {self.production} failed (exit {returncode}, see "
                 f"{folder.logs / 'calibrate.log'}); keeping the previous thresholds"
             )
         cfg = load_config(folder.config_path)
@@ -321,6 +376,11 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every process (safe to call twice, and after a failed start)."""
+        proc = self._calibrate_proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         self.supervisor.stop_all()
 
 
