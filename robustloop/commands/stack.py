@@ -57,7 +57,13 @@ def register(sub: Any) -> None:
         "and accuracy has recovered, or the timeout; write the report.",
     )
     p.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="report folder")
-    p.add_argument("--scenario", choices=["attack", "drift"], default="attack")
+    p.add_argument(
+        "--scenario",
+        choices=["attack", "drift", "clean"],
+        default="attack",
+        help="attack: adaptive FGSM (default); drift: natural noise, which must start no "
+        "remediation; clean: only clean traffic for --clean-seconds (the false-alarm check)",
+    )
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default stack.run_dir)")
     p.add_argument("--clean-seconds", type=_positive, default=None, help="stack.clean_seconds")
     p.add_argument("--timeout", type=_positive, default=None, help="stack.timeout_seconds")
@@ -177,6 +183,9 @@ def _demo(args: argparse.Namespace) -> int:
         _echo(f"  {key:<22} {summary.get(key)}")
     if args.scenario == "attack" and not summary.get("recovered"):
         _echo("the model did not recover within the timeout (see the report)")
+        return 1
+    if args.scenario != "attack" and summary.get("remediation_started"):
+        _echo(f"a remediation was (wrongly) started during {args.scenario} traffic")
         return 1
     return 0
 

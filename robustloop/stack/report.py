@@ -339,15 +339,14 @@ def render_plot(timeline: Timeline, path: Path, title: str = "robustloop demo") 
         bottom.set_ylabel("signal level")
         bottom.set_ylim(bottom=0)
         bottom.set_xlabel("seconds since start")
-        for event in timeline.events:
-            if event.kind not in _MARK_STYLE:
-                continue
+        marks = [e for e in timeline.events if e.kind in _MARK_STYLE]
+        for i, event in enumerate(marks):
             color, label = _MARK_STYLE[event.kind]
             for ax in (top, bottom):
                 ax.axvline(event.t, color=color, ls="--", lw=1)
             top.annotate(
                 label,
-                (event.t, 1.0),
+                (event.t, 1.0 - 0.14 * (i % 2)),  # alternate heights: close marks stay legible
                 rotation=90,
                 va="top",
                 ha="right",

@@ -10,6 +10,9 @@ accuracy over ``recovery_window`` seconds of hardened-model traffic reaches
 
 ``drift``: clean traffic, then natural Gaussian noise for ``drift_seconds``; the report says
 whether a remediation was (wrongly) started.
+
+``clean``: clean traffic only, for ``clean_seconds``: the false-alarm check (no remediation
+may start).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from workflows.contract import FINISHED_PHASES, GATE_TASK, PROMOTE_TASK
 
 log = logging.getLogger(__name__)
 
-Scenario = Literal["attack", "drift"]
+Scenario = Literal["attack", "drift", "clean"]
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,8 @@ class ScenarioRunner:
         attack_mode = "fgsm" if opts.scenario == "attack" else "noise"
         try:
             self._clean_phase()
+            if opts.scenario == "clean":
+                return self.finish()
             self._start_traffic(attack_mode, opts.attack_seconds + 120)
             self.echo(f"starting the {attack_mode} client")
             self._ticks_until(
