@@ -89,7 +89,7 @@ def serve(config_path: Path) -> Iterator[list[Serve]]:
         proc.stop()
 
 
-def test_serve_on_port_0_announces_model_version_and_url_then_stops_on_sigterm(
+def test_serve_on_port_0_announces_its_url_refuses_a_busy_port_and_stops_on_sigterm(
     small_config: RobustloopConfig, config_path: Path, serve: list[Serve]
 ) -> None:
     version = register_model(ModelStore(small_config.store.path))
@@ -99,6 +99,15 @@ def test_serve_on_port_0_announces_model_version_and_url_then_stops_on_sigterm(
     assert (name, announced_version) == ("fashion-cnn", version)
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url) and not url.endswith(":0")
     assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+
+    port = url.rsplit(":", 1)[1]
+    second = Serve(config_path, "--port", port)
+    serve.append(second)
+    second.proc.wait(timeout=120)
+    code, stderr = second.stop()
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in stderr
+
     code, stderr = server.stop()
     assert code == 0, stderr
 
@@ -122,17 +131,3 @@ def test_serve_with_an_empty_store_listens_unready_and_announces_once_a_model_ar
     version = register_model(ModelStore(small_config.store.path))
     assert server.announced().groups() == ("fashion-cnn", version, url)
     assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
-
-
-def test_serve_on_a_busy_port_fails_with_a_clear_error(
-    small_config: RobustloopConfig, config_path: Path, serve: list[Serve]
-) -> None:
-    register_model(ModelStore(small_config.store.path))
-    first = Serve(config_path, "--port", "0")
-    serve.append(first)
-    port = first.announced().group(3).rsplit(":", 1)[1]
-    second = Serve(config_path, "--port", port)
-    serve.append(second)
-    code, stderr = second.stop() if second.proc.wait(timeout=120) is not None else (None, "")
-    assert code == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in stderr
