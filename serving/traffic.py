@@ -173,11 +173,21 @@ class AdaptiveAttacker:
         self.model: nn.Module | None = None
 
     def craft(self, images: torch.Tensor, labels: torch.Tensor, version: str) -> torch.Tensor:
-        """Adversarial copies of ``images`` against version ``version`` of the served model."""
-        if version != self.version or self._attack is None:
-            from training import make_attack
+        """Adversarial copies of ``images`` against version ``version`` of the served model.
 
-            model, _ = self._store.load(version)
+        Raises:
+            TrafficError: that version cannot be loaded from the store.
+        """
+        if version != self.version or self._attack is None:
+            from training import StoreError, make_attack
+
+            try:
+                model, _ = self._store.load(version)
+            except StoreError as exc:
+                raise TrafficError(
+                    f"the attacker cannot load the served version {version}: {exc}; it needs "
+                    "the server's model store (store.path in the config)"
+                ) from None
             model.eval()
             if self._mode == "pgd":
                 attack = make_attack("pgd", model, self._eps, steps=self._steps)

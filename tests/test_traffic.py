@@ -18,7 +18,13 @@ from torch import nn
 from robustloop.cli import main
 from robustloop.config import RobustloopConfig, dump_config
 from serving import RunningServer, create_app, get_state
-from serving.traffic import AdaptiveAttacker, TrafficOptions, add_noise, run_traffic
+from serving.traffic import (
+    AdaptiveAttacker,
+    TrafficError,
+    TrafficOptions,
+    add_noise,
+    run_traffic,
+)
 from training import ModelStore, build_model
 
 MODEL = "fashion-cnn"
@@ -164,3 +170,11 @@ def test_an_unreachable_server_is_counted_as_errors_not_a_crash(
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert sum(line["errors"] for line in lines) == 10
     assert all(line["accuracy"] is None for line in lines)
+
+
+def test_attacker_without_the_servers_store_says_what_it_needs(tmp_path: Path) -> None:
+    attacker = AdaptiveAttacker(ModelStore(tmp_path / "empty"), "fgsm", eps=0.1, pgd_steps=1)
+    with pytest.raises(TrafficError, match=r"v0001-deadbeef.*store\.path"):
+        attacker.craft(
+            torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.int64), "v0001-deadbeef"
+        )

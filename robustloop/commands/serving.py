@@ -132,10 +132,14 @@ def _traffic(args: argparse.Namespace) -> int:
         )
     except TrafficError as exc:
         raise CommandError(str(exc)) from None
+    from training import DatasetError
+
     out = open_log(args.log)
     started = time.monotonic()
     try:
         summary = run_traffic(cfg, options, out)
+    except (TrafficError, DatasetError) as exc:
+        raise CommandError(str(exc)) from None
     finally:
         if out is not sys.stdout:
             out.close()
