@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from robustloop.config import RobustloopConfig
@@ -25,6 +26,7 @@ from workflows.guard import (
     CanaryCounts,
     canary_queries,
     consecutive_rollbacks,
+    fetch_counts,
     judge,
     watch,
 )
@@ -164,7 +166,15 @@ def test_guard_rolls_back_a_worse_version_then_stops_at_the_cap(
     thread = threading.Thread(target=traffic, daemon=True)
     thread.start()
     try:
-        time.sleep(cfg.rollout.watch_seconds + 1)  # history of the old version before "now"
+        # wait until Prometheus holds a window of the old version's feedback before "now"
+        prom = PrometheusConnect(url=url, disable_ssl=True)
+        for _ in range(600):
+            window = cfg.rollout.watch_seconds
+            if fetch_counts(prom, model, old, window, time.time()).total >= 50:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("Prometheus never held the old version's feedback")
         # WHEN the guard watches the new version
         first = watch(cfg, version=new, previous=old, workflow="wf-1")
         # THEN it rolls back, and the store records why
