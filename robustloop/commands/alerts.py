@@ -328,10 +328,25 @@ def _calibrate(args: argparse.Namespace) -> int:
     _report(record, as_json=args.json)
     if args.dry_run:
         return 0
-    _write_config(path, new_text)
-    store.annotate(version, ANNOTATION_KEY, record)
+    try:
+        store.annotate(version, ANNOTATION_KEY, record)
+    except (training.StoreError, OSError) as exc:
+        raise CommandError(f"cannot record the calibration in the store: {exc}") from None
+    try:
+        _write_config(path, new_text)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot write {path}: {exc.strerror}; the thresholds are recorded as annotation "
+            f"{ANNOTATION_KEY!r} of {version} in the store; copy them into the config by hand"
+        ) from None
     out = args.rules_out if args.rules_out is not None else cfg.stack.run_dir / "alert_rules"
-    written = _write_generated(new_cfg, out)
+    try:
+        written = _write_generated(new_cfg, out)
+    except OSError as exc:
+        raise CommandError(
+            f"wrote the thresholds into {path}, but cannot render the rules into {out}: "
+            f"{exc.strerror}; run `robustloop rules render --out DIR`"
+        ) from None
     if not args.json:
         print(f"wrote thresholds for {version} into {path}")
         print(f"recorded them as annotation {ANNOTATION_KEY!r} of {version}")
