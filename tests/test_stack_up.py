@@ -43,7 +43,9 @@ def _config(root: Path) -> RobustloopConfig:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     lines: list[str] = []
-    with LocalStack(_config(tmp_path_factory.mktemp("stack")), echo=lines.append) as running:
+    root = tmp_path_factory.mktemp("stack")
+    # No workflow promotes here: calibrate at once instead of waiting for one to do it.
+    with LocalStack(_config(root), echo=lines.append, calibration_grace_s=0) as running:
         running.lines = lines  # type: ignore[attr-defined]
         yield running
 

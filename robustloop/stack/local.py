@@ -19,13 +19,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import requests
 
-from robustloop.config import RobustloopConfig, load_config
+from robustloop.config import ConfigError, RobustloopConfig, load_config
 from robustloop.stack.run_folder import RunFolder, prepare_run_folder, render_rules_file
 from robustloop.stack.supervisor import StackError, Supervisor, find_binary
 
@@ -100,6 +101,8 @@ class LocalStack:
         echo: where progress lines go (the CLI prints them).
         train_baseline: train a baseline when the store has no production model (else fail).
         from_baseline: first point production back at the undefended baseline (the demo).
+        calibration_grace_s: after a promotion, how long to wait for the workflow's own
+            calibration before calibrating here.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class LocalStack:
         *,
         train_baseline: bool = True,
         from_baseline: bool = False,
+        calibration_grace_s: float = 90.0,
     ) -> None:
         self.cfg = cfg
         self.from_baseline = from_baseline
@@ -123,6 +127,8 @@ class LocalStack:
         self._recal_again = False
         self._recal_error: StackError | None = None
         self._calibrate_proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self.calibration_grace_s = calibration_grace_s
 
     @property
     def folder(self) -> RunFolder:
@@ -317,13 +323,42 @@ class LocalStack:
         """Recalibrate until no production change arrived meanwhile; keep the error for poll."""
         try:
             while True:
-                self.recalibrate()
+                if self._wait_for_workflow_calibration():
+                    self._render_rules()
+                    self.reload_prometheus()
+                    self.echo(f"rules follow {self.production} (calibrated by the workflow)")
+                elif self._stopping.is_set():
+                    return
+                else:
+                    self.recalibrate()
                 with self._recal_lock:
                     if not self._recal_again:
                         return
                     self._recal_again = False
         except StackError as exc:
             self._recal_error = exc
+
+    def _wait_for_workflow_calibration(self) -> bool:
+        """Wait up to the grace period for the run config to be calibrated for production.
+
+        The remediation workflow's promote step runs ``robustloop calibrate`` itself, on this
+        same config; calibrating again here would only race with it. A promotion made by hand
+        gets no such step: then the grace period ends and the stack calibrates.
+        """
+        deadline = time.monotonic() + self.calibration_grace_s
+        while True:
+            try:
+                cfg = load_config(self.folder.config_path)
+            except ConfigError:
+                cfg = None  # being rewritten right now; read it again in a moment
+            if cfg is not None and cfg.alerts.calibrated_version == self.production:
+                return True
+            if time.monotonic() >= deadline or self._stopping.wait(0.5):
+                return False
+
+    def _render_rules(self) -> None:
+        cfg = load_config(self.folder.config_path)
+        self.folder.rules_path.write_text(render_rules_file(cfg), encoding="utf-8")
 
     def recalibrate(self) -> None:
         """Recalibrate the thresholds for the production model, re-render the rules, reload.
@@ -357,8 +392,7 @@ class LocalStack:
                 f"calibration for {self.production} failed (exit {returncode}, see "
                 f"{folder.logs / 'calibrate.log'}); keeping the previous thresholds"
             )
-        cfg = load_config(folder.config_path)
-        folder.rules_path.write_text(render_rules_file(cfg), encoding="utf-8")
+        self._render_rules()
 
     def reload_prometheus(self) -> None:
         """Ask Prometheus to reread its config and rules (it runs with --web.enable-lifecycle).
@@ -376,6 +410,7 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every process (safe to call twice, and after a failed start)."""
+        self._stopping.set()
         proc = self._calibrate_proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
