@@ -349,3 +349,14 @@ def test_readyz_is_503_when_the_dispatcher_is_not_running(
     ready = requests.get(f"{running.url}/readyz", timeout=10)
     assert ready.status_code == 503
     assert ready.json()["problems"] == ["dispatcher not running"]
+
+
+def test_error_messages_stay_short_for_huge_garbage(receiver: RunningReceiver) -> None:
+    huge_version = firing_payload(starts_at=STARTS)
+    huge_version["version"] = "4" * 100_000
+    huge_label = firing_payload(starts_at=STARTS)
+    huge_label["alerts"][0]["labels"] = {"k" * 100_000: 5}
+    for payload in (huge_version, huge_label):
+        answer = post(receiver.url, payload)
+        assert answer.status_code == 400
+        assert len(answer.json()["error"]) < 1000

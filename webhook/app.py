@@ -178,14 +178,14 @@ def _parse(body: bytes) -> WebhookPayload:
         )
     if "version" in raw and raw["version"] != "4":
         raise errors.BadPayload(
-            f"unsupported payload version {raw['version']!r}: this receiver speaks Alertmanager's "
-            'webhook version "4"'
+            f"unsupported payload version {_short(raw['version'])}: this receiver speaks "
+            'Alertmanager\'s webhook version "4"'
         )
     try:
         return WebhookPayload.model_validate(raw)
     except ValidationError as exc:
         problems = [
-            f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
+            f"{'.'.join(_short(p, quote=False) for p in err['loc']) or '(body)'}: {err['msg']}"
             for err in exc.errors()[:_MAX_PROBLEMS]
         ]
         more = exc.error_count() - len(problems)
@@ -195,6 +195,12 @@ def _parse(body: bytes) -> WebhookPayload:
         ) from None
     except RecursionError:
         raise errors.BadPayload("payload nested too deep") from None
+
+
+def _short(value: object, quote: bool = True, limit: int = 60) -> str:
+    """A value for an error message, cut short: garbage may be a megabyte long."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _not_allowed(alert: Alert, allow: dict[str, str]) -> str | None:
