@@ -360,3 +360,26 @@ def test_error_messages_stay_short_for_huge_garbage(receiver: RunningReceiver) -
         answer = post(receiver.url, payload)
         assert answer.status_code == 400
         assert len(answer.json()["error"]) < 1000
+
+
+def test_outbox_unavailable_is_503_so_alertmanager_resends(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    start_receiver: Callable[..., RunningReceiver],
+) -> None:
+    # GIVEN another process holds the outbox's write lock (beyond the 5 s busy timeout)
+    running = start_receiver(webhook_config, start_dispatcher=False)
+    blocker = sqlite3.connect(webhook_config.webhook.db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        # WHEN a delivery arrives, THEN it is a 503 (a resend is wanted) and nothing is stored
+        answer = post(running.url, firing_payload(starts_at=STARTS))
+        assert answer.status_code == 503
+        assert "resend" in answer.json()["error"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert _rows(webhook_config) == []
+    # AND Alertmanager's resend is accepted once the outbox is free
+    assert post(running.url, firing_payload(starts_at=STARTS)).status_code == 200
+    assert _rows(webhook_config) == [(INCIDENT, "received")]
