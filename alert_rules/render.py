@@ -139,11 +139,17 @@ def render_alertmanager(
     return header + _yaml.dump(config)
 
 
-def write_generated(cfg: RobustloopConfig, out_dir: Path | str) -> list[Path]:
-    """Write the rules, the Alertmanager config and the promtool tests into ``out_dir``.
+def write_generated(
+    cfg: RobustloopConfig, out_dir: Path | str, *, tests: bool = True
+) -> list[Path]:
+    """Write the rules, the Alertmanager config and (``tests``) the promtool tests.
 
     Each file is replaced atomically (a reader never sees half a file, and Prometheus reloading
     mid-write reads the old or the new rules). Returns the paths written.
+
+    Raises:
+        GenerationError: ``tests`` is set and a threshold leaves no room for a test series;
+            nothing is written then.
     """
     from alert_rules.promtool_tests import render_promtool_tests
 
@@ -151,8 +157,9 @@ def write_generated(cfg: RobustloopConfig, out_dir: Path | str) -> list[Path]:
     contents = {
         out / RULES_FILE: render_rules(cfg),
         out / ALERTMANAGER_FILE: render_alertmanager(cfg),
-        out / TESTS_FILE: render_promtool_tests(cfg, rules_path=f"../{RULES_FILE}"),
     }
+    if tests:
+        contents[out / TESTS_FILE] = render_promtool_tests(cfg, rules_path=f"../{RULES_FILE}")
     for path, text in contents.items():
         _atomic_write(path, text)
     return list(contents)

@@ -169,11 +169,16 @@ def test_the_unit_tests_fail_when_a_rule_changes(tmp_path: Path) -> None:
         assert done.returncode != 0, f"promtool tests still pass after {old!r} -> {new!r}"
 
 
-def test_no_room_for_a_test_series_is_a_clear_error() -> None:
+def test_no_room_for_a_test_series_is_a_clear_error(tmp_path: Path) -> None:
     cfg = RobustloopConfig()
     cfg.alerts.entropy = SignalAlert(threshold=1.0)  # the entropy never exceeds 1
     with pytest.raises(GenerationError, match=r"threshold 1\.0 leaves no room"):
         render_promtool_tests(cfg)
+    with pytest.raises(GenerationError):
+        write_generated(cfg, tmp_path / "all")
+    assert not (tmp_path / "all").exists()
+    written = write_generated(cfg, tmp_path / "rules-only", tests=False)
+    assert sorted(p.name for p in written) == ["alertmanager.yml", "robustloop.rules.yaml"]
 
 
 # -- structure of the rules ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -289,6 +290,7 @@ def _write_config(path: Path, text: str) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from alert_rules import GenerationError, render_promtool_tests, write_generated
     from alert_rules.calibration import CalibrationError
     from robustloop.cli import CommandError
 
@@ -323,8 +325,16 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"cannot rewrite the alerts section of {path} safely (its layout is unusual); "
             "write the thresholds by hand:\n" + json.dumps(alerts.model_dump(by_alias=True))
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_generated(new_cfg, Path(tmp))  # fails here, before anything is written
+    tests = True
+    try:
+        render_promtool_tests(new_cfg)
+    except GenerationError as exc:
+        tests = False
+        print(
+            f"robustloop: warning: an alert can never fire with these thresholds ({exc}); "
+            "rendering the rules without their promtool tests",
+            file=sys.stderr,
+        )
     _report(record, as_json=args.json)
     if args.dry_run:
         return 0
@@ -341,7 +351,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         ) from None
     out = args.rules_out if args.rules_out is not None else cfg.stack.run_dir / "alert_rules"
     try:
-        written = _write_generated(new_cfg, out)
+        written = write_generated(new_cfg, out, tests=tests)
     except OSError as exc:
         raise CommandError(
             f"wrote the thresholds into {path}, but cannot render the rules into {out}: "
