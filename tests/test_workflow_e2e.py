@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from robustloop.config import RobustloopConfig, dump_config
@@ -106,10 +107,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     return site
 
 
-def test_a_full_run_promotes_and_the_manifest_names_the_incident_and_the_run(site: Site) -> None:
+def test_a_full_run_promotes_and_the_manifest_names_the_incident_and_the_run(
+    site: Site, schemas: Path
+) -> None:
     result = site.promote_result
     assert result.returncode == 0, result.stderr[-3000:]
     wf = site.record(site.promote_run)
+    # the record is an Argo Workflow object, as the webhook and the UI expect
+    full = json.loads((schemas / "argo-workflows" / "schema.json").read_text())
+    schema = {"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}
+    jsonschema.Draft7Validator({**schema, "definitions": full["definitions"]}).validate(wf)
     summary = summarise_workflow(wf)
     nodes = {n["displayName"]: n for n in wf["status"]["nodes"].values()}
     # harden -> evaluate -> gate -> promote ran in that order, then the exit handler
@@ -147,6 +154,8 @@ def test_a_resubmitted_run_exits_3_and_changes_nothing(site: Site) -> None:
     assert again.returncode == 3
     assert "exists already" in again.stderr
     assert record.read_bytes() == before
+    missing = site.cli("runs", "show", "no-such-run")
+    assert missing.returncode == 2 and "no run named 'no-such-run'" in missing.stderr
 
 
 def test_a_worse_candidate_is_rejected_and_production_does_not_change(site: Site) -> None:
