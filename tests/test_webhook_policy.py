@@ -59,22 +59,31 @@ def test_a_still_firing_alert_is_decided_again_after_the_cooldown(
     argo: ArgoStandIn,
     start_receiver: Callable[..., RunningReceiver],
 ) -> None:
-    webhook_config.webhook.cooldown_seconds = 1.0
+    # GIVEN a receiver whose dispatcher passes the test drives, with a clock of its own
     argo.auto_finish = ("Succeeded", True)
-    running = start_receiver(webhook_config)
+    running = start_receiver(webhook_config, start_dispatcher=False)
+    dispatcher = running.receiver.dispatcher
+    cooldown = webhook_config.webhook.cooldown_seconds
     first, second = incident_id(FINGERPRINT, FIRST), incident_id(FINGERPRINT, SECOND)
+    t = time.time()
     post(running.url, firing_payload(FINGERPRINT, FIRST))
-    wait_for(lambda: _state(running.url, first) == "succeeded")
+    dispatcher.run_once(now=t)  # submits
+    dispatcher.run_once(now=t + 1)  # reads it back: finished at t + 1
+    assert _state(running.url, first) == "succeeded"
     post(running.url, firing_payload(FINGERPRINT, SECOND))
-    wait_for(lambda: _state(running.url, second) == "suppressed")
+    dispatcher.run_once(now=t + 2)
     assert remediation(running.url, second)["reason_code"] == "cooldown"
 
-    # WHEN Alertmanager re-sends the still-firing alert after the cooldown
-    time.sleep(1.0)
+    # WHEN Alertmanager re-sends the still-firing alert, within and then after the cooldown
     post(running.url, firing_payload(FINGERPRINT, SECOND))
+    dispatcher.run_once(now=t + cooldown)
+    assert remediation(running.url, second)["reason_code"] == "cooldown"
+    assert len(argo.created()) == 1
+    post(running.url, firing_payload(FINGERPRINT, SECOND))
+    dispatcher.run_once(now=t + 1 + cooldown + 1)
 
     # THEN it is decided again, and runs
-    wait_for(lambda: _state(running.url, second) == "succeeded", what="second run")
+    assert _state(running.url, second) == "submitted"
     assert len(argo.created()) == 2
 
 
