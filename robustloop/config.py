@@ -240,7 +240,7 @@ def _all_zero(duration: str) -> bool:
 
 
 def _canary() -> SignalAlert:
-    return SignalAlert(threshold=0.6, window="30s", **{"for": "5s"})
+    return SignalAlert(threshold=0.6, window="15s", **{"for": "3s"})
 
 
 def _entropy() -> SignalAlert:

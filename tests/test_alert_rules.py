@@ -160,7 +160,7 @@ def test_the_unit_tests_fail_when_a_rule_changes(tmp_path: Path) -> None:
     original = rules.read_text()
     for old, new in (
         ("mean30s > 0.25", "mean30s > 0.26"),  # threshold of AdversarialInputSuspected
-        ("for: 5s", "for: 6s"),  # for: of CanaryAccuracyDegraded
+        ("for: 3s", "for: 4s"),  # for: of CanaryAccuracyDegraded
         ("rate30s >= 0.5", "rate30s >= 0"),  # traffic guard
     ):
         assert old in original
