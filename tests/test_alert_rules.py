@@ -352,3 +352,14 @@ def test_bad_alert_config_is_a_clear_error_and_renders_nothing(
     assert main(["rules", "render", "--config", str(config), "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_render_refuses_thresholds_no_test_series_can_reach_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "robustloop.yaml"
+    config.write_text("alerts:\n  squeeze: {threshold: 2.5}\n")  # the score never exceeds 2
+    out = tmp_path / "out"
+    assert main(["rules", "render", "--config", str(config), "--out", str(out)]) == 2
+    assert "cannot generate the promtool tests" in capsys.readouterr().err
+    assert not out.exists()
