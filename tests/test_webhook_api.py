@@ -87,7 +87,7 @@ def test_firing_alert_is_stored_before_the_reply_and_starts_one_workflow(
 # -- 2. duplicates -----------------------------------------------------------------------------
 
 
-def test_the_same_payload_again_starts_no_second_workflow(
+def test_the_same_payload_again_or_from_a_peer_starts_no_second_workflow(
     receiver: RunningReceiver, argo: ArgoStandIn
 ) -> None:
     assert post(receiver.url, firing_payload(starts_at=STARTS)).status_code == 200
@@ -97,8 +97,11 @@ def test_the_same_payload_again_starts_no_second_workflow(
 
     assert again.status_code == 200
     assert again.json()["alerts"][0]["duplicate"] is True
+    peer = firing_payload(starts_at=STARTS)  # the same alert from an HA peer Alertmanager
+    peer["externalURL"] = "http://alertmanager-1.example.invalid:9093"
+    assert post(receiver.url, peer).json()["alerts"][0]["duplicate"] is True
     receiver.receiver.dispatcher.wake()
-    wait_for(lambda: remediation(receiver.url, INCIDENT)["deliveries"] == 2)
+    wait_for(lambda: remediation(receiver.url, INCIDENT)["deliveries"] == 3)
     assert len(argo.created()) == 1
     assert argo.creates() == [200]
 
