@@ -174,3 +174,6 @@ class ArgoSubmitter:
     def close(self) -> None:
         """Close the HTTP session."""
         self._session.close()
+
+
+__all__ = ["ARGO_TOKEN_ENV", "ArgoSubmitter"]

@@ -67,3 +67,13 @@ def classify_status(status: int | None, what: str) -> SubmitError:
     if status is None or status >= 500 or status in (408, 429):
         return TransientSubmitError(what, status)
     return RefusedSubmitError(what, status)
+
+
+__all__ = [
+    "RefusedSubmitError",
+    "SubmitError",
+    "Submitted",
+    "Submitter",
+    "TransientSubmitError",
+    "classify_status",
+]

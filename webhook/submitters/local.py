@@ -141,3 +141,6 @@ class LocalSubmitter:
         """Forget the processes (they go on: remediations outlive the receiver)."""
         with self._lock:
             self._procs.clear()
+
+
+__all__ = ["EXIT_EXISTS", "EXIT_USAGE", "LocalSubmitter", "default_command"]
