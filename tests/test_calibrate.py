@@ -21,7 +21,12 @@ from alert_rules.calibration import (
     window_threshold,
 )
 from robustloop.cli import main
-from robustloop.commands.alerts import ANNOTATION_KEY, rewrite_alerts_section
+from robustloop.commands.alerts import (
+    ANNOTATION_KEY,
+    CleanSignals,
+    calibrate_alerts,
+    rewrite_alerts_section,
+)
 from robustloop.config import RobustloopConfig, dump_config, load_config
 from tests.conftest import DATASET_ROOT
 
@@ -138,6 +143,22 @@ def test_a_threshold_that_alarms_too_often_is_raised_until_it_does_not() -> None
     assert checked.raised
     assert checked.threshold > proposed.threshold
     assert checked.simulated_false_alarms_per_hour <= 6
+
+
+def test_calibration_sets_relative_thresholds_and_skips_a_signal_without_samples() -> None:
+    cfg = RobustloopConfig()
+    cfg.serving.squeeze_fraction = 0.0
+    values = _skewed(600)
+    signals = CleanSignals(entropy=values, squeeze=values, accuracy=0.87)
+    alerts, record = calibrate_alerts(cfg, signals, "v0003-12345678")
+    assert alerts.calibrated_version == "v0003-12345678"
+    assert alerts.entropy.mode == "relative"
+    assert alerts.entropy.baseline == pytest.approx(statistics.fmean(values), abs=1e-4)
+    assert alerts.entropy.threshold == record["signals"]["entropy"]["delta"] > 0
+    assert alerts.squeeze == cfg.alerts.squeeze  # the server scores no images: unchanged
+    assert record["signals"]["squeeze"] == {"skipped": "serving.squeeze_fraction is 0"}
+    assert alerts.canary_accuracy.baseline == 0.87
+    assert alerts.canary_accuracy.threshold == cfg.alerts.canary_accuracy.threshold
 
 
 # -- rewriting the config file -------------------------------------------------------------------

@@ -170,6 +170,8 @@ def calibrate_alerts(
     The entropy and squeeze thresholds become ``relative``: the clean baseline plus the shift
     of :func:`alert_rules.calibration.window_threshold`. The canary accuracy keeps its mode and
     threshold; its baseline becomes the clean eval accuracy (used where its mode is relative).
+    A disabled signal, or the squeeze score when the server scores no images
+    (``serving.squeeze_fraction: 0``), keeps its settings.
 
     Raises:
         CalibrationError: too few images, or a target false-alarm rate that cannot be met.
@@ -193,6 +195,10 @@ def calibrate_alerts(
     }
     for name, values in (("entropy", signals.entropy), ("squeeze", signals.squeeze)):
         current = getattr(a, name)
+        if not current.enabled or rates[name] == 0:
+            why = "disabled" if not current.enabled else "serving.squeeze_fraction is 0"
+            record["signals"][name] = {"skipped": why}
+            continue
         result = window_threshold(
             SignalStats.of(values),
             window_seconds=duration_seconds(current.window),
@@ -374,6 +380,9 @@ def _report(record: dict[str, Any], *, as_json: bool) -> None:
         f"{record['clean_accuracy']:.4f}"
     )
     for name, s in record["signals"].items():
+        if "skipped" in s:
+            print(f"  {name:8s} not calibrated: {s['skipped']}")
+            continue
         stats = s["stats"]
         print(
             f"  {name:8s} clean mean {stats['mean']:.4f} sd {stats['sd']:.4f} "
