@@ -3,7 +3,7 @@
 Every step runs as its own process through Hera's runner, training and attacking for real, with
 the CLI a user (or the webhook's local submitter) would call. To keep the area's tests short the
 runs share one store: it starts with an untrained (random) production model, so that hardening
-for two short epochs is certain to beat it (robust 0.00 -> about 0.4 at eps 0.1); the rejected
+for one short epoch is certain to beat it (robust 0.00 -> about 0.3 at eps 0.1); the rejected
 candidate is trained for one second from that same random model, so it is certain to be worse
 than the production model the first run promoted.
 """
@@ -66,7 +66,7 @@ def _small_config(root: Path) -> RobustloopConfig:
     cfg.data.train_limit = 2000
     cfg.training.epochs = 1
     cfg.training.threads = 1
-    cfg.remediation.epochs = 2
+    cfg.remediation.epochs = 1
     cfg.remediation.check_size = 64
     cfg.remediation.max_seconds = 60
     cfg.gate.n = 100
