@@ -1,0 +1,235 @@
+"""Standard and adversarial training, and evaluation, on small slices of Fashion-MNIST."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import training.adversarial as adversarial_module
+from robustloop.config import DataConfig
+from tests.conftest import DATASET_ROOT
+from training import (
+    ARCHITECTURES,
+    Splits,
+    adversarial_train,
+    build_model,
+    evaluate,
+    make_splits,
+    train_standard,
+)
+from training.evaluate import wilson_interval
+
+pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
+
+
+@pytest.fixture(scope="module")
+def splits() -> Splits:
+    return make_splits(DataConfig(train_limit=1000, eval_size=120, traffic_size=100))
+
+
+@pytest.fixture(scope="module")
+def standard(splits: Splits) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("cnn")
+    train_standard(model, splits.train, epochs=1, batch_size=50, lr=2e-3, seed=0, progress=False)
+    return model
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    clone = build_model("cnn")
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+def test_every_architecture_maps_images_to_ten_logits() -> None:
+    for name in ARCHITECTURES:
+        assert build_model(name)(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    with pytest.raises(ValueError, match=r"choose one of \['cnn', 'wide-cnn'\]"):
+        build_model("resnet")
+
+
+def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: nn.Module) -> None:
+    result = evaluate(standard, splits.eval, attack="none")
+    assert result.accuracy > 0.6
+    small = TensorDataset(*(t[:200] for t in splits.train.tensors))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("cnn")
+        train_standard(model, small, epochs=1, batch_size=50, lr=2e-3, seed=0, progress=False)
+        runs.append(model.state_dict())
+    for key, value in runs[0].items():
+        assert torch.equal(value, runs[1][key]), key
+
+
+def test_short_hardening_raises_pgd_accuracy(splits: Splits, standard: nn.Module) -> None:
+    """GIVEN a standard model, WHEN it gets two more epochs of FGSM-RS adversarial training,
+    THEN its PGD accuracy rises, and clearly beats two more epochs of standard training."""
+    before = evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=5)
+    more_standard = _copy(standard)
+    train_standard(
+        more_standard, splits.train, epochs=2, batch_size=50, lr=2e-3, seed=1, progress=False
+    )
+    control = evaluate(more_standard, splits.eval, attack="pgd", eps=0.1, steps=5)
+    result = adversarial_train(
+        _copy(standard),
+        splits.train,
+        method="fgsm-rs",
+        eps=0.1,
+        step_size=None,
+        steps=1,
+        epochs=2,
+        batch_size=50,
+        lr=2e-3,
+        seed=0,
+        max_seconds=None,
+        check_size=64,
+        progress=False,
+    )
+    after = evaluate(result.model, splits.eval, attack="pgd", eps=0.1, steps=5)
+    assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
+    assert after.accuracy > control.accuracy + 0.1, (control.accuracy, after.accuracy)
+    assert len(result.history) == 2 and not result.stopped_early
+    assert result.best in result.history
+    assert not result.model.training
+
+
+def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module) -> None:
+    small = TensorDataset(*(t[:100] for t in splits.train.tensors))
+    kwargs: dict[str, Any] = {
+        "method": "pgd",
+        "eps": 0.1,
+        "step_size": None,
+        "steps": 2,
+        "epochs": 1,
+        "batch_size": 50,
+        "lr": 1e-3,
+        "seed": 4,
+        "max_seconds": None,
+        "check_size": 32,
+        "progress": False,
+    }
+    one = adversarial_train(_copy(standard), small, **kwargs)
+    two = adversarial_train(_copy(standard), small, **kwargs)
+    assert one.history[0]["loss"] == two.history[0]["loss"]
+    for key, value in one.model.state_dict().items():
+        assert torch.equal(value, two.model.state_dict()[key]), key
+
+
+def test_max_seconds_stops_cleanly_with_a_checked_model(
+    splits: Splits, standard: nn.Module
+) -> None:
+    result = adversarial_train(
+        _copy(standard),
+        splits.train,
+        method="pgd",
+        eps=0.1,
+        step_size=None,
+        steps=2,
+        epochs=5,
+        batch_size=50,
+        lr=1e-3,
+        seed=0,
+        max_seconds=1e-9,
+        check_size=32,
+        progress=False,
+    )
+    assert result.stopped_early
+    assert len(result.history) == 1
+    assert result.history[0]["samples"] == 50, "stops after the first mini-batch"
+    assert result.best is result.history[0]
+    assert "check_pgd_accuracy" in result.best
+
+
+def test_collapse_guard_keeps_the_best_checkpoint_and_stops(
+    splits: Splits, standard: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catastrophic overfitting: PGD accuracy on the check set collapses after epoch 2."""
+    checks = iter([(0.8, 0.30), (0.8, 0.45), (0.9, 0.05), (0.9, 0.5)])
+    states: list[dict[str, torch.Tensor]] = []
+
+    def fake_check(model: nn.Module, *args: object) -> tuple[float, float]:
+        states.append(_state(model))
+        return next(checks)
+
+    monkeypatch.setattr(adversarial_module, "_check", fake_check)
+    small = TensorDataset(*(t[:100] for t in splits.train.tensors))
+    result = adversarial_train(
+        _copy(standard),
+        small,
+        method="fgsm-rs",
+        eps=0.1,
+        step_size=None,
+        steps=1,
+        epochs=4,
+        batch_size=50,
+        lr=1e-3,
+        seed=0,
+        max_seconds=None,
+        check_size=32,
+        progress=False,
+    )
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[-1]["catastrophic_overfitting"] is True
+    assert result.stopped_early
+    assert result.best is result.history[1]
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, states[1][key]), "the epoch-2 checkpoint must be kept"
+
+
+def test_bad_training_arguments_are_refused(splits: Splits) -> None:
+    model = build_model("cnn")
+    with pytest.raises(ValueError, match="choose one of"):
+        adversarial_train(
+            model,
+            splits.train,
+            method="trades",
+            eps=0.1,
+            step_size=None,
+            steps=1,
+            epochs=1,
+            batch_size=50,
+            lr=1e-3,
+            seed=0,
+            max_seconds=None,
+            check_size=32,
+        )
+    with pytest.raises(ValueError, match="epochs"):
+        train_standard(model, splits.train, epochs=0, batch_size=50, lr=1e-3, seed=0)
+
+
+def test_evaluation_reports_wilson_intervals(splits: Splits, standard: nn.Module) -> None:
+    clean = evaluate(standard, splits.eval, attack="none", n=110)
+    fgsm = evaluate(standard, splits.eval, attack="fgsm", eps=0.1, n=110)
+    assert clean.as_dict().keys() == {"attack", "eps", "n", "accuracy", "ci95"}
+    assert clean.n == 110 and clean.correct.shape == (110,) and clean.correct.dtype == torch.bool
+    assert clean.accuracy == pytest.approx(float(clean.correct.float().mean()))
+    lo, hi = clean.as_dict()["ci95"]
+    assert lo < clean.accuracy < hi
+    assert fgsm.accuracy <= clean.accuracy
+    assert standard.training is False
+    again = evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=3, n=50, seed=1)
+    assert torch.equal(
+        again.correct,
+        evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=3, n=50, seed=1).correct,
+    )
+    with pytest.raises(ValueError, match="between 1 and 120"):
+        evaluate(standard, splits.eval, n=121)
+    with pytest.raises(ValueError, match="unknown attack"):
+        evaluate(standard, splits.eval, attack="cw")
+
+
+def test_wilson_interval_matches_known_values() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    lo, hi = wilson_interval(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
