@@ -145,8 +145,8 @@ def main() -> None:
     data = DataConfig(train_limit=args.train_limit)
     model, described = get_model(args, data)
     model.eval()
-    traffic = make_splits(data).traffic
-    images, labels = traffic.tensors[0][: args.n], traffic.tensors[1][: args.n]
+    split = make_splits(data).traffic
+    images, labels = split.tensors[0][: args.n], split.tensors[1][: args.n]
     print(f"model: {described}; {len(images)} traffic images per condition")
 
     noise_gen = torch.Generator().manual_seed(args.seed)

@@ -1,16 +1,17 @@
 """What does the server's instrumentation cost? Throughput and latency, instrumentation on vs off.
 
-Starts four model servers (separate processes, one torch thread each) on one model:
+Starts model servers (separate processes, one torch thread each) on one model:
 
 - ``off``: no signals, no metrics (``create_app(..., instrument=False)``);
-- ``on, squeeze 0``: entropy and max-probability histograms, counters, latency, no squeezing;
-- ``on, squeeze 0.25``: the default (feature squeezing on a quarter of the requests);
-- ``on, squeeze 1``: feature squeezing on every request.
+- ``on, squeeze F``: entropy and max-probability histograms, counters, latency, and feature
+  squeezing on a fraction F of the requests, for F = 0, the default (marked ``*``), 0.25, 1.
 
 One closed-loop client (keep-alive HTTP/1.1, pre-encoded FP32 bodies) sends requests of batch 1
 and 32 to each in turn, in interleaved rounds so that a noisy neighbour hurts all of them alike,
-and prints throughput (requests and images per second), p50 and p99 latency, and each
-configuration's overhead relative to ``off``. Goal: <= 10 % overhead at the default sampling.
+and prints throughput (requests and images per second), p50 and p99 latency, the server's CPU
+time per request (from /proc: unlike wall time, it does not grow while the server waits for a
+core on a busy machine), and each configuration's overhead relative to ``off``.
+Goal: <= 10 % overhead at the default sampling.
 
 Run: ``nice -n 10 .venv/bin/python bench/serving.py`` (about a minute). Prints figures; not a test.
 """
@@ -37,12 +38,23 @@ def _use_repo_packages() -> None:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
 
-CONFIGS: tuple[tuple[str, bool, float], ...] = (
-    ("off", False, 0.0),
-    ("on, squeeze 0", True, 0.0),
-    ("on, squeeze 0.25", True, 0.25),
-    ("on, squeeze 1", True, 1.0),
-)
+def configs() -> list[tuple[str, bool, float]]:
+    """(name, instrument, squeeze fraction) of each server; the default fraction from config."""
+    from robustloop.config import ServingConfig
+
+    default = ServingConfig().squeeze_fraction
+    fractions = sorted({0.0, default, 0.25, 1.0})
+    return [("off", False, 0.0)] + [
+        (f"on, squeeze {f:g}" + (" *" if f == default else ""), True, f) for f in fractions
+    ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), immune to waiting for a core."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 MODEL = "fashion-cnn"
 
 
@@ -142,7 +154,7 @@ def main() -> None:
         procs: list[subprocess.Popen[bytes]] = []
         ports: dict[str, int] = {}
         try:
-            for name, instrument, squeeze in CONFIGS:
+            for name, instrument, squeeze in configs():
                 port_file = root / f"port-{len(procs)}"
                 cmd = [
                     sys.executable,
@@ -158,28 +170,31 @@ def main() -> None:
             for name in ports:  # warm up
                 for b, payload in payloads.items():
                     measure(ports[name], payload, 5 if b == 1 else 2)
+            pids = {name: proc.pid for name, proc in zip(ports, procs, strict=True)}
             results: dict[tuple[str, int], list[float]] = {}
             elapsed: dict[tuple[str, int], float] = {}
+            cpu: dict[tuple[str, int], float] = {}
             for _ in range(args.rounds):
                 for b, payload in payloads.items():
                     for name in ports:
-                        started = time.perf_counter()
+                        key = (name, b)
+                        cpu_before, started = cpu_seconds(pids[name]), time.perf_counter()
                         lat = measure(ports[name], payload, batches[b])
-                        elapsed[(name, b)] = elapsed.get((name, b), 0.0) + (
-                            time.perf_counter() - started
-                        )
-                        results.setdefault((name, b), []).extend(lat)
+                        elapsed[key] = elapsed.get(key, 0.0) + time.perf_counter() - started
+                        cpu[key] = cpu.get(key, 0.0) + cpu_seconds(pids[name]) - cpu_before
+                        results.setdefault(key, []).extend(lat)
         finally:
             for proc in procs:
                 proc.terminate()
             for proc in procs:
                 proc.wait()
-    report(results, elapsed, batches, args.rounds)
+    report(results, elapsed, cpu, batches, args.rounds)
 
 
 def report(
     results: dict[tuple[str, int], list[float]],
     elapsed: dict[tuple[str, int], float],
+    cpu: dict[tuple[str, int], float],
     batches: dict[int, int],
     rounds: int,
 ) -> None:
@@ -189,24 +204,30 @@ def report(
             f"batch {b}: {n * rounds} requests per configuration" for b, n in batches.items()
         )
     )
+    names = list(dict.fromkeys(name for name, _ in results))
     header = (
-        f"{'configuration':<18} {'batch':>5} {'req/s':>8} {'img/s':>8} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'throughput':>11} {'p50':>7}"
+        f"{'configuration':<20} {'batch':>5} {'req/s':>7} {'img/s':>7} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'CPU ms/req':>10} {'d req/s':>8} {'d p50':>7} {'d CPU':>7}"
     )
     print(header)
     print("-" * len(header))
     for b in batches:
-        base_rate = len(results[("off", b)]) / elapsed[("off", b)]
-        base_p50 = float(np.percentile(results[("off", b)], 50))
-        for name, _, _ in CONFIGS:
-            lat = np.asarray(results[(name, b)])
-            rate = len(lat) / elapsed[(name, b)]
+        off = ("off", b)
+        base_rate = len(results[off]) / elapsed[off]
+        base_p50 = float(np.percentile(results[off], 50))
+        base_cpu = cpu[off] / len(results[off])
+        for name in names:
+            key = (name, b)
+            lat = np.asarray(results[key])
+            rate = len(lat) / elapsed[key]
             p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+            per_request = cpu[key] / len(lat)
             print(
-                f"{name:<18} {b:>5} {rate:>8.1f} {rate * b:>8.0f} {p50 * 1e3:>8.2f} "
-                f"{p99 * 1e3:>8.2f} {rate / base_rate - 1:>+10.1%} {p50 / base_p50 - 1:>+7.1%}"
+                f"{name:<20} {b:>5} {rate:>7.1f} {rate * b:>7.0f} {p50 * 1e3:>7.2f} "
+                f"{p99 * 1e3:>7.2f} {per_request * 1e3:>10.2f} {rate / base_rate - 1:>+8.1%} "
+                f"{p50 / base_p50 - 1:>+7.1%} {per_request / base_cpu - 1:>+7.1%}"
             )
-    print("throughput and p50 columns: change relative to 'off' at the same batch size")
+    print("d columns: change relative to 'off' at the same batch size; * = default sampling")
 
 
 if __name__ == "__main__":
