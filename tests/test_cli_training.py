@@ -1,0 +1,142 @@
+"""The training CLI as other components and users call it: train, harden, evaluate, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustloop.cli import main
+from robustloop.config import RobustloopConfig, dump_config
+from tests.conftest import DATASET_ROOT
+from training import ModelStore
+
+pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
+
+
+@pytest.fixture
+def config_path(small_config: RobustloopConfig, tmp_path: Path) -> Path:
+    small_config.data.train_limit = 300
+    small_config.data.eval_size = 100
+    small_config.data.traffic_size = 100
+    small_config.remediation.check_size = 32
+    path = tmp_path / "robustloop.yaml"
+    path.write_text(dump_config(small_config))
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_harden_evaluate_promote_rollback(
+    config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = ["--config", str(config_path)]
+    code, out, _ = _run(capsys, *cfg, "train", "--epochs", "1")
+    assert code == 0
+    standard = out.strip().splitlines()[-1]
+    assert standard.startswith("v0001-")
+
+    code, out, _ = _run(
+        capsys, *cfg, "harden", "--from", "production", "--method", "pgd", "--steps", "2",
+        "--epochs", "1", "--incident", "inc-42",
+    )  # fmt: skip
+    assert code == 0
+    hardened = out.strip().splitlines()[-1]
+    store = ModelStore(tmp_path / "store")
+    manifest = store.manifest(hardened)
+    assert manifest.parent == standard
+    assert manifest.provenance["incident"] == "inc-42"
+    assert manifest.recipe["method"] == "pgd" and manifest.recipe["eps"] == 0.1
+    assert store.production() == standard, "harden must not promote"
+
+    code, out, _ = _run(
+        capsys, *cfg, "evaluate", "--model", hardened, "--attack", "pgd", "--eps", "0.1",
+        "--steps", "2", "--restarts", "2", "--n", "40", "--json",
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out)
+    assert result.keys() == {"model", "attack", "eps", "n", "accuracy", "ci95"}
+    assert (result["model"], result["attack"], result["eps"], result["n"]) == (
+        hardened, "pgd", 0.1, 40,
+    )  # fmt: skip
+    assert result["ci95"][0] <= result["accuracy"] <= result["ci95"][1]
+
+    code, out, _ = _run(capsys, *cfg, "models", "list", "--json")
+    rows = json.loads(out)
+    assert [(r["version"], r["production"]) for r in rows] == [
+        (standard, True),
+        (hardened, False),
+    ]
+    assert _run(capsys, *cfg, "models", "promote", hardened)[0] == 0
+    assert store.production() == hardened
+    code, out, _ = _run(capsys, *cfg, "models", "rollback")
+    assert code == 0 and out.strip() == standard
+    assert store.production() == standard
+
+    code, out, _ = _run(capsys, *cfg, "models", "list")
+    assert code == 0 and f"* {standard}" in out
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_export_torchscript_computes_the_same_logits(
+    config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = ["--config", str(config_path)]
+    assert _run(capsys, *cfg, "train", "--epochs", "1")[0] == 0
+    target = tmp_path / "model.pt"
+    code, _, _ = _run(
+        capsys, *cfg, "models", "export", "production", "--format", "torchscript", str(target)
+    )
+    assert code == 0
+    model, _ = ModelStore(tmp_path / "store").load("production")
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(torch.jit.load(str(target))(x), model(x), atol=1e-5)
+    onnx = pytest.importorskip("onnx")
+    onnx_path = tmp_path / "model.onnx"
+    code, _, _ = _run(capsys, *cfg, "models", "export", "production", "--format", "onnx",
+                      str(onnx_path))  # fmt: skip
+    assert code == 0
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+
+
+def test_user_errors_exit_2_with_a_clear_message(
+    config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = ["--config", str(config_path)]
+    code, _, err = _run(capsys, *cfg, "evaluate", "--model", "production", "--json")
+    assert code == 2 and "robustloop train" in err
+    assert _run(capsys, *cfg, "train", "--epochs", "1")[0] == 0
+    code, _, err = _run(capsys, *cfg, "harden", "--from", "v0099")
+    assert code == 2 and "unknown model version 'v0099'" in err
+    code, _, err = _run(capsys, *cfg, "models", "rollback")
+    assert code == 2 and "nothing to roll back" in err
+
+    store = ModelStore(tmp_path / "store")
+    version = store.production()
+    assert version is not None
+    weights = store.versions_dir / version / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    code, _, err = _run(capsys, *cfg, "evaluate", "--model", version, "--json")
+    assert code == 2 and "refusing to load" in err
+    code, _, err = _run(capsys, *cfg, "models", "export", version, str(tmp_path / "x.pt"))
+    assert code == 2 and "refusing to load" in err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_missing_data_and_bad_config_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "robustloop.yaml"
+    path.write_text(f"data:\n  root: {tmp_path / 'nothing'}\nstore:\n  path: {tmp_path / 's'}\n")
+    code, out, err = _run(capsys, "--config", str(path), "train")
+    assert code == 2 and "dataset-fashion-mnist" in err and str(tmp_path / "nothing") in err
+    assert out == "" and not (tmp_path / "s").exists(), "a failed train must write nothing"
+    path.write_text("remediation:\n  method: magic\n")
+    code, _, err = _run(capsys, "--config", str(path), "harden")
+    assert code == 2 and "remediation.method" in err
