@@ -22,6 +22,7 @@ from workflows.guard import (
     KEEP,
     ROLLBACK,
     SKIPPED,
+    UNWATCHED,
     WAIT,
     CanaryCounts,
     canary_queries,
@@ -70,6 +71,28 @@ def test_no_watch_window_means_no_watch(small_config: RobustloopConfig) -> None:
     small_config.rollout.watch_seconds = 0
     decision = watch(small_config, version="v2", previous="v1", workflow="w")
     assert decision.action == SKIPPED
+
+
+def test_an_unreachable_prometheus_leaves_the_version_unwatched_not_rolled_back(
+    small_config: RobustloopConfig,
+) -> None:
+    import training
+
+    cfg = small_config
+    cfg.rollout.prometheus_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg.rollout.watch_seconds = 2
+    cfg.rollout.poll_seconds = 1
+    store = training.ModelStore(cfg.store.path)
+    common: dict[str, Any] = {
+        "architecture": "cnn", "recipe": {}, "metrics": {}, "split": {}, "provenance": {}
+    }  # fmt: skip
+    old = store.register(training.build_model("cnn"), parent=None, **common)
+    new = store.register(training.build_model("cnn"), parent=old, **common)
+    store.promote(new)
+    decision = watch(cfg, version=new, previous=old, workflow="w")
+    assert decision.action == UNWATCHED
+    assert cfg.rollout.prometheus_url in decision.reason
+    assert store.production() == new
 
 
 # ------------------------------------------------------------------ against a real Prometheus

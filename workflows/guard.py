@@ -8,7 +8,8 @@ before it, with a one-sided two-proportion test (the versions saw different requ
 is unpaired). It rolls back as soon as the new version is significantly worse (Bonferroni-corrected
 for the repeated looks), keeps it otherwise, and never rolls back more than
 ``rollout.max_consecutive_rollbacks`` times in a row: past the cap it stops and says so, for a
-human to decide, since repeated rollbacks mean the loop itself is misjudging.
+human to decide, since repeated rollbacks mean the loop itself is misjudging. If Prometheus cannot
+be asked during the whole window, the new version stays and the decision says it went unwatched.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ WAIT = "wait"
 CAP_REACHED = "cap-reached"
 SKIPPED = "skipped"
 SUPERSEDED = "superseded"
+UNWATCHED = "unwatched"
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,23 @@ def judge(
     return WAIT, summary, p
 
 
+def _query_errors() -> tuple[type[BaseException], ...]:
+    import requests
+    from prometheus_api_client.exceptions import PrometheusApiClientException
+
+    return (
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        requests.RequestException,
+        PrometheusApiClientException,
+    )
+
+
+_QUERY_ERRORS = _query_errors()
+
+
 class _Prometheus(Protocol):
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any: ...
 
@@ -189,15 +208,29 @@ def watch(
     store = training.ModelStore(cfg.store.path)
     started = clock()
     looks = max(1, math.ceil(rollout.watch_seconds / rollout.poll_seconds))
-    old = fetch_counts(prometheus, model, previous, rollout.watch_seconds, started)
-    log.info("guard: old version %s canary counts before promotion: %s", previous, old)
+    old: CanaryCounts | None = None
+    new: CanaryCounts | None = None
+    p: float | None = None
     look = 0
     while True:
         look += 1
         sleep(min(rollout.poll_seconds, max(0.0, started + rollout.watch_seconds - clock())))
         now = clock()
         final = now - started >= rollout.watch_seconds or look >= looks
-        new = fetch_counts(prometheus, model, version, max(1.0, now - started), now)
+        try:
+            if old is None:
+                old = fetch_counts(prometheus, model, previous, rollout.watch_seconds, started)
+                log.info("guard: old version %s before the promotion: %s", previous, old)
+            new = fetch_counts(prometheus, model, version, max(1.0, now - started), now)
+        except _QUERY_ERRORS as exc:  # Prometheus down or answering garbage: ask again next look
+            log.warning("guard look %d/%d: Prometheus query failed: %s", look, looks, exc)
+            if final:
+                reason = (
+                    f"could not query Prometheus at {rollout.prometheus_url} ({exc}); the new "
+                    "version stays, UNWATCHED"
+                )
+                return GuardDecision(UNWATCHED, reason, version, previous, new, old)
+            continue
         action, reason, p = judge(
             new,
             old,
@@ -249,6 +282,7 @@ __all__ = [
     "ROLLBACK",
     "SKIPPED",
     "SUPERSEDED",
+    "UNWATCHED",
     "WAIT",
     "CanaryCounts",
     "GuardDecision",
