@@ -1,0 +1,217 @@
+"""Adversarial-training speed, measured against peers in one run.
+
+1. Throughput (samples/s) of our PGD-AT step against the same loop built on torchattacks' PGD:
+   same model, batch, steps, step size, eps and seed; ratio ours / torchattacks (goal >= 1.0).
+2. Our FGSM-RS against our PGD-7 in that loop (expect >= 4x).
+3. Wall time of ``robustloop harden --method fgsm-rs --max-seconds S`` from a standard model,
+   and the PGD-20 accuracy (eps 0.1) it reaches on the held-out eval split (goal: >= 0.70
+   within 60 s on 2 cores). CPU seconds are printed too: on a shared machine wall time depends
+   on the neighbours, CPU time much less.
+
+The throughput runs alternate between the contenders (A B A B ...) and report the median, so
+that a busy neighbour slows both alike. torchattacks is a benchmark-only dependency::
+
+    pip install --no-deps torchattacks   # its requests pin would downgrade urllib3
+    nice -n 10 python bench/training_speed.py --config C --harden-from v0001
+
+Without ``--harden-from`` part 3 is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustloop.config import load_config
+from training import build_model, make_splits
+from training.adversarial import make_training_attack
+
+AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def at_throughput(
+    model: nn.Module, attack: AttackFn, images: torch.Tensor, labels: torch.Tensor, batch: int
+) -> float:
+    """Samples/s of adversarial training steps (attack, forward, backward, Adam) over the data."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    start = time.perf_counter()
+    for i in range(0, len(labels), batch):
+        x, y = images[i : i + batch], labels[i : i + batch]
+        adv = attack(x, y)
+        model.train()
+        loss = nn.functional.cross_entropy(model(adv), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return len(labels) / (time.perf_counter() - start)
+
+
+def _fresh(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("cnn")
+
+
+def compare(
+    contenders: dict[str, Callable[[nn.Module], AttackFn]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    repeats: int,
+    seed: int,
+) -> dict[str, float]:
+    """Median samples/s of each contender, runs interleaved, each from the same fresh model."""
+    results: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, factory in contenders.items():
+            model = _fresh(seed)
+            torch.manual_seed(seed)
+            results[name].append(at_throughput(model, factory(model), images, labels, batch))
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def _torchattacks_pgd(eps: float, alpha: float, steps: int) -> Callable[[nn.Module], AttackFn]:
+    import torchattacks  # benchmark-only dependency
+
+    def factory(model: nn.Module) -> AttackFn:
+        attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        return attack
+
+    return factory
+
+
+def _ours(method: str, eps: float, steps: int) -> Callable[[nn.Module], AttackFn]:
+    def factory(model: nn.Module) -> AttackFn:
+        return make_training_attack(method, model, eps=eps, step_size=None, steps=steps)
+
+    return factory
+
+
+def harden_run(config: Path | None, base: str, seconds: float, n: int) -> dict[str, object]:
+    """Time the CLI's fgsm-rs hardening, then measure PGD-20 accuracy of what it registered."""
+    cli = [sys.executable, "-m", "robustloop"] + (["--config", str(config)] if config else [])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    harden = [*cli, "harden", "--from", base, "--method", "fgsm-rs"]
+    out = subprocess.run(
+        [*harden, "--max-seconds", str(seconds), "--incident", "bench-training-speed"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    version = out.strip().splitlines()[-1]
+    evaluated = subprocess.run(
+        [
+            *cli,
+            "evaluate",
+            "--model",
+            version,
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "20",
+            "--n",
+            str(n),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result = json.loads(evaluated)
+    return {
+        "version": version,
+        "wall_seconds": wall,
+        "cpu_seconds": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "pgd20_accuracy": result["accuracy"],
+        "ci95": result["ci95"],
+        "n": result["n"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="robustloop.yaml")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=8, help="batches per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per contender")
+    parser.add_argument("--steps", type=int, default=7, help="PGD steps")
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--harden-from", default=None, help="standard version to harden")
+    parser.add_argument("--harden-seconds", type=float, default=60.0)
+    parser.add_argument("--harden-n", type=int, default=1000, help="eval images for PGD-20")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = load_config(args.config)
+    images, labels = make_splits(cfg.data).train.tensors
+    count = args.batch * args.batches
+    images, labels = images[:count], labels[:count]
+    alpha = 2.5 * args.eps / args.steps
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads; cnn, batch "
+        f"{args.batch}, {count} samples per run, median of {args.repeats} interleaved runs"
+    )
+
+    try:
+        peer = _torchattacks_pgd(args.eps, alpha, args.steps)
+    except ImportError:
+        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
+    speeds = compare(
+        {
+            f"ours PGD-{args.steps}": _ours("pgd", args.eps, args.steps),
+            f"torchattacks PGD-{args.steps}": peer,
+            "ours FGSM-RS": _ours("fgsm-rs", args.eps, args.steps),
+        },
+        images,
+        labels,
+        args.batch,
+        args.repeats,
+        args.seed,
+    )
+    for name, speed in speeds.items():
+        print(f"{name:24} {speed:9.1f} samples/s")
+    ours, theirs, fast = speeds.values()
+    ratio = ours / theirs
+    print(
+        f"ratio ours/torchattacks PGD-AT: {ratio:.2f} ({'MET' if ratio >= 1.0 else 'MISSED'}"
+        " goal >= 1.0)"
+    )
+    speedup = fast / ours
+    print(
+        f"ratio FGSM-RS/PGD-{args.steps}: {speedup:.2f} "
+        f"({'MET' if speedup >= 4.0 else 'MISSED'} expectation >= 4)"
+    )
+
+    if args.harden_from:
+        run = harden_run(args.config, args.harden_from, args.harden_seconds, args.harden_n)
+        ok = run["pgd20_accuracy"] >= 0.70 and run["wall_seconds"] <= 60  # type: ignore[operator]
+        print(
+            f"harden --method fgsm-rs --max-seconds {args.harden_seconds:g}: {run['version']} "
+            f"in {run['wall_seconds']:.1f} s wall ({run['cpu_seconds']:.1f} s CPU), "
+            f"PGD-20 eps 0.1 accuracy {run['pgd20_accuracy']:.4f} "
+            f"[{run['ci95'][0]:.4f}, {run['ci95'][1]:.4f}] on {run['n']} eval images "  # type: ignore[index]
+            f"({'MET' if ok else 'MISSED'} goal >= 0.70 within 60 s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
