@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,27 +41,20 @@ def test_quick_demo_detects_hardens_promotes_and_reports(tmp_path: Path) -> None
     report = tmp_path / "report"
 
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "robustloop",
-            "--config",
-            str(config),
-            "demo",
-            "--quick",
-            "--report-dir",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=DEMO_TIMEOUT_S,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    argv = [sys.executable, "-m", "robustloop", "--config", str(config), "demo", "--quick"]
+    argv += ["--report-dir", str(report)]
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        try:
+            returncode = proc.wait(DEMO_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # SIGTERM lets the demo stop its whole stack (SIGKILL would orphan it).
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            pytest.fail(f"demo still running after {DEMO_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+    output = log.read_text()
+    assert returncode == 0, output[-4000:]
 
     summary = json.loads((report / "summary.json").read_text())
     assert set(SUMMARY_FIELDS) <= set(summary)

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from robustloop.stack.supervisor import INSTALL_HINT, StackError, Supervisor, find_binary
+from robustloop.stack.supervisor import (
+    INSTALL_HINT,
+    StackError,
+    Supervisor,
+    find_binary,
+    tagged_pids,
+)
 
 # A child that starts a grandchild in its own process group and writes both pids, then sleeps.
 _PARENT = """
@@ -108,3 +114,25 @@ def test_missing_binary_names_the_packages_to_install() -> None:
 
 def test_find_binary_resolves_a_name_on_path() -> None:
     assert Path(find_binary("sh")).is_file()
+
+
+# A child that starts a grandchild in a session of its own (as the receiver starts a local
+# workflow), so that signalling the child's process group does not reach it.
+_DETACHING = """
+import subprocess, sys, time
+grand = subprocess.Popen(
+    [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+)
+open(sys.argv[1], "w").write(str(grand.pid))
+time.sleep(600)
+"""
+
+
+def test_a_descendant_in_its_own_session_is_stopped_too(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grand.pid"
+    with Supervisor(stop_timeout=5) as sup:
+        sup.start("receiver", [sys.executable, "-c", _DETACHING, str(pid_file)], tmp_path / "r.log")
+        grand = int(_wait_for_file(pid_file))
+        assert grand in tagged_pids(sup.tag)
+    assert _wait_dead(grand)
+    assert tagged_pids(sup.tag) == []

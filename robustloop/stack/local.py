@@ -28,7 +28,7 @@ import requests
 
 from robustloop.config import ConfigError, RobustloopConfig, load_config
 from robustloop.stack.run_folder import RunFolder, prepare_run_folder, render_rules_file
-from robustloop.stack.supervisor import StackError, Supervisor, find_binary
+from robustloop.stack.supervisor import TAG_ENV, StackError, Supervisor, find_binary
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +384,7 @@ class LocalStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, TAG_ENV: self.supervisor.tag},
             )
             self._calibrate_proc = proc
             returncode = proc.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -82,6 +83,8 @@ class Supervisor:
     def __init__(self, stop_timeout: float = 10.0) -> None:
         self.stop_timeout = stop_timeout
         self.children: list[Child] = []
+        self.tag = secrets.token_hex(8)
+        """Value of :data:`TAG_ENV` in every child's environment, inherited by its descendants."""
 
     def __enter__(self) -> Supervisor:
         return self
@@ -113,6 +116,7 @@ class Supervisor:
         merged = dict(os.environ)
         if env:
             merged.update(env)
+        merged[TAG_ENV] = self.tag
         with open(log_path, "ab") as out:
             try:
                 process = subprocess.Popen(
@@ -194,11 +198,70 @@ class Supervisor:
         _signal_group(child.process.pid, signal.SIGKILL)
 
     def stop_all(self) -> None:
-        """Stop every child, last started first. Safe to call twice."""
+        """Stop every child, last started first, then every descendant left. Safe to call twice.
+
+        Descendants that left their parent's process group (the receiver starts each local
+        workflow in a session of its own, since remediations outlive a receiver) are found by
+        the tag in their environment and stopped too: when the stack stops, nothing it caused
+        runs on.
+        """
         while self.children:
             child = self.children.pop()
             self.stop(child)
             log.debug("stopped %s", child.name)
+        self.stop_tagged()
+
+    def stop_tagged(self) -> None:
+        """SIGTERM every process carrying this supervisor's tag, SIGKILL what remains."""
+        pids = tagged_pids(self.tag)
+        if not pids:
+            return
+        log.info("stopping %d leftover process(es) of this stack: %s", len(pids), pids)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline:
+            pids = [pid for pid in pids if _running(pid)]
+            if not pids:
+                return
+            time.sleep(0.1)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGKILL)
+
+
+TAG_ENV = "ROBUSTLOOP_STACK_TAG"
+"""Environment variable marking the processes of one stack (and their descendants)."""
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Processes of this user whose environment holds ``TAG_ENV=tag`` (Linux /proc)."""
+    marker = f"{TAG_ENV}={tag}".encode()
+    found = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+        if marker in environ.split(b"\0") and _running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -207,4 +270,12 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-__all__ = ["INSTALL_HINT", "Child", "StackError", "Supervisor", "find_binary"]
+__all__ = [
+    "INSTALL_HINT",
+    "TAG_ENV",
+    "Child",
+    "StackError",
+    "Supervisor",
+    "find_binary",
+    "tagged_pids",
+]
