@@ -168,10 +168,11 @@ class ServingConfig(_Section):
         16 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
     )
     squeeze_fraction: float = Field(
-        0.25,
+        0.1,
         ge=0,
         le=1,
-        description="Fraction of requests on which the feature-squeezing score is computed.",
+        description="Fraction of requests on which the feature-squeezing score is computed "
+        "(it costs two extra forward passes; bench/serving.py measures the overhead).",
     )
     feedback_ttl_seconds: float = Field(
         600.0, gt=0, description="How long a prediction waits for its ground-truth feedback."
