@@ -254,3 +254,43 @@ def test_a_second_run_of_the_same_model_waits_for_the_mutex(
         thread.join(timeout=120)
     # THEN this one runs to the end
     assert result == ["Succeeded"]
+
+
+def test_stopping_the_executor_kills_its_step_and_records_the_stop(tmp_path: Path) -> None:
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "from tests.test_local_executor_steps import _template;"
+        "from workflows.executor import LocalExecutor;"
+        "ex = LocalExecutor(_template(), sys.argv[2], env=json.loads(sys.argv[3]));"
+        "print(ex.run('stopped', {'value': 'hang'}))"
+    )
+    env = {"PYTHONPATH": str(REPO), "TEST_MARKER": str(tmp_path / "marker")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(REPO), str(tmp_path / "runs"), json.dumps(env)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    marker = tmp_path / "marker"
+    try:
+        for _ in range(600):
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.1)
+        step_pid = int(marker.read_text())
+        # WHEN the executor is asked to stop (as a supervisor would)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # THEN its running step is gone and the run is recorded as stopped
+    assert out.strip() == "Failed"
+    wf = load_run(tmp_path / "runs", "stopped")
+    assert wf["status"]["phase"] == "Failed"
+    assert "Terminate" in wf["status"]["message"]
+    assert _nodes(wf)["produce"]["phase"] == "Failed"
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # the killed step may take a moment to be reaped
+            os.kill(step_pid, 0)
+            time.sleep(0.1)

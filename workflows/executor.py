@@ -278,6 +278,7 @@ class LocalExecutor:
         del frame
         if self._child is not None and self._child.poll() is None:
             self._child.kill()
+            self._child.wait()
         raise _Terminated(signal.Signals(signum).name)
 
     def _set_phase(self, phase: str, message: str = "") -> None:
