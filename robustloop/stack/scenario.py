@@ -23,12 +23,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+import requests
+from prometheus_api_client import PrometheusApiClientException
 
 from robustloop.config import RobustloopConfig
 from robustloop.stack import report as rp
 from robustloop.stack.local import Echo, LocalStack, robustloop_argv
 from robustloop.stack.observe import (
+    Remediation,
     StackObserver,
     TrafficTail,
     merge_traffic,
@@ -218,12 +222,13 @@ class ScenarioRunner:
         mode = "clean" if phase == "clean" else (attack_mode or "")
         traffic_now = merge_traffic(by_mode.get(mode, []))
         obs = self.observer
-        alerts = obs.firing_alerts()
+        no_alerts: list[str] = []
+        alerts = _observed(obs.firing_alerts, no_alerts)
         if phase == "clean":
             self._clean_alerts.update(alerts)
         elif alerts:
             self.timeline.add_event(rp.ALERT_FIRING, t, alerts=alerts)
-        for rem in obs.remediations():
+        for rem in _observed(obs.remediations, _NO_REMEDIATIONS):
             at = self._rel(rem.received_at)
             if self._attack_t is not None and at >= self._rel(self._attack_t):
                 self.timeline.add_event(
@@ -238,8 +243,8 @@ class ScenarioRunner:
             version=traffic_now.version,
             accuracy=None if traffic_now.accuracy is None else round(traffic_now.accuracy, 4),
             n=traffic_now.n,
-            entropy=_round(obs.level("robustloop_prediction_entropy")),
-            squeeze=_round(obs.level("robustloop_squeeze_score")),
+            entropy=_round(_observed(lambda: obs.level("robustloop_prediction_entropy"), None)),
+            squeeze=_round(_observed(lambda: obs.level("robustloop_squeeze_score"), None)),
             alerts=alerts,
             workflow_step=step,
         )
@@ -403,7 +408,7 @@ class ScenarioRunner:
         attack_t = self._attack_t if self._attack_t is not None else time.time()
         summary["incidents_during_clean"] = sum(
             1
-            for rem in self.observer.remediations()
+            for rem in _observed(self.observer.remediations, _NO_REMEDIATIONS)
             if rem.received_at is not None and rem.received_at < attack_t
         )
         rp.write_report(self.report_dir, self.timeline, summary)
@@ -435,6 +440,21 @@ def gate_figures(outputs: dict[str, str]) -> dict[str, Any]:
         if key in decision:
             figures[key] = decision[key]
     return figures
+
+
+T = TypeVar("T")
+_NO_REMEDIATIONS: list[Remediation] = []
+
+
+def _observed(read: Callable[[], T], default: T) -> T:
+    """One observation; a failed HTTP read (a loaded machine, a slow answer) is logged and
+    counts as no data for this second, rather than ending the demo. A dead process is caught by
+    the supervisor's liveness check instead."""
+    try:
+        return read()
+    except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
+        log.warning("observation failed this second (%s: %s)", type(exc).__name__, exc)
+        return default
 
 
 def _round(value: float | None) -> float | None:
