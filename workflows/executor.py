@@ -277,8 +277,7 @@ class LocalExecutor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         del frame
         if self._child is not None and self._child.poll() is None:
-            self._child.kill()
-            self._child.wait()
+            self._child.kill()  # reaped in _spawn: wait() here could deadlock on Popen's lock
         raise _Terminated(signal.Signals(signum).name)
 
     def _set_phase(self, phase: str, message: str = "") -> None:
@@ -524,6 +523,10 @@ class LocalExecutor:
                 self._child.kill()
                 self._child.wait()
                 return PHASE_FAILED, "Step exceeded its deadline", None
+            except _Terminated:
+                self._child.kill()
+                self._child.wait()
+                raise
             finally:
                 self._child = None
         if code == 0:
