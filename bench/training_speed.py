@@ -156,49 +156,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--harden-from", default=None, help="standard version to harden")
     parser.add_argument("--harden-seconds", type=float, default=60.0)
     parser.add_argument("--harden-n", type=int, default=1000, help="eval images for PGD-20")
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="run only part 3 (needs --harden-from)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = load_config(args.config)
-    images, labels = make_splits(cfg.data).train.tensors
-    count = args.batch * args.batches
-    images, labels = images[:count], labels[:count]
-    alpha = 2.5 * args.eps / args.steps
-    print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads; cnn, batch "
-        f"{args.batch}, {count} samples per run, median of {args.repeats} interleaved runs"
-    )
+    if not args.skip_throughput:
+        cfg = load_config(args.config)
+        images, labels = make_splits(cfg.data).train.tensors
+        count = args.batch * args.batches
+        images, labels = images[:count], labels[:count]
+        alpha = 2.5 * args.eps / args.steps
+        print(
+            f"# torch {torch.__version__}, {torch.get_num_threads()} threads; cnn, batch "
+            f"{args.batch}, {count} samples per run, median of {args.repeats} interleaved runs"
+        )
 
-    try:
-        peer = _torchattacks_pgd(args.eps, alpha, args.steps)
-    except ImportError:
-        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
-    speeds = compare(
-        {
-            f"ours PGD-{args.steps}": _ours("pgd", args.eps, args.steps),
-            f"torchattacks PGD-{args.steps}": peer,
-            "ours FGSM-RS": _ours("fgsm-rs", args.eps, args.steps),
-        },
-        images,
-        labels,
-        args.batch,
-        args.repeats,
-        args.seed,
-    )
-    for name, speed in speeds.items():
-        print(f"{name:24} {speed:9.1f} samples/s")
-    ours, theirs, fast = speeds.values()
-    ratio = ours / theirs
-    print(
-        f"ratio ours/torchattacks PGD-AT: {ratio:.2f} ({'MET' if ratio >= 1.0 else 'MISSED'}"
-        " goal >= 1.0)"
-    )
-    speedup = fast / ours
-    print(
-        f"ratio FGSM-RS/PGD-{args.steps}: {speedup:.2f} "
-        f"({'MET' if speedup >= 4.0 else 'MISSED'} expectation >= 4)"
-    )
+        try:
+            peer = _torchattacks_pgd(args.eps, alpha, args.steps)
+        except ImportError:
+            sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
+        speeds = compare(
+            {
+                f"ours PGD-{args.steps}": _ours("pgd", args.eps, args.steps),
+                f"torchattacks PGD-{args.steps}": peer,
+                "ours FGSM-RS": _ours("fgsm-rs", args.eps, args.steps),
+            },
+            images,
+            labels,
+            args.batch,
+            args.repeats,
+            args.seed,
+        )
+        for name, speed in speeds.items():
+            print(f"{name:24} {speed:9.1f} samples/s")
+        ours, theirs, fast = speeds.values()
+        ratio = ours / theirs
+        print(
+            f"ratio ours/torchattacks PGD-AT: {ratio:.2f} ({'MET' if ratio >= 1.0 else 'MISSED'}"
+            " goal >= 1.0)"
+        )
+        speedup = fast / ours
+        print(
+            f"ratio FGSM-RS/PGD-{args.steps}: {speedup:.2f} "
+            f"({'MET' if speedup >= 4.0 else 'MISSED'} expectation >= 4)"
+        )
 
     if args.harden_from:
         run = harden_run(args.config, args.harden_from, args.harden_seconds, args.harden_n)

@@ -56,6 +56,7 @@ def test_every_attack_keeps_shape_range_and_ball(
         assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0, attack
         assert float((adv - x).abs().max()) <= eps + 1e-6, attack
         assert model.training is training, f"{attack} did not restore the model's mode"
+        assert all(p.requires_grad for p in model.parameters()), f"{attack} froze the weights"
         assert not adv.requires_grad
     model.eval()
 

@@ -23,16 +23,6 @@ def batches(
         yield images[idx], labels[idx]
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine decay from ``base`` to 0 over ``total`` steps (Loshchilov and Hutter 2017)."""
-    return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
-    """A tqdm bar on stderr (stdout carries the command's result)."""
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
-
-
 class Deadline:
     """Wall-clock budget: ``expired`` once ``max_seconds`` have passed (never if None)."""
 
@@ -47,6 +37,23 @@ class Deadline:
     @property
     def expired(self) -> bool:
         return self.max_seconds is not None and self.elapsed >= self.max_seconds
+
+
+def cosine_lr(base: float, step: int, total: int, deadline: Deadline | None = None) -> float:
+    """Cosine decay from ``base`` to 0 over ``total`` steps (Loshchilov and Hutter 2017).
+
+    With a ``deadline`` that has a budget, progress is the larger of the step fraction and the
+    time fraction, so that a run cut short by the clock still ends with a small learning rate.
+    """
+    fraction = min(step, total) / max(total, 1)
+    if deadline is not None and deadline.max_seconds:
+        fraction = max(fraction, min(1.0, deadline.elapsed / deadline.max_seconds))
+    return base * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    """A tqdm bar on stderr (stdout carries the command's result)."""
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
 
 
 def validate(dataset: TensorDataset, epochs: int, batch_size: int, lr: float) -> None:

@@ -87,9 +87,11 @@ def adversarial_train(
 ) -> TrainResult:
     """Adversarially train ``model`` in place and return the best checkpoint.
 
-    Adam with cosine learning-rate decay over ``epochs``; every mini-batch is replaced by its
-    adversarial examples (pure adversarial training, as Madry et al.). The check set is the
-    first ``check_size`` images of a seeded permutation of ``dataset``.
+    Adam with cosine learning-rate decay over ``epochs`` or over ``max_seconds``, whichever
+    ends first (a run that follows the clock is reproducible only without ``max_seconds``).
+    Every mini-batch is replaced by its adversarial examples (pure adversarial training, as
+    Madry et al.). The check set is the first ``check_size`` images of a seeded permutation of
+    ``dataset``.
 
     Args:
         model: the starting point: a trained model to fine-tune, or a fresh one.
@@ -137,7 +139,7 @@ def adversarial_train(
             with progress_bar(per_epoch, f"{method} epoch {epoch}/{epochs}", progress) as bar:
                 for x, y in batches(dataset, batch_size, generator):
                     for group in optimizer.param_groups:
-                        group["lr"] = cosine_lr(lr, step, total_steps)
+                        group["lr"] = cosine_lr(lr, step, total_steps, deadline)
                     adv = attack(x, y)
                     logits = model(adv)
                     loss = nn.functional.cross_entropy(logits, y)

@@ -48,23 +48,42 @@ class Attack:
         images = images.detach()
         labels = labels.detach()
         was_training = self.model.training
+        params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
         try:
+            # Only the input needs a gradient: frozen weights keep the attack's graph small.
+            for param in params:
+                param.requires_grad_(False)
             with torch.enable_grad():
                 adv = self.forward(images, labels)
         finally:
+            for param in params:
+                param.requires_grad_(True)
             self.model.train(was_training)
         return self.project(adv.detach(), images)
 
-    def project(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Project onto the eps-ball around ``images`` intersected with [0, 1]."""
-        adv = torch.maximum(torch.minimum(adv, images + self.eps), images - self.eps)
-        return adv.clamp_(0.0, 1.0)
+    def bounds(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower and upper bounds of the eps-ball around ``images`` intersected with [0, 1]."""
+        return (images - self.eps).clamp_(min=0.0), (images + self.eps).clamp_(max=1.0)
+
+    def project(
+        self,
+        adv: torch.Tensor,
+        images: torch.Tensor,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Project onto the eps-ball around ``images`` intersected with [0, 1].
+
+        Pass precomputed :meth:`bounds` when projecting repeatedly around the same images.
+        """
+        low, high = self.bounds(images) if bounds is None else bounds
+        return torch.maximum(torch.minimum(adv, high), low)
 
     def input_gradient(self, adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Gradient of the summed cross-entropy loss with respect to the input only.
 
-        ``torch.autograd.grad`` with the input as the only target skips the weight gradients.
+        ``torch.autograd.grad`` with the input as the only target skips the weight gradients
+        (and :meth:`__call__` freezes the weights, so none are recorded either).
         """
         adv = adv.clone().requires_grad_(True)
         loss = nn.functional.cross_entropy(self.model(adv), labels, reduction="sum")

@@ -52,12 +52,13 @@ class PGD(Attack):
         self.step_size = float(step_size) if step_size is not None else 2.5 * eps / steps
 
     def _run(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        bounds = self.bounds(images)
         adv = images.clone()
         if self.random_start:
             adv.add_(torch.empty_like(images).uniform_(-self.eps, self.eps)).clamp_(0.0, 1.0)
         for _ in range(self.steps):
             grad = self.input_gradient(adv, labels)
-            adv = self.project(adv + self.step_size * grad.sign(), images)
+            adv = self.project(adv.add_(grad.sign_(), alpha=self.step_size), images, bounds)
         return adv
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
