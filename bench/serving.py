@@ -93,6 +93,47 @@ def make_store(root: Path) -> None:
     )
 
 
+def in_process(store: Path, payloads: dict[int, bytes], rounds: int, count: int) -> None:
+    """CPU time per request of the app alone (Flask test client, no sockets), on vs off.
+
+    Thread CPU time does not grow while the process waits for a core, so this comparison holds
+    on a busy machine where wall-clock figures wobble.
+    """
+    import torch
+
+    from robustloop.config import RobustloopConfig
+    from serving import create_app, get_state
+
+    torch.set_num_threads(1)
+    clients = {}
+    for name, instrument, squeeze in configs():
+        cfg = RobustloopConfig()
+        cfg.store.path = store
+        cfg.serving.squeeze_fraction = squeeze
+        app = create_app(cfg, instrument=instrument, watch=False)
+        get_state(app).rng.seed(0)
+        clients[name] = app.test_client()
+    path = f"/v2/models/{MODEL}/infer"
+    print("app only (Flask test client, no HTTP), thread CPU time per request:")
+    print(f"{'configuration':<20} {'batch':>5} {'CPU ms/req':>10} {'d CPU':>7}")
+    for b, payload in payloads.items():
+        n = count if b == 1 else max(count // 10, 5)
+        spent = dict.fromkeys(clients, 0.0)
+        for _ in range(rounds):
+            for name, client in clients.items():
+                started = time.thread_time()
+                for _ in range(n):
+                    response = client.post(path, data=payload, content_type="application/json")
+                    if response.status_code != 200:
+                        raise RuntimeError(f"app answered {response.status_code}")
+                spent[name] += time.thread_time() - started
+        base = spent["off"]
+        for name in clients:
+            per_request = spent[name] / (n * rounds)
+            print(f"{name:<20} {b:>5} {per_request * 1e3:>10.3f} {spent[name] / base - 1:>+7.1%}")
+    print()
+
+
 def body(batch: int, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     data = rng.random((batch, 784), dtype=np.float32).round(4).reshape(-1).tolist()
@@ -151,6 +192,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_store(root / "store")
+        in_process(root / "store", payloads, args.rounds, args.requests * 2)
         procs: list[subprocess.Popen[bytes]] = []
         ports: dict[str, int] = {}
         try:

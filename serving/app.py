@@ -263,7 +263,7 @@ def infer(name: str) -> Response:
         if state.instrument:
             state.metrics.requests.labels(name, version, str(code)).inc()
     if state.instrument:
-        state.metrics.duration.labels(name, version).observe(time.perf_counter() - started)
+        state.metrics.bound(name, version).duration.observe(time.perf_counter() - started)
     return jsonify(body)
 
 
@@ -298,19 +298,18 @@ def _classify(
 def _observe_signals(
     state: ServingState, served: ServedModel, images: torch.Tensor, probs: torch.Tensor
 ) -> None:
-    name, version = state.model_name, served.version
-    metrics = state.metrics
-    metrics.samples.labels(name, version).inc(images.shape[0])
-    entropy = metrics.entropy.labels(name, version)
-    for value in normalised_entropy(probs).tolist():
-        entropy.observe(value)
-    top = metrics.max_probability.labels(name, version)
-    for value in max_probability(probs).tolist():
-        top.observe(value)
+    series = state.metrics.bound(state.model_name, served.version)
+    series.samples.inc(images.shape[0])
+    with torch.inference_mode():
+        entropy = normalised_entropy(probs).tolist()
+        top = max_probability(probs).tolist()
+    for value in entropy:
+        series.entropy.observe(value)
+    for value in top:
+        series.max_probability.observe(value)
     if state.rng.random() < state.config.serving.squeeze_fraction:
-        squeeze = metrics.squeeze.labels(name, version)
         for value in squeeze_score(served.model, images, probs=probs).tolist():
-            squeeze.observe(value)
+            series.squeeze.observe(value)
 
 
 @bp.post("/v2/models/<name>/feedback")

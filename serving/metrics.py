@@ -8,6 +8,9 @@ gauges: the alert rules take ``rate(..._sum) / rate(..._count)`` over their own 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.signals import (
@@ -18,6 +21,17 @@ from serving.signals import (
 )
 
 LABELS = ("model", "version")
+
+
+@dataclass(frozen=True)
+class VersionMetrics:
+    """The per-image series of one (model, version), bound once: ``labels()`` is not free."""
+
+    samples: Any
+    duration: Any
+    entropy: Any
+    max_probability: Any
+    squeeze: Any
 
 
 class ServingMetrics:
@@ -83,6 +97,22 @@ class ServingMetrics:
             registry=registry,
         )
         self._info: tuple[str, str, str] | None = None
+        self._bound: dict[tuple[str, str], VersionMetrics] = {}
+
+    def bound(self, model: str, version: str) -> VersionMetrics:
+        """The series of ``model`` at ``version`` (cached; a dict read under the GIL)."""
+        key = (model, version)
+        found = self._bound.get(key)
+        if found is None:
+            found = VersionMetrics(
+                samples=self.samples.labels(model, version),
+                duration=self.duration.labels(model, version),
+                entropy=self.entropy.labels(model, version),
+                max_probability=self.max_probability.labels(model, version),
+                squeeze=self.squeeze.labels(model, version),
+            )
+            self._bound[key] = found
+        return found
 
     def set_served(self, model: str, version: str, sha256: str) -> None:
         """Point ``robustloop_model_info`` at the version now served (the old series goes)."""
@@ -92,4 +122,4 @@ class ServingMetrics:
         self.model_info.labels(model, version, sha256).set(1)
 
 
-__all__ = ["LABELS", "ServingMetrics"]
+__all__ = ["LABELS", "ServingMetrics", "VersionMetrics"]

@@ -119,8 +119,7 @@ def normalised_entropy(probs: Tensor) -> Tensor:
     """
     _check_probs(probs)
     k = probs.shape[1]
-    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1)
-    return (entropy / math.log(k)).clamp(0.0, 1.0)
+    return (torch.special.entr(probs).sum(dim=1) / math.log(k)).clamp_(0.0, 1.0)
 
 
 def max_probability(probs: Tensor) -> Tensor:
