@@ -261,7 +261,7 @@ def infer(name: str) -> Response:
         raise
     finally:
         if state.instrument:
-            state.metrics.requests.labels(name, version, str(code)).inc()
+            state.metrics.count_request(name, version, code)
     if state.instrument:
         state.metrics.bound(name, version).duration.observe(time.perf_counter() - started)
     return jsonify(body)

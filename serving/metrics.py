@@ -98,6 +98,15 @@ class ServingMetrics:
         )
         self._info: tuple[str, str, str] | None = None
         self._bound: dict[tuple[str, str], VersionMetrics] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
+
+    def count_request(self, model: str, version: str, code: int) -> None:
+        """Count one infer request answered with HTTP status ``code``."""
+        key = (model, version, code)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(model, version, str(code))
+        child.inc()
 
     def bound(self, model: str, version: str) -> VersionMetrics:
         """The series of ``model`` at ``version`` (cached; a dict read under the GIL)."""
