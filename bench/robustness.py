@@ -14,7 +14,8 @@ Produce the two versions with the CLI first, for example::
     nice -n 10 python bench/robustness.py --config C
 
 By default the standard model is the oldest version trained by ``train`` and the hardened one the
-newest version trained by ``harden``. ``--n`` evaluates a seeded random subset of the 10,000 test
+newest version trained by ``harden``; where the store has none, the script runs those commands
+first (with the config's recipe). ``--n`` evaluates a seeded random subset of the 10,000 test
 images when the whole set would take too long (the output says which).
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,14 +37,21 @@ from training import ModelStore, evaluate, load_fashion_mnist
 from training.data import to_float
 
 
-def _pick(store: ModelStore, ref: str | None, standard: bool) -> str:
+def _pick(store: ModelStore, ref: str | None, standard: bool, config: Path | None) -> str:
+    """The named version, else the oldest standard / newest hardened one, created if absent."""
     if ref is not None:
         return store.resolve(ref)
     manifests = [m for m in store.list() if (m.recipe.get("method") == "standard") == standard]
-    if not manifests:
-        kind = "standard (robustloop train)" if standard else "hardened (robustloop harden)"
-        sys.exit(f"no {kind} version in store {store.root}; create one first")
-    return manifests[0].version if standard else manifests[-1].version
+    if manifests:
+        return manifests[0].version if standard else manifests[-1].version
+    cli = [sys.executable, "-m", "robustloop"] + (["--config", str(config)] if config else [])
+    if standard:
+        command = [*cli, "train"]
+    else:
+        command = [*cli, "harden", "--from", _pick(store, None, True, config)]
+    print(f"# none in the store, running: {' '.join(command[1:])}", flush=True)
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     store = ModelStore(cfg.store.path)
     versions = {
-        "standard": _pick(store, args.standard, standard=True),
-        "hardened": _pick(store, args.hardened, standard=False),
+        "standard": _pick(store, args.standard, True, args.config),
+        "hardened": _pick(store, args.hardened, False, args.config),
     }
     data = load_fashion_mnist(cfg.data.root)
     order = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(0))
