@@ -68,6 +68,9 @@ class TrafficOptions:
     batch: int = 1
     pgd_steps: int = DEFAULT_PGD_STEPS
     seed: int = 0
+    requests: int | None = None
+    """Send exactly this many requests (as fast as ``rate`` allows, however long that takes);
+    None: send at ``rate`` until ``duration`` seconds have passed."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,6 +81,8 @@ class TrafficOptions:
             raise TrafficError(f"feedback fraction must be in [0, 1], got {self.feedback_fraction}")
         if self.eps is not None and not 0.0 < self.eps <= 1.0:
             raise TrafficError(f"eps must be in (0, 1], got {self.eps}")
+        if self.requests is not None and self.requests < 1:
+            raise TrafficError(f"requests must be >= 1, got {self.requests}")
 
     @property
     def strength(self) -> float:
@@ -215,6 +220,10 @@ def run_traffic(
 ) -> TrafficSummary:
     """Send traffic as ``options`` say, writing one JSON line a second to ``out``.
 
+    The run ends after ``options.duration`` seconds even when a slow server (or slow PGD
+    crafting) kept it below ``options.rate``; with ``options.requests`` it ends after exactly
+    that many requests instead.
+
     Args:
         config: the robustloop config (model name, data split, store path).
         options: rate, duration, mode, strength, feedback fraction, batch size.
@@ -254,13 +263,17 @@ def run_traffic(
     next_log = started + 1.0
     next_version_check = started
     try:
-        for k in range(int(options.rate * options.duration)):
+        total = options.requests or int(options.rate * options.duration)
+        deadline = None if options.requests else started + options.duration
+        for k in range(total):
             due = started + k / options.rate
+            if deadline is not None and due >= deadline:
+                break
             while (now := time.monotonic()) < due and not stop.is_set():
                 if now >= next_log:
                     next_log = _flush(out, options, version, window, summary, next_log)
                 stop.wait(min(due, next_log) - now)
-            if stop.is_set():
+            if stop.is_set() or (deadline is not None and now >= deadline):
                 break
             if now >= next_version_check:
                 version = _served_version(client, version)

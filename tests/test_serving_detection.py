@@ -100,7 +100,7 @@ def test_fgsm_traffic_lowers_canary_accuracy_and_shifts_entropy_and_squeeze(
 
     def send(mode: Mode) -> None:
         options = TrafficOptions(
-            url=server.url, rate=500, duration=0.12, mode=mode, batch=8, feedback_fraction=1.0
+            url=server.url, rate=1000, mode=mode, batch=8, feedback_fraction=1.0, requests=60
         )  # 60 requests of 8 images, as fast as the server answers
         summary = run_traffic(small_config, options, io.StringIO(), store=store)
         assert summary.errors == 0

@@ -66,7 +66,7 @@ def test_promotion_mid_traffic_switches_version_with_zero_failed_requests(
     try:
         with RunningServer(app) as server:
             options = TrafficOptions(
-                url=server.url, rate=40, duration=60, mode="fgsm", feedback_fraction=0.5
+                url=server.url, rate=40, duration=300, mode="fgsm", feedback_fraction=0.5
             )
             client = threading.Thread(
                 target=lambda: result.append(

@@ -99,8 +99,9 @@ def test_traffic_command_logs_one_json_line_a_second_and_feeds_back_labels(
         assert line["errors"] == 0
         assert line["accuracy"] == line["correct_fraction"]
         assert line["accuracy"] is None or 0.0 <= line["accuracy"] <= 1.0
-    assert sum(line["sent"] for line in lines) == 40
-    assert sum(line["images"] for line in lines) == 80
+    sent = sum(line["sent"] for line in lines)
+    assert 0 < sent <= 40  # 20 a second for 2 seconds, fewer if the server is slow
+    assert sum(line["images"] for line in lines) == 2 * sent
     assert [line["t"] for line in lines] == sorted(line["t"] for line in lines)
     fed_back = sum(
         registry.get_sample_value(
@@ -109,7 +110,7 @@ def test_traffic_command_logs_one_json_line_a_second_and_feeds_back_labels(
         or 0.0
         for o in ("correct", "wrong")
     )
-    assert fed_back == 80
+    assert fed_back == 2 * sent
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_an_unreachable_server_is_counted_as_errors_not_a_crash(
 ) -> None:
     out = io.StringIO()
     data = (torch.zeros(10, 1, 28, 28), torch.zeros(10, dtype=torch.int64))
-    options = TrafficOptions(url=f"http://127.0.0.1:{port}", rate=20, duration=0.5)
+    options = TrafficOptions(url=f"http://127.0.0.1:{port}", rate=20, duration=60, requests=10)
     summary = run_traffic(small_config, options, out, data=data)
     assert summary.errors == 10
     assert summary.images == 0 and summary.accuracy is None
