@@ -178,14 +178,14 @@ def squeeze_score(
     Returns:
         Tensor of shape [N] with values in [0, 2].
     """
-    squeezed = torch.cat([reduce_bit_depth(images, bits), median_filter_2x2(images)])
     with torch.inference_mode():
+        squeezed = torch.cat([reduce_bit_depth(images, bits), median_filter_2x2(images)])
         if probs is None:
             probs = torch.softmax(model(images), dim=1)
         squeezed_probs = torch.softmax(model(squeezed), dim=1)
-    n = images.shape[0]
-    distances = (squeezed_probs.reshape(2, n, -1) - probs.unsqueeze(0)).abs().sum(dim=2)
-    return distances.max(dim=0).values
+        n = images.shape[0]
+        distances = (squeezed_probs.reshape(2, n, -1) - probs.unsqueeze(0)).abs().sum(dim=2)
+        return distances.max(dim=0).values
 
 
 __all__ = [
