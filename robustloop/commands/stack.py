@@ -100,12 +100,9 @@ def quick_config(cfg: RobustloopConfig) -> RobustloopConfig:
     return out
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived; unwinds like Ctrl-C so that every process is stopped."""
-
-
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated(f"signal {signum}")
+    """SIGTERM unwinds like Ctrl-C: every process is stopped, the demo's report written."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _prepare(args: argparse.Namespace) -> RobustloopConfig:
@@ -143,7 +140,7 @@ def _up(args: argparse.Namespace) -> int:
                 time.sleep(1)
     except StackError as exc:
         raise CommandError(str(exc)) from None
-    except (KeyboardInterrupt, _Terminated):
+    except KeyboardInterrupt:
         print("stopping: every process of the stack is stopped", file=sys.stderr)
         return 0
 
@@ -168,8 +165,12 @@ def _demo(args: argparse.Namespace) -> int:
             summary = runner.run()
     except StackError as exc:
         raise CommandError(str(exc)) from None
-    except (KeyboardInterrupt, _Terminated):
-        print("demo interrupted: every process of the stack is stopped", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(
+            f"demo interrupted: every process of the stack is stopped; the report so far is in "
+            f"{report_dir}/",
+            file=sys.stderr,
+        )
         return 130
     _echo(f"report written to {report_dir}/ (summary.md, summary.json, timeline.png)")
     for key in (

@@ -314,12 +314,21 @@ class ScenarioRunner:
 
     def run(self) -> dict[str, Any]:
         """Run the scenario to its end and write the report; returns the summary."""
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            self.echo("interrupted: writing the report of what happened so far")
+            self.finish(interrupted=True)
+            raise
+        return self.finish()
+
+    def _run(self) -> None:
         opts = self.options
         attack_mode = "fgsm" if opts.scenario == "attack" else "noise"
         try:
             self._clean_phase()
             if opts.scenario == "clean":
-                return self.finish()
+                return
             self._start_traffic(attack_mode, opts.attack_seconds + 120)
             self.echo(f"starting the {attack_mode} client")
             self._ticks_until(
@@ -343,7 +352,6 @@ class ScenarioRunner:
         finally:
             for mode in list(self._traffic):
                 self._stop_traffic(mode)
-        return self.finish()
 
     def _clean_phase(self) -> None:
         """Clean traffic for ``clean_seconds``, counted from its first answered second."""
@@ -390,7 +398,7 @@ class ScenarioRunner:
             return True
         return False
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, interrupted: bool = False) -> dict[str, Any]:
         """Summarise, write the report files, and return the summary."""
         started = bool(self.observer.runs()) or self._workflow is not None
         summary = rp.summarise(
@@ -403,6 +411,7 @@ class ScenarioRunner:
             workflow=self._workflow,
             remediation_started=started,
         )
+        summary["interrupted"] = interrupted
         # False alarms: alerts firing, or reaching the receiver, before the attack began.
         summary["alerts_during_clean"] = sorted(self._clean_alerts)
         attack_t = self._attack_t if self._attack_t is not None else time.time()
