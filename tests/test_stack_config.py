@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -13,6 +14,8 @@ import yaml
 from robustloop.config import RobustloopConfig, load_config
 from robustloop.stack.run_folder import (
     Ports,
+    RunFolderBusy,
+    lock_run_folder,
     prepare_run_folder,
     render_prometheus_config,
 )
@@ -114,3 +117,14 @@ def test_picked_ports_are_distinct() -> None:
     ports = Ports.pick()
     values = [ports.prometheus, ports.alertmanager, ports.serving, ports.webhook]
     assert len(set(values)) == 4
+
+
+def test_a_second_stack_in_the_same_run_folder_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    first = lock_run_folder(root)
+    try:
+        with pytest.raises(RunFolderBusy, match=rf"pid {os.getpid()}\) runs in .*--run-dir"):
+            lock_run_folder(root)
+    finally:
+        os.close(first)
+    os.close(lock_run_folder(root))  # free again once the first stack is gone

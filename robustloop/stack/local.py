@@ -27,7 +27,13 @@ from types import TracebackType
 import requests
 
 from robustloop.config import ConfigError, RobustloopConfig, load_config
-from robustloop.stack.run_folder import RunFolder, prepare_run_folder, render_rules_file
+from robustloop.stack.run_folder import (
+    RunFolder,
+    RunFolderBusy,
+    lock_run_folder,
+    prepare_run_folder,
+    render_rules_file,
+)
 from robustloop.stack.supervisor import TAG_ENV, StackError, Supervisor, find_binary
 
 log = logging.getLogger(__name__)
@@ -128,6 +134,7 @@ class LocalStack:
         self._recal_error: StackError | None = None
         self._calibrate_proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
+        self._lock_fd: int | None = None
         self.calibration_grace_s = calibration_grace_s
 
     @property
@@ -160,6 +167,10 @@ class LocalStack:
         """
         prometheus = find_binary(self.cfg.stack.prometheus_binary)
         alertmanager = find_binary(self.cfg.stack.alertmanager_binary)
+        try:
+            self._lock_fd = lock_run_folder(self.cfg.stack.run_dir)
+        except (RunFolderBusy, NotADirectoryError) as exc:
+            raise StackError(str(exc)) from None
         self.production = self._ensure_baseline()
         folder = self._folder = prepare_run_folder(self.cfg)
         if folder.config.alerts.calibrated_version != self.production:
@@ -418,6 +429,9 @@ class LocalStack:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         self.supervisor.stop_all()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the run folder's lock
+            self._lock_fd = None
 
 
 __all__ = [

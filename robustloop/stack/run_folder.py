@@ -17,6 +17,7 @@ because ``robustloop calibrate`` rewrites thresholds for each promoted model.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -231,6 +232,39 @@ def _clear_state(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
+class RunFolderBusy(Exception):
+    """Another stack runs in this run folder; the message names it and what to do."""
+
+
+def lock_run_folder(root: Path) -> int:
+    """Take the run folder's lock for the lifetime of one stack; returns the fd to close.
+
+    Two stacks in one folder would clear each other's state and share one outbox; the lock
+    (``flock`` on ``.lock``, released by the kernel if the holder dies) makes the second refuse.
+
+    Raises:
+        RunFolderBusy: another process holds the lock.
+        NotADirectoryError: ``root`` exists and is a file.
+    """
+    root = root.resolve()
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"stack.run_dir {root} is a file; point stack.run_dir at a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunFolderBusy(
+            f"another robustloop stack (pid {holder}) runs in {root}; stop it first, or give "
+            "this one its own folder with --run-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def prepare_run_folder(
     cfg: RobustloopConfig, root: Path | None = None, ports: Ports | None = None
 ) -> RunFolder:
@@ -270,7 +304,9 @@ def prepare_run_folder(
 __all__ = [
     "Ports",
     "RunFolder",
+    "RunFolderBusy",
     "free_port",
+    "lock_run_folder",
     "prepare_run_folder",
     "render_alertmanager_file",
     "render_prometheus_config",
