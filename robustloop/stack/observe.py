@@ -90,7 +90,7 @@ def merge_traffic(records: list[dict[str, Any]]) -> TrafficSecond:
     return TrafficSecond(None if weight == 0 else total / weight, weight, version)
 
 
-def _parse_time(value: Any) -> float | None:
+def parse_time(value: Any) -> float | None:
     """A receiver timestamp (unix seconds or ISO 8601) as unix seconds."""
     if isinstance(value, int | float):
         return float(value)
@@ -183,7 +183,7 @@ class StackObserver:
                 continue
             received = None
             for key in ("received_at", "created_at", "first_seen", "created"):
-                received = _parse_time(item.get(key))
+                received = parse_time(item.get(key))
                 if received is not None:
                     break
             out.append(
@@ -246,7 +246,7 @@ def node_finished_at(workflow: dict[str, Any], task: str) -> float | None:
     nodes = (workflow.get("status") or {}).get("nodes") or {}
     for node in nodes.values():
         if node.get("displayName") == task:
-            return _parse_time(node.get("finishedAt"))
+            return parse_time(node.get("finishedAt"))
     return None
 
 
@@ -254,7 +254,7 @@ def started_at(workflow: dict[str, Any]) -> float | None:
     """When a workflow started (unix seconds)."""
     status = workflow.get("status") or {}
     meta = workflow.get("metadata") or {}
-    return _parse_time(status.get("startedAt")) or _parse_time(meta.get("creationTimestamp"))
+    return parse_time(status.get("startedAt")) or parse_time(meta.get("creationTimestamp"))
 
 
 __all__ = [
@@ -266,6 +266,7 @@ __all__ = [
     "merge_traffic",
     "node_finished_at",
     "node_outputs",
+    "parse_time",
     "running_step",
     "started_at",
 ]

@@ -38,6 +38,7 @@ from robustloop.stack.observe import (
     merge_traffic,
     node_finished_at,
     node_outputs,
+    parse_time,
     running_step,
     started_at,
 )
@@ -284,14 +285,33 @@ class ScenarioRunner:
             verdict = "passed" if summary.gate_passed else "REJECTED"
             self.echo(f"gate {verdict}: " + "; ".join(self._gate.get("reasons") or []))
         if summary.promoted_version and self.hardened is None:
-            self.hardened = summary.promoted_version
-            self.timeline.add_event(
-                rp.PROMOTION,
-                self._rel(node_finished_at(obj, PROMOTE_TASK)),
-                version=summary.promoted_version,
+            hardened = self.hardened = summary.promoted_version
+            # The promote step flips the production pointer first and recalibrates after, so
+            # its finish comes late: the store's history says when production changed, and the
+            # samples say when the hardened model first answered the attacked traffic.
+            at = self._promoted_at(hardened) or node_finished_at(obj, PROMOTE_TASK)
+            self.timeline.add_event(rp.PROMOTION, self._rel(at), version=hardened)
+            first = next(
+                (x for x in self.timeline.samples if x.phase != "clean" and x.version == hardened),
+                None,
             )
-            self.echo(f"promoted {self.hardened}")
+            if first is not None:
+                self.timeline.add_event(rp.HARDENED_SERVING, first.t, version=hardened)
+            self.echo(f"promoted {hardened}")
         return running_step(obj)
+
+    def _promoted_at(self, version: str) -> float | None:
+        """When production last became ``version`` (unix seconds), from the store's history."""
+        from training import ModelStore
+
+        history = ModelStore(self.stack.folder.config.store.path).history()
+        times = [
+            parse_time(entry.get("at"))
+            for entry in history
+            if entry.get("to") == version and entry.get("action") == "promote"
+        ]
+        known = [t for t in times if t is not None]
+        return known[-1] if known else None
 
     def _recovered(self) -> bool:
         """Attacked accuracy of hardened-model traffic over the recovery window is high enough."""
