@@ -233,3 +233,18 @@ def test_wilson_interval_matches_known_values() -> None:
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
     lo, hi = wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
+
+
+def test_learning_rate_follows_the_clock_when_time_runs_short() -> None:
+    """A run cut short by max_seconds still ends with a small learning rate."""
+    import time
+
+    from training._loop import Deadline, cosine_lr
+
+    assert cosine_lr(1.0, 0, 100) == 1.0
+    assert cosine_lr(1.0, 50, 100) == pytest.approx(0.5)
+    assert cosine_lr(1.0, 100, 100) == pytest.approx(0.0)
+    deadline = Deadline(max_seconds=1000.0)
+    deadline.start = time.monotonic() - 1000.0
+    assert cosine_lr(1.0, 1, 100, deadline) == pytest.approx(0.0, abs=1e-6)
+    assert cosine_lr(1.0, 50, 100, Deadline(None)) == pytest.approx(0.5)
