@@ -22,24 +22,12 @@ from prometheus_client import CollectorRegistry
 from robustloop.config import RobustloopConfig
 from serving import create_app, get_state
 from serving.feedback import FeedbackMap
-from training import ModelStore, build_model
+from tests.support import register_model
+from training import ModelStore
 
 MODEL = "fashion-cnn"
 INFER = f"/v2/models/{MODEL}/infer"
 FEEDBACK = f"/v2/models/{MODEL}/feedback"
-
-
-def register_model(store: ModelStore, seed: int) -> str:
-    torch.manual_seed(seed)
-    return store.register(
-        build_model("cnn"),
-        architecture="cnn",
-        parent=None,
-        recipe={},
-        metrics={},
-        split={},
-        provenance={"test": True},
-    )
 
 
 @pytest.fixture

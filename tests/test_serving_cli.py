@@ -14,25 +14,12 @@ from typing import IO
 
 import pytest
 import requests
-import torch
 
 from robustloop.config import RobustloopConfig, dump_config
-from training import ModelStore, build_model
+from tests.support import register_model
+from training import ModelStore
 
 ANNOUNCE = re.compile(r"^serving (\S+) (\S+) on (http://\S+)$")
-
-
-def register_model(store: ModelStore) -> str:
-    torch.manual_seed(0)
-    return store.register(
-        build_model("cnn"),
-        architecture="cnn",
-        parent=None,
-        recipe={},
-        metrics={},
-        split={},
-        provenance={"test": True},
-    )
 
 
 class Serve:

@@ -14,28 +14,15 @@ from pathlib import Path
 
 import pytest
 import requests
-import torch
 from prometheus_client import CollectorRegistry
 
 from robustloop.config import RobustloopConfig, dump_config
 from serving import RunningServer, create_app, get_state
-from training import ModelStore, build_model
+from tests.support import register_model
+from training import ModelStore
 
 MODEL = "fashion-cnn"
 LIMIT = 64 * 1024
-
-
-def register_model(store: ModelStore) -> str:
-    torch.manual_seed(0)
-    return store.register(
-        build_model("cnn"),
-        architecture="cnn",
-        parent=None,
-        recipe={},
-        metrics={},
-        split={},
-        provenance={"test": True},
-    )
 
 
 def body(n: int) -> bytes:

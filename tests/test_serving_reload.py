@@ -11,28 +11,15 @@ from collections.abc import Callable
 
 import pytest
 import requests
-import torch
 from prometheus_client import CollectorRegistry
 
 from robustloop.config import RobustloopConfig
 from serving import RunningServer, create_app, get_state
 from serving.traffic import TrafficOptions, TrafficSummary, run_traffic
-from training import ModelStore, build_model
+from tests.support import register_model
+from training import ModelStore
 
 MODEL = "fashion-cnn"
-
-
-def register_model(store: ModelStore, seed: int) -> str:
-    torch.manual_seed(seed)
-    return store.register(
-        build_model("cnn"),
-        architecture="cnn",
-        parent=None,
-        recipe={},
-        metrics={},
-        split={},
-        provenance={"test": True},
-    )
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

@@ -25,23 +25,11 @@ from serving.traffic import (
     add_noise,
     run_traffic,
 )
-from training import ModelStore, build_model
+from tests.support import register_model
+from training import ModelStore
 
 MODEL = "fashion-cnn"
 LOG_KEYS = {"t", "mode", "version", "sent", "images", "accuracy", "correct_fraction", "errors"}
-
-
-def register_model(store: ModelStore, seed: int) -> str:
-    torch.manual_seed(seed)
-    return store.register(
-        build_model("cnn"),
-        architecture="cnn",
-        parent=None,
-        recipe={},
-        metrics={},
-        split={},
-        provenance={"test": True},
-    )
 
 
 class CountingStore:

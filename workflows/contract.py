@@ -23,7 +23,7 @@ PARAMETERS: dict[str, str] = {
     "eps": "0.1",
     "steps": "7",
     "epochs": "3",
-    "max-seconds": "120",
+    "max-seconds": "60",
     "incident-id": "manual",
 }
 """Workflow parameters and their defaults (all strings, as Argo passes them).
