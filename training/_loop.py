@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
@@ -64,3 +66,60 @@ def validate(dataset: TensorDataset, epochs: int, batch_size: int, lr: float) ->
         raise ValueError(
             f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}"
         )
+
+
+@dataclass
+class EpochResult:
+    """One pass over the data: step reached, images seen, mean loss and accuracy, clock stop."""
+
+    step: int
+    samples: int
+    loss: float
+    accuracy: float
+    stopped: bool
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: TensorDataset,
+    generator: torch.Generator,
+    *,
+    batch_size: int,
+    lr: float,
+    step: int,
+    total_steps: int,
+    deadline: Deadline,
+    bar: tqdm,
+    schedule_by_clock: bool = False,
+    perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    metric: str = "acc",
+) -> EpochResult:
+    """One epoch of mini-batch training, shared by standard and adversarial training.
+
+    Args:
+        perturb: replaces each mini-batch's images before the update (an attack, for
+            adversarial training); None trains on the clean images.
+        schedule_by_clock: let the cosine learning rate follow ``deadline`` as well as steps.
+        metric: name of the running accuracy on the progress bar.
+    """
+    loss_sum, hits, seen, stopped = 0.0, 0, 0, False
+    for images, labels in batches(dataset, batch_size, generator):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(lr, step, total_steps, deadline if schedule_by_clock else None)
+        inputs = perturb(images, labels) if perturb is not None else images
+        logits = model(inputs)
+        loss = nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += float(loss.detach()) * len(labels)
+        hits += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        bar.update(1)
+        bar.set_postfix({"loss": f"{loss_sum / seen:.3f}", metric: f"{hits / seen:.3f}"})
+        if deadline.expired:
+            stopped = True
+            break
+    return EpochResult(step, seen, loss_sum / max(seen, 1), hits / max(seen, 1), stopped)

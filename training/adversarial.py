@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from training._loop import Deadline, batches, cosine_lr, progress_bar, validate
+from training._loop import Deadline, progress_bar, train_epoch, validate
 from training.attacks import FGSM, PGD, Attack
 from training.evaluate import evaluate
 from training.train import TrainResult
@@ -135,32 +135,29 @@ def adversarial_train(
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, epochs + 1):
             model.train()
-            loss_sum, hits, seen = 0.0, 0, 0
             with progress_bar(per_epoch, f"{method} epoch {epoch}/{epochs}", progress) as bar:
-                for x, y in batches(dataset, batch_size, generator):
-                    for group in optimizer.param_groups:
-                        group["lr"] = cosine_lr(lr, step, total_steps, deadline)
-                    adv = attack(x, y)
-                    logits = model(adv)
-                    loss = nn.functional.cross_entropy(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    loss_sum += float(loss.detach()) * len(y)
-                    hits += int((logits.argmax(1) == y).sum())
-                    seen += len(y)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", adv_acc=f"{hits / seen:.3f}")
-                    if deadline.expired:
-                        stopped = True
-                        break
+                result = train_epoch(
+                    model,
+                    optimizer,
+                    dataset,
+                    generator,
+                    batch_size=batch_size,
+                    lr=lr,
+                    step=step,
+                    total_steps=total_steps,
+                    deadline=deadline,
+                    bar=bar,
+                    schedule_by_clock=True,
+                    perturb=attack,
+                    metric="adv_acc",
+                )
+            step, stopped = result.step, result.stopped
             clean, robust = _check(model, check_set, eps, seed)
             entry = {
                 "epoch": epoch,
-                "samples": seen,
-                "loss": loss_sum / seen,
-                "train_adv_accuracy": hits / seen,
+                "samples": result.samples,
+                "loss": result.loss,
+                "train_adv_accuracy": result.accuracy,
                 "check_clean_accuracy": clean,
                 "check_pgd_accuracy": robust,
                 "seconds": deadline.elapsed,

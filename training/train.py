@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from training._loop import Deadline, batches, cosine_lr, progress_bar, validate
+from training._loop import Deadline, progress_bar, train_epoch, validate
 
 
 @dataclass
@@ -63,30 +63,25 @@ def train_standard(
     step = 0
     model.train()
     for epoch in range(1, epochs + 1):
-        loss_sum, hits, seen = 0.0, 0, 0
         with progress_bar(per_epoch, f"train epoch {epoch}/{epochs}", progress) as bar:
-            for images, labels in batches(dataset, batch_size, generator):
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(lr, step, total_steps)
-                logits = model(images)
-                loss = nn.functional.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_sum += float(loss.detach()) * len(labels)
-                hits += int((logits.argmax(1) == labels).sum())
-                seen += len(labels)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{hits / seen:.3f}")
-                if deadline.expired:
-                    stopped = True
-                    break
+            result = train_epoch(
+                model,
+                optimizer,
+                dataset,
+                generator,
+                batch_size=batch_size,
+                lr=lr,
+                step=step,
+                total_steps=total_steps,
+                deadline=deadline,
+                bar=bar,
+            )
+        step, stopped, seen = result.step, result.stopped, result.samples
         history.append(
             {
                 "epoch": epoch,
-                "loss": loss_sum / seen,
-                "train_accuracy": hits / seen,
+                "loss": result.loss,
+                "train_accuracy": result.accuracy,
                 "samples": seen,
                 "seconds": deadline.elapsed,
             }
