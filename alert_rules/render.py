@@ -15,13 +15,12 @@ Design, statistics and the reasoning behind each alert: ``docs/alerts.md`` and `
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from alert_rules import _yaml
 from alert_rules._spec import REMEDIATION_LABEL, REMEDIATION_VALUE, build
+from robustloop._atomic import atomic_write_text
 from robustloop.config import RobustloopConfig
 
 #: Where the committed, generated files live (rendered from the default config).
@@ -166,15 +165,4 @@ def write_generated(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text, 0o644)

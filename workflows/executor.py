@@ -46,6 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from robustloop._atomic import atomic_write_json
 from workflows._argo import (
     ExpressionError,
     depends_tasks,
@@ -99,12 +100,7 @@ def generate_name(prefix: str = TEMPLATE_NAME) -> str:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so that a reader sees the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def parse_params(pairs: list[str], known: Mapping[str, str]) -> dict[str, str]:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from robustloop._atomic import atomic_write_json
 from robustloop.config import RobustloopConfig
 from workflows._stats import two_proportion_p_worse
 
@@ -175,13 +175,7 @@ def consecutive_rollbacks(store_path: Path) -> int:
 
 def _save_state(store_path: Path, count: int, decision: GuardDecision) -> None:
     path = Path(store_path) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(
-        json.dumps({"consecutive_rollbacks": count, "last": decision.as_dict()}, indent=2),
-        encoding="utf-8",
-    )
-    os.replace(tmp, path)
+    atomic_write_json(path, {"consecutive_rollbacks": count, "last": decision.as_dict()})
 
 
 def watch(
