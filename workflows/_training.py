@@ -1,47 +1,31 @@
-"""Bridge from the ``harden`` step to the training component's own ``robustloop harden`` command.
+"""Bridge from the ``harden`` step to the training component's ``robustloop harden``.
 
-The step overrides the remediation recipe with the workflow's parameters; the command reads the
-recipe from a config file. Rather than reach into training's internals, the step writes the
-overridden config to a temporary file and runs the command in-process, so that the workflow and
-a user typing ``robustloop harden`` train in exactly the same way.
+The step overrides the remediation recipe with the workflow's parameters and calls the same
+function the command runs (:func:`robustloop.commands.training.harden_version`), so that the
+workflow and a user typing ``robustloop harden`` train in exactly the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import tempfile
-from pathlib import Path
-
-from robustloop.config import RobustloopConfig, dump_config
+from robustloop.config import RobustloopConfig
 
 
 class HardenError(SystemExit):
-    """``robustloop harden`` failed or printed no version id."""
+    """Hardening failed (unknown base, tampered weights, missing data, bad recipe)."""
 
 
 def harden_candidate(cfg: RobustloopConfig, *, base: str, incident: str) -> str:
-    """Run ``robustloop harden --from BASE --incident ID`` with ``cfg``; return the new version.
+    """Harden ``base`` with ``cfg.remediation`` for ``incident``; return the new version.
 
     Raises:
-        HardenError: the command failed, or printed no version id.
+        HardenError: hardening failed; the message says why.
     """
-    from robustloop.cli import main
+    from robustloop.cli import CommandError
+    from robustloop.commands.training import harden_version
 
-    with tempfile.TemporaryDirectory(prefix="robustloop-harden-") as tmp:
-        path = Path(tmp) / "robustloop.yaml"
-        path.write_text(dump_config(cfg), encoding="utf-8")
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = main(
-                ["--config", os.fspath(path), "harden", "--from", base, "--incident", incident]
-            )
-    printed = out.getvalue()
-    print(printed, end="")
-    lines = [line.strip() for line in printed.splitlines() if line.strip()]
-    if code != 0:
-        raise HardenError(f"robustloop step failed: `robustloop harden` exited {code}")
-    if not lines:
-        raise HardenError("robustloop step failed: `robustloop harden` printed no version id")
-    return lines[-1]
+    try:
+        version, _parent = harden_version(cfg, base=base, incident=incident)
+    except CommandError as exc:
+        raise HardenError(f"robustloop step failed: harden: {exc}") from None
+    print(version)
+    return version

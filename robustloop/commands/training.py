@@ -229,26 +229,46 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _harden(args: argparse.Namespace) -> int:
+    cfg: RobustloopConfig = args.cfg
+    rc = cfg.remediation  # the flags (range-checked by argparse) override the recipe
+    rc.method = args.method or rc.method
+    rc.eps = args.eps if args.eps is not None else rc.eps
+    rc.step_size = args.step_size if args.step_size is not None else rc.step_size
+    rc.steps = args.steps or rc.steps
+    rc.epochs = args.epochs or rc.epochs
+    rc.max_seconds = args.max_seconds if args.max_seconds is not None else rc.max_seconds
+    rc.warm_start = rc.warm_start and not args.scratch
+    version, parent = harden_version(cfg, base=args.base, incident=args.incident)
+    print(f"registered {version} (parent {parent}; not promoted)", file=sys.stderr)
+    print(version)
+    return 0
+
+
+def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) -> tuple[str, str]:
+    """Adversarially train from ``base`` with ``cfg.remediation``; register, do not promote.
+
+    The one implementation behind ``robustloop harden`` and the workflow's ``harden`` step.
+
+    Returns:
+        (new version id, parent version id).
+
+    Raises:
+        robustloop.cli.CommandError: unknown base, tampered weights, missing data, bad recipe.
+    """
     import torch
 
     from training import adversarial_train, build_model, make_splits
 
-    cfg: RobustloopConfig = args.cfg
     _setup_torch(cfg)
     rc = cfg.remediation
-    method = args.method or rc.method
-    eps = args.eps if args.eps is not None else rc.eps
-    step_size = args.step_size if args.step_size is not None else rc.step_size
-    steps = args.steps or rc.steps
-    epochs = args.epochs or rc.epochs
-    max_seconds = args.max_seconds if args.max_seconds is not None else rc.max_seconds
-    warm_start = rc.warm_start and not args.scratch
+    method, eps, step_size, steps = rc.method, rc.eps, rc.step_size, rc.steps
+    epochs, max_seconds, warm_start = rc.epochs, rc.max_seconds, rc.warm_start
     try:
         store = _store(cfg)
-        base, base_manifest = store.load(args.base)
+        base_model, base_manifest = store.load(base)
         splits = make_splits(cfg.data)
         if warm_start:
-            model = base
+            model = base_model
         else:
             torch.manual_seed(cfg.training.seed)
             model = build_model(base_manifest.architecture)
@@ -292,13 +312,11 @@ def _harden(args: argparse.Namespace) -> int:
                 "history": result.history,
             },
             split=splits.describe(),
-            provenance={"command": "harden", "incident": args.incident, "base": args.base},
+            provenance={"command": "harden", "incident": incident, "base": base},
         )
     except _errors() as exc:
         raise _fail(exc) from None
-    print(f"registered {version} (parent {base_manifest.version}; not promoted)", file=sys.stderr)
-    print(version)
-    return 0
+    return version, base_manifest.version
 
 
 def _evaluate(args: argparse.Namespace) -> int:
