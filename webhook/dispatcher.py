@@ -33,29 +33,14 @@ from webhook.submitters.base import (
     Submitted,
     Submitter,
 )
-from workflows.contract import PARAMETERS, PHASE_SUCCEEDED, RunSummary, workflow_name_for
+from workflows.contract import PHASE_SUCCEEDED, RunSummary, parameters_for, workflow_name_for
 
 log = logging.getLogger(__name__)
 
 
-def _number(value: float | int | None) -> str:
-    return "0" if value is None else f"{value:g}"
-
-
 def workflow_parameters(config: RobustloopConfig, incident: Incident) -> dict[str, str]:
     """The remediation workflow's parameters for an incident (every name of the contract)."""
-    rem = config.remediation
-    values = {
-        "model": incident.model,
-        "base-version": "production",
-        "method": rem.method,
-        "eps": _number(rem.eps),
-        "steps": _number(rem.steps),
-        "epochs": _number(rem.epochs),
-        "max-seconds": _number(rem.max_seconds),
-        "incident-id": incident.id,
-    }
-    return {name: values.get(name, default) for name, default in PARAMETERS.items()}
+    return parameters_for(config, model=incident.model, incident_id=incident.id)
 
 
 class Dispatcher:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: this module stays standard-library-only at run time
+    from robustloop.config import RobustloopConfig
 
 TEMPLATE_NAME = "robustloop-remediate"
 """Name of the WorkflowTemplate (and prefix of every workflow's name)."""
@@ -31,6 +34,33 @@ PARAMETERS: dict[str, str] = {
 The defaults here are the ones of a default ``robustloop.yaml``; ``robustloop workflow render``
 writes the configured ones into the golden YAML.
 """
+
+
+def format_number(value: float | None) -> str:
+    """A number as Argo users type it: 0.1, 120 (not 120.0); None (no limit) as 0."""
+    if value is None:
+        return "0"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def parameters_for(cfg: RobustloopConfig, *, model: str, incident_id: str) -> dict[str, str]:
+    """The workflow's parameters for ``cfg``'s remediation recipe, one model and one incident.
+
+    The one mapping from config to parameters: the rendered template's defaults and the
+    receiver's submissions both come from here.
+    """
+    rem = cfg.remediation
+    return {
+        "model": model,
+        "base-version": "production",
+        "method": rem.method,
+        "eps": format_number(rem.eps),
+        "steps": format_number(rem.steps),
+        "epochs": format_number(rem.epochs),
+        "max-seconds": format_number(rem.max_seconds),
+        "incident-id": incident_id,
+    }
+
 
 _DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
 

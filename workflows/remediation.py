@@ -32,7 +32,13 @@ from hera.workflows import models as m
 
 from robustloop.config import RobustloopConfig
 from workflows import steps
-from workflows.contract import GATE_TASK, PARAMETERS, PROMOTE_TASK, TEMPLATE_NAME
+from workflows.contract import (
+    GATE_TASK,
+    PARAMETERS,
+    PROMOTE_TASK,
+    TEMPLATE_NAME,
+    parameters_for,
+)
 
 IMAGE = steps.IMAGE
 STORE_CLAIM = "robustloop-store"
@@ -66,17 +72,7 @@ _PASSED = f"{{{{tasks.{GATE_TASK}.outputs.parameters.passed}}}} == true"
 def parameter_defaults(cfg: RobustloopConfig | None = None) -> dict[str, str]:
     """The workflow parameters' defaults for a config (all strings, as Argo passes them)."""
     cfg = RobustloopConfig() if cfg is None else cfg
-    rem = cfg.remediation
-    values = {
-        "model": cfg.model.name,
-        "base-version": "production",
-        "method": rem.method,
-        "eps": _num(rem.eps),
-        "steps": str(rem.steps),
-        "epochs": str(rem.epochs),
-        "max-seconds": _num(rem.max_seconds or 0),
-        "incident-id": PARAMETERS["incident-id"],
-    }
+    values = parameters_for(cfg, model=cfg.model.name, incident_id=PARAMETERS["incident-id"])
     assert values.keys() == PARAMETERS.keys(), "keep workflows/contract.py PARAMETERS in sync"
     return values
 
@@ -124,11 +120,6 @@ def validate_parameters(params: dict[str, str], cfg: RobustloopConfig | None = N
             problems.append(f"{key} is empty")
     if problems:
         raise ParameterError("invalid workflow parameters: " + "; ".join(problems))
-
-
-def _num(value: float) -> str:
-    """Format a number as Argo users type it: 0.1, 120 (not 120.0)."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _wf(name: str) -> str:
