@@ -116,9 +116,15 @@ class RemediationConfig(_Section):
         "overfitting guard; the best checkpoint is kept).",
     )
     lr: float = Field(
-        1e-3, gt=0, description="Peak Adam learning rate of adversarial training (cosine decay)."
+        3e-3, gt=0, description="Peak Adam learning rate of adversarial training (cosine decay)."
     )
     batch_size: int = Field(128, ge=1, description="Mini-batch size of adversarial training.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="bf16: craft the examples and run the forward pass under CPU bfloat16 "
+        "autocast (weights stay float32); auto = bf16 where the CPU supports it natively. "
+        "Evaluation and the gate always run in float32.",
+    )
 
 
 class GateConfig(_Section):
@@ -162,6 +168,11 @@ class RolloutConfig(_Section):
     )
 
 
+Squeezer = Literal["bit-depth", "median-2x2"]
+"""A squeezer of the squeeze score (serving.signals.SQUEEZERS)."""
+_DEFAULT_SQUEEZERS: list[Squeezer] = ["bit-depth"]
+
+
 class ServingConfig(_Section):
     host: str = Field("127.0.0.1", description="Model server bind address.")
     port: int = Field(8080, ge=0, le=65535, description="Model server port (0 = any free port).")
@@ -170,11 +181,17 @@ class ServingConfig(_Section):
         16 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
     )
     squeeze_fraction: float = Field(
-        0.1,
+        0.2,
         ge=0,
         le=1,
         description="Fraction of requests on which the feature-squeezing score is computed "
-        "(it costs two extra forward passes; bench/serving.py measures the overhead).",
+        "(one extra forward pass per squeezer; bench/serving.py measures the overhead).",
+    )
+    squeezers: list[Squeezer] = Field(
+        default_factory=lambda: _DEFAULT_SQUEEZERS.copy(),
+        min_length=1,
+        description="Squeezers of the squeeze score (the maximum over them). median-2x2 also "
+        "reacts to natural noise, so that drift looks like an attack (docs/alerts.md).",
     )
     feedback_ttl_seconds: float = Field(
         600.0, gt=0, description="How long a prediction waits for its ground-truth feedback."
@@ -243,7 +260,7 @@ def _all_zero(duration: str) -> bool:
 
 
 def _canary() -> SignalAlert:
-    return SignalAlert(threshold=0.6, window="15s", **{"for": "3s"})
+    return SignalAlert(threshold=0.6, window="15s", remediate=False, **{"for": "3s"})
 
 
 def _entropy() -> SignalAlert:
@@ -257,7 +274,8 @@ def _squeeze() -> SignalAlert:
 class AlertsConfig(_Section):
     canary_accuracy: SignalAlert = Field(
         default_factory=_canary,
-        description="Labelled canary accuracy (feedback counters): alert when below threshold.",
+        description="Labelled canary accuracy (feedback counters): alert when below threshold "
+        "(notification only by default: an attack and natural drift both lower it).",
     )
     entropy: SignalAlert = Field(
         default_factory=_entropy,
@@ -266,6 +284,12 @@ class AlertsConfig(_Section):
     squeeze: SignalAlert = Field(
         default_factory=_squeeze,
         description="Mean feature-squeezing score: alert when above threshold.",
+    )
+    attack_signature: bool = Field(
+        True,
+        description="Render AdversarialAttackDetected, which remediates: canary accuracy below "
+        "its threshold while the squeeze score is above its own. As fast as the canary alert, "
+        "and silent under natural drift, which lowers accuracy without raising the squeeze score.",
     )
     false_alarms_per_hour: float = Field(
         0.1, gt=0, description="Target false-alarm rate used by `robustloop calibrate`."

@@ -20,7 +20,9 @@ from training import (
     evaluate,
     make_splits,
     train_standard,
+    use_bf16,
 )
+from training.adversarial import check_noise
 from training.evaluate import wilson_interval
 
 pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
@@ -70,9 +72,13 @@ def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: 
         assert torch.equal(value, runs[1][key]), key
 
 
-def test_short_hardening_raises_pgd_accuracy(splits: Splits, standard: nn.Module) -> None:
-    """GIVEN a standard model, WHEN it gets two more epochs of FGSM-RS adversarial training,
-    THEN its PGD accuracy rises, and clearly beats two more epochs of standard training."""
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_short_hardening_raises_pgd_accuracy(
+    splits: Splits, standard: nn.Module, bf16: bool
+) -> None:
+    """GIVEN a standard model, WHEN it gets two more epochs of FGSM-RS adversarial training
+    (in float32, or under bfloat16 autocast), THEN its PGD accuracy rises, and clearly beats two
+    more epochs of standard training."""
     before = evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=5)
     more_standard = _copy(standard)
     train_standard(
@@ -93,6 +99,7 @@ def test_short_hardening_raises_pgd_accuracy(splits: Splits, standard: nn.Module
         max_seconds=None,
         check_size=64,
         progress=False,
+        bf16=bf16,
     )
     after = evaluate(result.model, splits.eval, attack="pgd", eps=0.1, steps=5)
     assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
@@ -185,6 +192,42 @@ def test_collapse_guard_keeps_the_best_checkpoint_and_stops(
         assert torch.equal(value, states[1][key]), "the epoch-2 checkpoint must be kept"
 
 
+def test_the_latest_checkpoint_within_the_checks_noise_of_the_best_is_kept(
+    splits: Splits, standard: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 100 check images two standard errors are about 0.1 at accuracy 0.6: epoch 2 (0.55)
+    is not measurably worse than epoch 1 (0.60) and has trained longer; epoch 3 (0.45) is."""
+    checks = iter([(0.8, 0.60), (0.8, 0.55), (0.8, 0.45)])
+    states: list[dict[str, torch.Tensor]] = []
+
+    def fake_check(model: nn.Module, *args: object) -> tuple[float, float]:
+        states.append(_state(model))
+        return next(checks)
+
+    monkeypatch.setattr(adversarial_module, "_check", fake_check)
+    small = TensorDataset(*(t[:100] for t in splits.train.tensors))
+    result = adversarial_train(
+        _copy(standard),
+        small,
+        method="fgsm-rs",
+        eps=0.1,
+        step_size=None,
+        steps=1,
+        epochs=3,
+        batch_size=50,
+        lr=1e-3,
+        seed=0,
+        max_seconds=None,
+        check_size=512,  # capped at the 100 training images
+        progress=False,
+    )
+    assert check_noise(0.6, 100) == pytest.approx(0.098, abs=1e-3)
+    assert len(result.history) == 3 and not result.stopped_early
+    assert result.best is result.history[1]
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, states[1][key]), "the epoch-2 checkpoint must be kept"
+
+
 def test_bad_training_arguments_are_refused(splits: Splits) -> None:
     model = build_model("cnn")
     with pytest.raises(ValueError, match="choose one of"):
@@ -248,3 +291,11 @@ def test_learning_rate_follows_the_clock_when_time_runs_short() -> None:
     deadline.start = time.monotonic() - 1000.0
     assert cosine_lr(1.0, 1, 100, deadline) == pytest.approx(0.0, abs=1e-6)
     assert cosine_lr(1.0, 50, 100, Deadline(None)) == pytest.approx(0.5)
+
+
+def test_precision_names_resolve_and_unknown_ones_are_refused() -> None:
+    assert use_bf16("bf16") is True
+    assert use_bf16("fp32") is False
+    assert use_bf16("auto") in (True, False)  # depends on the CPU: native bfloat16 or not
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        use_bf16("fp16")

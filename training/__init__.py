@@ -2,7 +2,7 @@
 and the model store. Serving and the workflow steps use these public names only.
 """
 
-from training.adversarial import adversarial_train
+from training.adversarial import PRECISIONS, adversarial_train, use_bf16
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
 from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
 from training.evaluate import EvalResult, evaluate
@@ -21,6 +21,7 @@ __all__ = [
     "ATTACKS",
     "FGSM",
     "PGD",
+    "PRECISIONS",
     "Attack",
     "DatasetError",
     "EvalResult",
@@ -39,4 +40,5 @@ __all__ = [
     "make_attack",
     "make_splits",
     "train_standard",
+    "use_bf16",
 ]

@@ -94,6 +94,7 @@ def train_epoch(
     schedule_by_clock: bool = False,
     perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric: str = "acc",
+    bf16: bool = False,
 ) -> EpochResult:
     """One epoch of mini-batch training, shared by standard and adversarial training.
 
@@ -102,14 +103,19 @@ def train_epoch(
             adversarial training); None trains on the clean images.
         schedule_by_clock: let the cosine learning rate follow ``deadline`` as well as steps.
         metric: name of the running accuracy on the progress bar.
+        bf16: run the attack and the forward pass under CPU bfloat16 autocast (weights,
+            gradients and the optimizer stay float32). The context is entered per mini-batch
+            with its weight cache off: a cache kept across optimizer steps would feed the
+            forward pass stale weights.
     """
     loss_sum, hits, seen, stopped = 0.0, 0, 0, False
     for images, labels in batches(dataset, batch_size, generator):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(lr, step, total_steps, deadline if schedule_by_clock else None)
-        inputs = perturb(images, labels) if perturb is not None else images
-        logits = model(inputs)
-        loss = nn.functional.cross_entropy(logits, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            inputs = perturb(images, labels) if perturb is not None else images
+            logits = model(inputs)
+            loss = nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

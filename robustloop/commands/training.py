@@ -257,7 +257,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
     """
     import torch
 
-    from training import adversarial_train, build_model, make_splits
+    from training import adversarial_train, build_model, make_splits, use_bf16
 
     _setup_torch(cfg)
     rc = cfg.remediation
@@ -286,6 +286,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
             max_seconds=max_seconds,
             check_size=rc.check_size,
             progress=_progress(),
+            bf16=use_bf16(rc.precision),
         )
         version = store.register(
             result.model,
@@ -303,6 +304,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
                 "seed": cfg.training.seed,
                 "warm_start": warm_start,
                 "check_size": rc.check_size,
+                "precision": "bf16" if use_bf16(rc.precision) else "fp32",
             },
             metrics={
                 "eval_clean_accuracy": _clean_accuracy(result.model, cfg),
