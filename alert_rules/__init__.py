@@ -7,8 +7,7 @@ each alert. Calibration statistics live in :mod:`alert_rules.calibration`.
 """
 
 from alert_rules._spec import (
-    CANARY_GROUP,
-    INPUTS_GROUP,
+    GROUP,
     NO_REMEDIATION_VALUE,
     REMEDIATION_LABEL,
     REMEDIATION_VALUE,
@@ -30,14 +29,18 @@ from alert_rules.render import (
     write_generated,
 )
 
-ALERT_NAMES = ("CanaryAccuracyDegraded", "PredictionEntropyShift", "AdversarialInputSuspected")
+ALERT_NAMES = (
+    "CanaryAccuracyDegraded",
+    "AdversarialAttackDetected",
+    "PredictionEntropyShift",
+    "AdversarialInputSuspected",
+)
 
 __all__ = [
     "ALERTMANAGER_FILE",
     "ALERT_NAMES",
-    "CANARY_GROUP",
     "DEFAULT_RECEIVER",
-    "INPUTS_GROUP",
+    "GROUP",
     "NO_REMEDIATION_VALUE",
     "PACKAGE_DIR",
     "REMEDIATION_LABEL",

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from robustloop.config import RobustloopConfig, SignalAlert
 
-#: Group of the labelled signal (recording rules first: a group evaluates its rules in order,
-#: at one timestamp, so an alert sees the values recorded in the same evaluation).
-CANARY_GROUP = "robustloop-canary.rules"
-#: Group of the label-free signals.
-INPUTS_GROUP = "robustloop-inputs.rules"
+#: The one rule group: recording rules first, then the alerts. A group evaluates its rules in
+#: order, at one timestamp, so every alert sees the values recorded in the same evaluation; an
+#: alert that combines the labelled and the label-free signals (AdversarialAttackDetected) needs
+#: them all in one group, since separate groups are evaluated independently.
+GROUP = "robustloop.rules"
 
 REMEDIATION_LABEL = "remediation"
 REMEDIATION_VALUE = "adversarial-training"
@@ -228,7 +228,7 @@ def build(cfg: RobustloopConfig) -> RuleSet:
         alerts.append(
             Alert(
                 name="CanaryAccuracyDegraded",
-                group=CANARY_GROUP,
+                group=GROUP,
                 conditions=(canary_cond,),
                 for_=canary.for_,
                 severity=canary.severity,
@@ -240,8 +240,31 @@ def build(cfg: RobustloopConfig) -> RuleSet:
                     f"{cw}, below {num(canary_thr)} "
                     f"({_basis(canary, None, labelled=True)}; at least "
                     f"{num(canary.min_rate)} feedback/s; judges every version). Labelled "
-                    "evidence of harm: an evasion attack or a shift of the inputs. "
-                    + _action(canary.remediate)
+                    "evidence of harm: an evasion attack or a shift of the inputs "
+                    "(AdversarialAttackDetected tells them apart). " + _action(canary.remediate)
+                ),
+            )
+        )
+    if canary.enabled and squeeze.enabled and alerts_cfg.attack_signature:
+        alerts.append(
+            Alert(
+                name="AdversarialAttackDetected",
+                group=GROUP,
+                conditions=(canary_cond, squeeze_cond),
+                for_=canary.for_,
+                severity=canary.severity,
+                remediate=True,
+                summary="Evasion attack on {model} version {version}: canary accuracy {value} "
+                "with the squeeze signature",
+                description=(
+                    "Ground truth fed back for live requests says that {model} version {version} "
+                    f"answered {{value}} of them correctly over the last {cw}, below "
+                    f"{num(canary_thr)} ({_basis(canary, None, labelled=True)}), while the mean "
+                    f"feature-squeezing score over the last {sw} is above {num(squeeze_thr)} "
+                    f"({_basis(squeeze, version, labelled=False)}; judges {judged}). Labelled "
+                    "harm with the signature of perturbations tuned to exact pixel values: an "
+                    "evasion attack, not natural drift (which lowers the accuracy without "
+                    "raising the squeeze score). " + _action(True)
                 ),
             )
         )
@@ -249,7 +272,7 @@ def build(cfg: RobustloopConfig) -> RuleSet:
         alerts.append(
             Alert(
                 name="PredictionEntropyShift",
-                group=INPUTS_GROUP,
+                group=GROUP,
                 conditions=(entropy_cond,),
                 for_=entropy.for_,
                 severity=entropy.severity,
@@ -269,7 +292,7 @@ def build(cfg: RobustloopConfig) -> RuleSet:
         alerts.append(
             Alert(
                 name="AdversarialInputSuspected",
-                group=INPUTS_GROUP,
+                group=GROUP,
                 conditions=(squeeze_cond,),
                 for_=squeeze.for_,
                 severity=squeeze.severity,
@@ -287,6 +310,6 @@ def build(cfg: RobustloopConfig) -> RuleSet:
             )
         )
     return RuleSet(
-        records={CANARY_GROUP: canary_records, INPUTS_GROUP: input_records},
+        records={GROUP: canary_records + input_records},
         alerts=tuple(alerts),
     )

@@ -4,11 +4,13 @@ The thresholds, windows and ``for:`` durations come from the config, so the test
 with the rules: for each alert, synthetic counters go from clean to bad and back, and the test
 pins the evaluation at which the alert fires (silent one evaluation before, firing at it, with
 every label and annotation), and the one at which it resolves. Further tests: no traffic at all
-(no division by zero, no alert, no recorded mean), traffic below ``min_rate`` (no alert), a
-natural-drift series that moves the entropy but not the squeeze score (PredictionEntropyShift
-only, never AdversarialInputSuspected), feedback that is all wrong (the ``correct`` series never
-appears), and, with ``calibrated_version`` set, bad traffic on another version (the label-free
-alerts stay silent).
+(no division by zero, no alert, no recorded mean), traffic below ``min_rate`` (no alert),
+natural-drift series that move the entropy or the canary accuracy but not the squeeze score
+(PredictionEntropyShift or CanaryAccuracyDegraded, never AdversarialInputSuspected nor
+AdversarialAttackDetected), an attack that moves both the canary accuracy and the squeeze score
+(AdversarialAttackDetected), feedback that is all wrong (the ``correct`` series never appears),
+and, with ``calibrated_version`` set, bad traffic on another version (the label-free alerts stay
+silent).
 
 The expected evaluation times come from :mod:`alert_rules._simulate`; promtool evaluates the
 real rules, so a rule that disagrees with the intended semantics fails.
@@ -152,19 +154,19 @@ class _Builder:
         self, alert: Alert, changed: Mapping[str, float], clean: Mapping[str, float]
     ) -> list[Phase]:
         """Clean traffic, then ``changed`` levels, then clean again (every signal at its rate)."""
-
-        def phase(seconds: int, levels: Mapping[str, float]) -> Phase:
-            inc: dict[SeriesKey, float] = {}
-            for signal, level in levels.items():
-                inc.update(_increments(signal, self.version, self.rate(signal), level))
-            return Phase(seconds, inc)
-
         hold = math.ceil(duration_seconds(alert.for_))
         return [
-            phase(self.span + 5, clean),
-            phase(self.span + hold + 10, {**clean, **changed}),
-            phase(self.span + 10, clean),
+            self.phase(self.span + 5, clean),
+            self.phase(self.span + hold + 10, {**clean, **changed}),
+            self.phase(self.span + 10, clean),
         ]
+
+    def phase(self, seconds: int, levels: Mapping[str, float]) -> Phase:
+        """``seconds`` of traffic with each signal at its level and rate."""
+        inc: dict[SeriesKey, float] = {}
+        for signal, level in levels.items():
+            inc.update(_increments(signal, self.version, self.rate(signal), level))
+        return Phase(seconds, inc)
 
     def boundary(self, name: str, alert: Alert, phases: list[Phase]) -> _Scenario:
         """Fire at the ``for:`` boundary, resolve after the bad traffic stops."""
@@ -194,8 +196,18 @@ class _Builder:
         return {"eval_time": f"{t}s", "alertname": alertname, "exp_alerts": alerts}
 
 
-def _safe_levels(builder: _Builder, alert: Alert, cond: Condition) -> tuple[float, float]:
-    """Levels whose window values never sit on the threshold nor on a %.3f rounding tie."""
+def _safe_levels(
+    builder: _Builder,
+    alert: Alert,
+    cond: Condition,
+    others_bad: Mapping[str, float] | None = None,
+    others_clean: Mapping[str, float] | None = None,
+) -> tuple[float, float]:
+    """Levels whose window values never sit on the threshold nor on a %.3f rounding tie.
+
+    ``others_bad`` and ``others_clean`` set the levels of the alert's other conditions'
+    signals in the episode (an alert of several conditions fires only when all hold).
+    """
     clean, bad = _levels(cond)
     step = 1 / _GRID
     for shift in (0, 1, -1, 2, -2, 3, -3):
@@ -203,7 +215,11 @@ def _safe_levels(builder: _Builder, alert: Alert, cond: Condition) -> tuple[floa
         lo, hi = _RANGE[cond.signal]
         if not lo <= candidate <= hi:
             continue
-        phases = builder.episode(alert, {cond.signal: candidate}, {cond.signal: clean})
+        phases = builder.episode(
+            alert,
+            {**(others_bad or {}), cond.signal: candidate},
+            {**(others_clean or {}), cond.signal: clean},
+        )
         sim = builder.simulate(phases)
         if _well_separated(sim, alert, cond, builder.version):
             return clean, candidate
@@ -234,14 +250,23 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
     canary = b.alerts.get("CanaryAccuracyDegraded")
     entropy = b.alerts.get("PredictionEntropyShift")
     squeeze = b.alerts.get("AdversarialInputSuspected")
+    attack = b.alerts.get("AdversarialAttackDetected")
 
+    squeeze_clean = {"squeeze": _levels(squeeze.conditions[0])[0]} if squeeze else {}
     if canary is not None:
         cond = canary.conditions[0]
-        clean, bad = _safe_levels(b, canary, cond)
-        phases = b.episode(canary, {cond.signal: bad}, {cond.signal: clean})
-        out.append(
-            b.boundary("CanaryAccuracyDegraded: attack, for boundary, recovery", canary, phases)
+        clean, bad = _safe_levels(b, canary, cond, squeeze_clean, squeeze_clean)
+        phases = b.episode(canary, {cond.signal: bad}, {cond.signal: clean, **squeeze_clean})
+        scenario = b.boundary(
+            "Canary accuracy falls, squeeze score unchanged (natural drift): "
+            "CanaryAccuracyDegraded at its for boundary, never AdversarialAttackDetected",
+            canary,
+            phases,
         )
+        if attack is not None:
+            for t in sorted({int(c["eval_time"][:-1]) for c in scenario.alert_checks}):
+                scenario.alert_checks.append(b.check(attack.name, t, []))
+        out.append(scenario)
         # All feedback wrong: the outcome="correct" series never exists; accuracy is 0, not absent.
         wrong_only = [
             Phase(b.span + 5, {(FEEDBACK_METRIC, b.version, "wrong"): b.rate(cond.signal)}),
@@ -297,7 +322,52 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
             )
         )
 
-    alerts = [a for a in (canary, entropy, squeeze) if a is not None]
+    if attack is not None:
+        accuracy_cond, squeeze_cond = attack.conditions
+        squeeze_bad = {"squeeze": _levels(squeeze_cond)[1]}
+        clean, bad = _safe_levels(b, attack, accuracy_cond, squeeze_bad, squeeze_clean)
+        phases = b.episode(
+            attack,
+            {accuracy_cond.signal: bad, **squeeze_bad},
+            {accuracy_cond.signal: clean, **squeeze_clean},
+        )
+        out.append(
+            b.boundary(
+                "Evasion attack (canary accuracy down, squeeze score up): "
+                "AdversarialAttackDetected at its for boundary, then recovery",
+                attack,
+                phases,
+            )
+        )
+        # Drift first, then an attack on top: the squeeze crossing alone sets the boundary,
+        # which pins the squeeze threshold of this alert.
+        before, during, after = phases
+        drift = b.phase(during.seconds, {accuracy_cond.signal: bad, **squeeze_clean})
+        out.append(
+            b.boundary(
+                "Drift (canary accuracy down), then an attack (squeeze score up): "
+                "AdversarialAttackDetected only after the squeeze crossing",
+                attack,
+                [before, drift, during, after],
+            )
+        )
+        # Too few scored images to judge the squeeze score: the canary alone cannot remediate.
+        squeeze_min = b.signal_cfg["squeeze"].min_rate
+        if squeeze_min > 0:
+            sparse = _increments("canary_accuracy", b.version, b.rate("canary_accuracy"), bad)
+            sparse.update(
+                _increments("squeeze", b.version, squeeze_min / 2, squeeze_bad["squeeze"])
+            )
+            seconds = 3 * b.span + 30
+            scenario = _Scenario(
+                "Canary accuracy down, squeeze score up but below its min_rate: no "
+                "AdversarialAttackDetected",
+                [Phase(seconds, sparse)],
+            )
+            scenario.alert_checks += [b.check(attack.name, t, []) for t in (2 * b.span, seconds)]
+            out.append(scenario)
+
+    alerts = [a for a in (canary, entropy, squeeze, attack) if a is not None]
     bad_levels: dict[str, float] = {}
     if canary is not None:
         bad_levels["canary_accuracy"] = _levels(canary.conditions[0])[1]

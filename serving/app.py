@@ -308,7 +308,8 @@ def _observe_signals(
     for value in top:
         series.max_probability.observe(value)
     if state.rng.random() < state.config.serving.squeeze_fraction:
-        for value in squeeze_score(served.model, images, probs=probs).tolist():
+        squeezers = state.config.serving.squeezers
+        for value in squeeze_score(served.model, images, squeezers=squeezers, probs=probs).tolist():
             series.squeeze.observe(value)
 
 

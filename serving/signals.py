@@ -10,9 +10,11 @@ the model again about simplified copies of the input:
   Gimpel 2017, "A Baseline for Detecting Misclassified and Out-of-Distribution Examples").
 - :func:`squeeze_score`: feature squeezing (Xu, Evans and Qi 2018, "Feature Squeezing: Detecting
   Adversarial Examples in Deep Neural Networks", NDSS): the L1 distance between the softmax of an
-  input and of squeezed copies of it (bit-depth reduction, 2x2 median filter), the maximum over
-  squeezers. A natural image keeps its prediction when squeezed; an adversarial perturbation,
-  tuned to the exact pixel values, often does not.
+  input and of squeezed copies of it (bit-depth reduction by default; the 2x2 median filter on
+  request), the maximum over squeezers. A natural image keeps its prediction when squeezed; an
+  adversarial perturbation, tuned to the exact pixel values, often does not. The median filter
+  also smooths away natural noise, so it reacts to drift as much as to attacks: it is off by
+  default (docs/alerts.md has the measurements).
 
 None of them proves anything about one request (see DESIGN.md, "Signals"): the server exports
 their distributions as Prometheus histograms and the alert rules compare windows.
@@ -21,6 +23,7 @@ their distributions as Prometheus histograms and the alert rules compare windows
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,43 +159,61 @@ def median_filter_2x2(images: Tensor) -> Tensor:
     )
 
 
+SQUEEZERS: tuple[str, ...] = ("bit-depth", "median-2x2")
+"""Squeezer names, as ``serving.squeezers`` in robustloop.yaml lists them."""
+
+DEFAULT_SQUEEZERS: tuple[str, ...] = ("bit-depth",)
+"""The squeezers of the exported score: bit-depth reduction alone (see the module docstring)."""
+
+
 def squeeze_score(
     model: nn.Module,
     images: Tensor,
     *,
+    squeezers: Sequence[str] = DEFAULT_SQUEEZERS,
     bits: int = DEFAULT_SQUEEZE_BITS,
     probs: Tensor | None = None,
 ) -> Tensor:
     """Feature-squeezing score of each image: max over squeezers of ``||p(x) - p(squeeze(x))||_1``.
 
     Xu, Evans and Qi 2018 (NDSS), "Feature Squeezing: Detecting Adversarial Examples in Deep
-    Neural Networks": the squeezers are bit-depth reduction and a 2x2 median filter. Both
+    Neural Networks", with bit-depth reduction and the 2x2 median filter as squeezers. All
     squeezed copies go through the model in one batch.
 
     Args:
         model: the classifier, returning logits; used in inference mode and not modified.
         images: shape [N, 1, 28, 28] (any [N, C, H, W]), values in [0, 1].
+        squeezers: names from :data:`SQUEEZERS`, at least one.
         bits: bit depth of the bit-depth squeezer.
         probs: the softmax of ``images`` if already computed (saves one forward pass).
 
     Returns:
         Tensor of shape [N] with values in [0, 2].
+
+    Raises:
+        ValueError: no squeezer, or an unknown one.
     """
+    unknown = [name for name in squeezers if name not in SQUEEZERS]
+    if not squeezers or unknown:
+        raise ValueError(f"squeezers must be one or more of {SQUEEZERS}, got {list(squeezers)}")
+    make = {"bit-depth": lambda x: reduce_bit_depth(x, bits), "median-2x2": median_filter_2x2}
     with torch.inference_mode():
-        squeezed = torch.cat([reduce_bit_depth(images, bits), median_filter_2x2(images)])
+        squeezed = torch.cat([make[name](images) for name in squeezers])
         if probs is None:
             probs = torch.softmax(model(images), dim=1)
         squeezed_probs = torch.softmax(model(squeezed), dim=1)
         n = images.shape[0]
-        distances = (squeezed_probs.reshape(2, n, -1) - probs.unsqueeze(0)).abs().sum(dim=2)
-        return distances.max(dim=0).values
+        distances = squeezed_probs.reshape(len(squeezers), n, -1) - probs.unsqueeze(0)
+        return distances.abs().sum(dim=2).max(dim=0).values
 
 
 __all__ = [
+    "DEFAULT_SQUEEZERS",
     "DEFAULT_SQUEEZE_BITS",
     "ENTROPY_BUCKETS",
     "LATENCY_BUCKETS",
     "MAX_PROBABILITY_BUCKETS",
+    "SQUEEZERS",
     "SQUEEZE_BUCKETS",
     "max_probability",
     "median_filter_2x2",

@@ -84,7 +84,7 @@ def test_render_check_reports_a_hand_edited_file(tmp_path: Path) -> None:
 def test_promtool_accepts_the_committed_rules() -> None:
     done = _run(PROMTOOL, "check", "rules", PACKAGE_DIR / "robustloop.rules.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 11 rules found" in done.stdout  # 7 records, 4 alerts
 
 
 def test_promtool_unit_tests_of_the_committed_rules_pass() -> None:
@@ -130,6 +130,7 @@ def test_generated_tests_cover_boundary_recovery_and_no_traffic() -> None:
     assert "No traffic at all" in names
     assert "below min_rate" in names
     assert "never AdversarialInputSuspected" in names
+    assert "never AdversarialAttackDetected" in names  # canary down under drift: no remediation
     assert "another version than v0002-0badc0de" in names
     for test in tests:
         checks = test.get("alert_rule_test", [])
@@ -158,15 +159,19 @@ def test_the_unit_tests_fail_when_a_rule_changes(tmp_path: Path) -> None:
     write_generated(cfg, tmp_path)
     rules = tmp_path / "robustloop.rules.yaml"
     original = rules.read_text()
-    for old, new in (
-        ("mean30s > 0.25", "mean30s > 0.26"),  # threshold of AdversarialInputSuspected
-        ("for: 3s", "for: 4s"),  # for: of CanaryAccuracyDegraded
-        ("rate30s >= 0.5", "rate30s >= 0"),  # traffic guard
+    for old, new, nth in (
+        ("mean30s > 0.25", "mean30s > 0.26", 0),  # squeeze threshold of AdversarialAttackDetected
+        ("mean30s > 0.25", "mean30s > 0.26", 1),  # threshold of AdversarialInputSuspected
+        ("for: 3s", "for: 4s", 0),  # for: of CanaryAccuracyDegraded
+        ("for: 3s", "for: 4s", 1),  # for: of AdversarialAttackDetected
+        ("rate30s >= 0.5", "rate30s >= 0", 0),  # traffic guard
     ):
-        assert old in original
-        rules.write_text(original.replace(old, new, 1))
+        parts = original.split(old)
+        assert len(parts) > nth + 1, (old, nth)
+        changed = old.join(parts[: nth + 1]) + new + old.join(parts[nth + 1 :])
+        rules.write_text(changed)
         done = _promtool_test(tmp_path)
-        assert done.returncode != 0, f"promtool tests still pass after {old!r} -> {new!r}"
+        assert done.returncode != 0, f"promtool tests still pass after {old!r} -> {new!r} ({nth})"
 
 
 def test_no_room_for_a_test_series_is_a_clear_error(tmp_path: Path) -> None:
@@ -186,7 +191,9 @@ def test_no_room_for_a_test_series_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_groups_records_and_alerts_follow_the_naming_conventions() -> None:
     groups = prometheus_rule_groups(RobustloopConfig())
-    assert [g["name"] for g in groups] == ["robustloop-canary.rules", "robustloop-inputs.rules"]
+    assert [g["name"] for g in groups] == ["robustloop.rules"]
+    kinds = ["record" if "record" in r else "alert" for r in groups[0]["rules"]]
+    assert kinds == sorted(kinds, reverse=True)  # every record before every alert
     records = [r["record"] for g in groups for r in g["rules"] if "record" in r]
     assert records and all(re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z]+[0-9a-z]*", r) for r in records)
     assert "model_version:robustloop_prediction_entropy:mean30s" in records
@@ -213,14 +220,30 @@ def test_every_alert_has_labels_annotations_and_a_runbook_section() -> None:
 def test_remediation_labels_follow_the_config() -> None:
     cfg = RobustloopConfig()
     alerts = _alerts(cfg)
-    assert alerts["CanaryAccuracyDegraded"]["labels"]["remediation"] == "adversarial-training"
+    assert alerts["AdversarialAttackDetected"]["labels"]["remediation"] == "adversarial-training"
     assert alerts["AdversarialInputSuspected"]["labels"]["remediation"] == "adversarial-training"
+    assert alerts["CanaryAccuracyDegraded"]["labels"]["remediation"] == "none"
     assert alerts["PredictionEntropyShift"]["labels"]["remediation"] == "none"
     cfg.alerts.entropy.remediate = True
+    cfg.alerts.canary_accuracy.remediate = True
     cfg.alerts.squeeze.severity = "warning"
     alerts = _alerts(cfg)
     assert alerts["PredictionEntropyShift"]["labels"]["remediation"] == "adversarial-training"
+    assert alerts["CanaryAccuracyDegraded"]["labels"]["remediation"] == "adversarial-training"
     assert alerts["AdversarialInputSuspected"]["labels"]["severity"] == "warning"
+    cfg.alerts.attack_signature = False
+    assert "AdversarialAttackDetected" not in _alerts(cfg)
+
+
+def test_the_attack_alert_needs_both_the_canary_and_the_squeeze_condition() -> None:
+    alerts = _alerts(_configs()["calibrated"])
+    attack = alerts["AdversarialAttackDetected"]["expr"]
+    canary = alerts["CanaryAccuracyDegraded"]["expr"]
+    squeeze = alerts["AdversarialInputSuspected"]["expr"]
+    assert attack == canary + "\nand on (model, version)\n" + squeeze
+    assert _alerts(_configs()["calibrated"])["AdversarialAttackDetected"]["for"] == (
+        _configs()["calibrated"].alerts.canary_accuracy.for_
+    )
 
 
 def test_calibrated_rules_judge_the_calibrated_version_only() -> None:
@@ -229,6 +252,7 @@ def test_calibrated_rules_judge_the_calibrated_version_only() -> None:
         assert '{version="v0002-0badc0de"}' in alerts[name]["expr"]
         assert "calibrated on version v0002-0badc0de" in alerts[name]["annotations"]["description"]
     assert "version=" not in alerts["CanaryAccuracyDegraded"]["expr"]  # labels judge any version
+    assert '{version="v0002-0badc0de"}' in alerts["AdversarialAttackDetected"]["expr"]
     # relative thresholds: baseline + shift (label-free), baseline * factor (canary)
     assert "mean1m{" in alerts["PredictionEntropyShift"]["expr"]
     assert "> 0.2134" in alerts["PredictionEntropyShift"]["expr"]
@@ -289,9 +313,10 @@ def test_amtool_accepts_the_committed_config() -> None:
             "robustloop-remediation",
         ),
         (
-            ["alertname=CanaryAccuracyDegraded", "remediation=adversarial-training"],
+            ["alertname=AdversarialAttackDetected", "remediation=adversarial-training"],
             "robustloop-remediation",
         ),
+        (["alertname=CanaryAccuracyDegraded", "remediation=none"], "robustloop-null"),
         (["alertname=PredictionEntropyShift", "remediation=none"], "robustloop-null"),
         (["alertname=Watchdog", "severity=none"], "robustloop-null"),
     ],

@@ -103,6 +103,8 @@ CROSSING_FRACTION = {
     "CanaryAccuracyDegraded": 0.4,
     "PredictionEntropyShift": 0.3125,
     "AdversarialInputSuspected": 0.2,
+    # both the canary and the squeeze conditions: the later of the two crossings
+    "AdversarialAttackDetected": 0.4,
 }
 
 

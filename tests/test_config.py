@@ -32,6 +32,8 @@ def test_every_field_has_a_description() -> None:
         ("remediation:\n  eps: -1\n", "remediation.eps"),
         ("remediaton:\n  eps: 0.1\n", "remediaton"),
         ("model:\n  name: Bad_Name\n", "model.name"),
+        ("serving:\n  squeezers: [jpeg]\n", "serving.squeezers"),
+        ("serving:\n  squeezers: []\n", "serving.squeezers"),
     ],
 )
 def test_bad_config_gives_a_clear_error(tmp_path: Path, text: str, fragment: str) -> None:

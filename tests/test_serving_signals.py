@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from serving.signals import (
+    DEFAULT_SQUEEZERS,
     ENTROPY_BUCKETS,
     MAX_PROBABILITY_BUCKETS,
     SQUEEZE_BUCKETS,
+    SQUEEZERS,
     max_probability,
     median_filter_2x2,
     normalised_entropy,
@@ -87,7 +89,7 @@ def test_squeeze_score_is_zero_for_an_image_both_squeezers_leave_alone() -> None
     assert scores.abs().max().item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_squeeze_score_is_the_larger_l1_distance_of_the_two_squeezers() -> None:
+def test_squeeze_score_is_the_larger_l1_distance_of_the_chosen_squeezers() -> None:
     torch.manual_seed(0)
     model = build_model("cnn").eval()
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(2))
@@ -95,9 +97,22 @@ def test_squeeze_score_is_the_larger_l1_distance_of_the_two_squeezers() -> None:
         p = torch.softmax(model(x), 1)
         d_bits = (torch.softmax(model(reduce_bit_depth(x, 2)), 1) - p).abs().sum(1)
         d_median = (torch.softmax(model(median_filter_2x2(x)), 1) - p).abs().sum(1)
-    scores = squeeze_score(model, x, bits=2)
-    assert torch.allclose(scores, torch.maximum(d_bits, d_median), atol=1e-6)
-    assert bool(((scores >= 0) & (scores <= 2)).all())
+    assert not torch.allclose(d_bits, d_median, atol=1e-3)  # the cases below differ
+    both = squeeze_score(model, x, squeezers=SQUEEZERS, bits=2)
+    assert torch.allclose(both, torch.maximum(d_bits, d_median), atol=1e-6)
+    assert bool(((both >= 0) & (both <= 2)).all())
+    median = squeeze_score(model, x, squeezers=["median-2x2"])
+    assert torch.allclose(median, d_median, atol=1e-6)
+    # The default, what the server exports unless serving.squeezers says otherwise.
+    assert DEFAULT_SQUEEZERS == ("bit-depth",)
+    assert torch.allclose(squeeze_score(model, x, bits=2), d_bits, atol=1e-6)
+
+
+@pytest.mark.parametrize("squeezers", [[], ["bit-depth", "jpeg"]])
+def test_squeeze_score_refuses_no_or_unknown_squeezers(squeezers: list[str]) -> None:
+    model = build_model("cnn").eval()
+    with pytest.raises(ValueError, match="squeezers must be one or more of"):
+        squeeze_score(model, torch.rand(2, 1, 28, 28), squeezers=squeezers)
 
 
 def test_squeeze_score_leaves_the_model_unchanged() -> None:

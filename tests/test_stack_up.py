@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import alert_rules
 from robustloop.config import RobustloopConfig
 from robustloop.stack import LocalStack
 
@@ -26,7 +27,7 @@ pytestmark = [
     ),
 ]
 
-ALERTS = {"CanaryAccuracyDegraded", "PredictionEntropyShift", "AdversarialInputSuspected"}
+ALERTS = set(alert_rules.ALERT_NAMES)
 
 
 def _config(root: Path) -> RobustloopConfig:

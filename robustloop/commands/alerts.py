@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -135,13 +136,16 @@ class CleanSignals:
     accuracy: float
 
 
-def measure_clean_signals(model: Any, images: Any, labels: Any, batch: int = 500) -> CleanSignals:
+def measure_clean_signals(
+    model: Any, images: Any, labels: Any, squeezers: Sequence[str], batch: int = 500
+) -> CleanSignals:
     """Entropy and squeeze score of every image, as the server computes them (serving.signals).
 
     Args:
         model: the classifier (eval mode), returning logits.
         images: float tensor [N, 1, 28, 28] in [0, 1].
         labels: int tensor [N].
+        squeezers: the server's ``serving.squeezers``.
         batch: images per forward pass.
     """
     import torch
@@ -156,7 +160,7 @@ def measure_clean_signals(model: Any, images: Any, labels: Any, batch: int = 500
             x = images[start : start + batch]
             probs = torch.softmax(model(x), dim=1)
             entropy += normalised_entropy(probs).tolist()
-            squeeze += squeeze_score(model, x, probs=probs).tolist()
+            squeeze += squeeze_score(model, x, squeezers=squeezers, probs=probs).tolist()
             correct += int((probs.argmax(dim=1) == labels[start : start + batch]).sum())
     return CleanSignals(entropy, squeeze, correct / max(1, images.shape[0]))
 
@@ -308,7 +312,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     images, labels = splits.eval.tensors
     if args.n is not None:
         images, labels = images[: args.n], labels[: args.n]
-    signals = measure_clean_signals(model, images, labels)
+    signals = measure_clean_signals(model, images, labels, cfg.serving.squeezers)
     try:
         alerts, record = calibrate_alerts(cfg, signals, version)
     except CalibrationError as exc:

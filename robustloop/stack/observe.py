@@ -19,15 +19,12 @@ from typing import Any
 
 import requests
 
+import alert_rules
 from workflows.contract import RunSummary, summarise_workflow
 
 log = logging.getLogger(__name__)
 
-ROBUSTLOOP_ALERTS = (
-    "CanaryAccuracyDegraded",
-    "PredictionEntropyShift",
-    "AdversarialInputSuspected",
-)
+ROBUSTLOOP_ALERTS = alert_rules.ALERT_NAMES
 
 
 class TrafficTail:
