@@ -440,10 +440,13 @@ class StackConfig(_Section):
         0.7,
         ge=0,
         le=1,
-        description="Demo: attacked accuracy that counts as recovered (over recovery_window).",
+        description="Demo: attacked accuracy that counts as recovered (over the recovery window).",
     )
     recovery_window_seconds: float = Field(
-        15.0, gt=0, description="Demo: seconds of hardened-model traffic judged for recovery."
+        30.0,
+        gt=0,
+        description="Demo: the first seconds of attacked traffic the hardened model answers; "
+        "their accuracy is accuracy_after, judged against recovered_accuracy.",
     )
     drift_seconds: float = Field(
         120.0, gt=0, description="Demo (--scenario drift): seconds of natural-noise traffic."

@@ -36,8 +36,8 @@ def _synthetic(path: Path | None = None) -> rp.Timeline:
     tl.add_event(rp.PROMOTION, 47.0, version="v2")
     tl.add_event(rp.HARDENED_SERVING, 50.0, version="v2")
     for t in range(50, 70):
-        # the first seconds after the switch are lower; the last 10 s are what counts
-        acc = 0.5 if t < 60 else 0.75
+        # the first recovery window (9 s from the first answer) is what counts, not later ones
+        acc = 0.75 if t < 60 else 0.5
         tl.add_sample(rp.Sample(t=t, phase="attack", version="v2", accuracy=acc, n=10))
     tl.add_event(rp.RECOVERED, 69.0, version="v2")
     return tl

@@ -163,7 +163,7 @@ class Timeline:
         return timeline
 
 
-def _weighted_accuracy(samples: Iterable[Sample]) -> float | None:
+def weighted_accuracy(samples: Iterable[Sample]) -> float | None:
     """Accuracy over samples, weighted by their image counts (unweighted where counts are 0)."""
     total = 0.0
     weight = 0.0
@@ -192,8 +192,9 @@ def summarise(
     - ``accuracy_before``: the clean phase.
     - ``accuracy_under_attack``: the attack phase while the undefended model still serves
       (from attack start to the hardened model serving, or to the end).
-    - ``accuracy_after``: the last ``recovery_window_s`` seconds of attacked traffic answered by
-      the hardened model (the attacker is adaptive: it attacks that model), None if it never served.
+    - ``accuracy_after``: the first ``recovery_window_s`` seconds of attacked traffic answered by
+      the hardened model (the attacker is adaptive: it attacks that model), None if it never
+      served. A fixed window from its first answer, the one the demo judges recovery on.
     - ``time_to_detect_s``: attack start to the first alert reaching the receiver.
     - ``time_to_recover_s``: attack start to the hardened model serving.
     """
@@ -210,9 +211,7 @@ def summarise(
         for s in attacked
         if serving is not None and s.t >= serving.t and (hardened is None or s.version == hardened)
     ]
-    after = (
-        [s for s in after_all if s.t >= after_all[-1].t - recovery_window_s] if after_all else []
-    )
+    after = [s for s in after_all if s.t <= after_all[0].t + recovery_window_s] if after_all else []
     alerts = sorted({name for s in timeline.samples for name in s.alerts})
     firing = timeline.first(ALERT_FIRING)
     if firing is not None:
@@ -226,9 +225,9 @@ def summarise(
     return {
         "scenario": scenario,
         "eps": eps,
-        "accuracy_before": _weighted_accuracy(before),
-        "accuracy_under_attack": _weighted_accuracy(under),
-        "accuracy_after": _weighted_accuracy(after),
+        "accuracy_before": weighted_accuracy(before),
+        "accuracy_under_attack": weighted_accuracy(under),
+        "accuracy_after": weighted_accuracy(after),
         "time_to_detect_s": since_start(received),
         "time_to_recover_s": since_start(serving),
         "recovered": timeline.first(RECOVERED) is not None,
@@ -296,7 +295,7 @@ def _rolling_accuracy(samples: Sequence[Sample], seconds: float) -> tuple[list[f
             for w in samples[: i + 1]
             if w.t > s.t - seconds and w.phase == s.phase and w.accuracy is not None
         ]
-        value = _weighted_accuracy(window)
+        value = weighted_accuracy(window)
         if value is not None:
             xs.append(s.t)
             ys.append(value)
@@ -392,5 +391,6 @@ __all__ = [
     "render_markdown",
     "render_plot",
     "summarise",
+    "weighted_accuracy",
     "write_report",
 ]

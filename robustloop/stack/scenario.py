@@ -4,9 +4,10 @@
 FGSM attack at ``eps`` — the client attacks whatever version serves, so after a rollout it
 attacks the hardened model. The driver watches the loop close: alert firing in Prometheus, the
 alert reaching the receiver, the remediation workflow starting, the gate's decision, the
-promotion, the hardened model answering the attacked traffic; it stops once the attacked
-accuracy over ``recovery_window`` seconds of hardened-model traffic reaches
-``recovered_accuracy``, when the remediation ended without a promotion, or at the timeout.
+promotion, the hardened model answering the attacked traffic; it stops once the hardened model
+has answered ``recovery_window`` seconds of attacked traffic (recovered if their accuracy
+reaches ``recovered_accuracy``: one fixed window from its first answer, never the best of
+several), when the remediation ended without a promotion, or at the timeout.
 
 ``drift``: clean traffic, then natural Gaussian noise for ``drift_seconds``; the report says
 whether a remediation was (wrongly) started.
@@ -313,22 +314,23 @@ class ScenarioRunner:
         known = [t for t in times if t is not None]
         return known[-1] if known else None
 
-    def _recovered(self) -> bool:
-        """Attacked accuracy of hardened-model traffic over the recovery window is high enough."""
-        start = self.timeline.first(rp.HARDENED_SERVING)
-        if start is None:
-            return False
-        window = [
+    def _recovery_window(self) -> list[rp.Sample] | None:
+        """The first ``recovery_window`` seconds of attacked traffic the hardened model answered,
+        once they are complete (None before).
+
+        A fixed window, from the hardened model's first answer: the demo judges it once and
+        stops, so the figure is not the best of many windows.
+        """
+        if self.timeline.first(rp.HARDENED_SERVING) is None:
+            return None
+        answered = [
             s
             for s in self.timeline.samples
-            if s.t >= start.t and s.version == self.hardened and s.accuracy is not None
+            if s.version == self.hardened and s.accuracy is not None and s.phase == "attack"
         ]
-        if not window or window[-1].t - window[0].t < self.options.recovery_window:
-            return False
-        recent = [s for s in window if s.t >= window[-1].t - self.options.recovery_window]
-        total = sum(s.n for s in recent)
-        correct = sum((s.accuracy or 0.0) * s.n for s in recent)
-        return total > 0 and correct / total >= self.options.recovered_accuracy
+        if not answered or answered[-1].t - answered[0].t < self.options.recovery_window:
+            return None
+        return [s for s in answered if s.t <= answered[0].t + self.options.recovery_window]
 
     # -- the scenario --------------------------------------------------------------------------
 
@@ -405,9 +407,21 @@ class ScenarioRunner:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
 
     def _attack_over(self) -> bool:
-        if self._recovered():
-            self.timeline.add_event(rp.RECOVERED, self._now(), version=self.hardened)
-            self.echo(f"recovered: {self.hardened} serves and holds the attack off")
+        window = self._recovery_window()
+        if window is not None:
+            accuracy = rp.weighted_accuracy(window)
+            wanted = self.options.recovered_accuracy
+            if accuracy is not None and accuracy >= wanted:
+                self.timeline.add_event(rp.RECOVERED, self._now(), version=self.hardened)
+                self.echo(
+                    f"recovered: {self.hardened} answered {accuracy:.3f} of the attacked traffic "
+                    f"in its first {self.options.recovery_window:g} s (>= {wanted:g})"
+                )
+            else:
+                self.echo(
+                    f"not recovered: {self.hardened} answered {accuracy} of the attacked "
+                    f"traffic in its first {self.options.recovery_window:g} s (< {wanted:g})"
+                )
             return True
         wf = self._workflow or {}
         if self.hardened is None and wf.get("phase") in FINISHED_PHASES:
