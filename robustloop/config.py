@@ -199,6 +199,13 @@ class ServingConfig(_Section):
     feedback_max_entries: int = Field(
         100_000, ge=1, description="Bound of the map of predictions awaiting feedback."
     )
+    threads: int = Field(
+        1,
+        ge=0,
+        description="torch CPU threads of the model server; 0 = torch's default (one per core). "
+        "A request is a small batch that one thread serves as fast; more threads per request "
+        "compete with concurrent requests and with training on the same machine.",
+    )
     reload_interval_seconds: float = Field(
         1.0, gt=0, description="How often the server checks the production pointer."
     )

@@ -15,12 +15,14 @@ import os
 from flask import Flask
 
 from robustloop.config import load_config
-from serving.app import create_app
+from serving.app import create_app, set_threads
 
 
 def make_app() -> Flask:
     """The model server app for the config named by ``$ROBUSTLOOP_CONFIG``."""
-    return create_app(load_config(os.environ.get("ROBUSTLOOP_CONFIG")))
+    config = load_config(os.environ.get("ROBUSTLOOP_CONFIG"))
+    set_threads(config)
+    return create_app(config)
 
 
 __all__ = ["make_app"]

@@ -107,6 +107,7 @@ def test_traffic_command_logs_one_json_line_a_second_and_feeds_back_labels(
         (["--feedback-fraction", "2"], "feedback fraction must be in [0, 1]"),
         (["--eps", "0"], "eps must be in (0, 1]"),
         (["--rate", "0"], "rate and duration must be > 0"),
+        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_traffic_command_rejects_bad_options_clearly(

@@ -59,6 +59,9 @@ def register(sub: Any) -> None:
     )
     t.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
     t.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    t.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads for crafting (default 1)"
+    )
     t.add_argument("--seed", type=int, default=0, help="seed of image order and noise")
     t.add_argument("--log", type=Path, default=None, help="append JSON lines here (default stdout)")
     t.set_defaults(handler=_traffic)
@@ -67,8 +70,10 @@ def register(sub: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from robustloop.cli import CommandError
     from serving import RunningServer, create_app, get_state
+    from serving.app import set_threads
 
     cfg = args.cfg
+    set_threads(cfg)
     host = args.host if args.host is not None else cfg.serving.host
     port = args.port if args.port is not None else cfg.serving.port
     if not args.verbose:
@@ -132,8 +137,13 @@ def _traffic(args: argparse.Namespace) -> int:
         )
     except TrafficError as exc:
         raise CommandError(str(exc)) from None
+    import torch
+
     from training import DatasetError
 
+    if args.threads < 1:
+        raise CommandError(f"--threads must be at least 1 (got {args.threads})")
+    torch.set_num_threads(args.threads)
     out = open_log(args.log)
     started = time.monotonic()
     try:
