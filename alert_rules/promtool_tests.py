@@ -245,6 +245,14 @@ def _well_separated(sim: Simulation, alert: Alert, cond: Condition, version: str
     return True
 
 
+def _also_silent(b: _Builder, scenario: _Scenario, alert: Alert | None) -> None:
+    """Check that ``alert`` (if rendered) is silent at every time the scenario checks."""
+    if alert is None:
+        return
+    for t in sorted({int(c["eval_time"][:-1]) for c in scenario.alert_checks}):
+        scenario.alert_checks.append(b.check(alert.name, t, []))
+
+
 def _scenarios(b: _Builder) -> list[_Scenario]:
     out: list[_Scenario] = []
     canary = b.alerts.get("CanaryAccuracyDegraded")
@@ -263,9 +271,7 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
             canary,
             phases,
         )
-        if attack is not None:
-            for t in sorted({int(c["eval_time"][:-1]) for c in scenario.alert_checks}):
-                scenario.alert_checks.append(b.check(attack.name, t, []))
+        _also_silent(b, scenario, attack)
         out.append(scenario)
         # All feedback wrong: the outcome="correct" series never exists; accuracy is 0, not absent.
         wrong_only = [
@@ -299,13 +305,12 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
         phases = b.episode(entropy, {"entropy": entropy_levels[1]}, clean_levels)
         scenario = b.boundary(
             "Natural drift (entropy up, squeeze score unchanged): PredictionEntropyShift at its "
-            "for boundary, never AdversarialInputSuspected",
+            "for boundary, never AdversarialInputSuspected nor AdversarialAttackDetected",
             entropy,
             phases,
         )
-        if squeeze is not None:
-            for t in sorted({int(c["eval_time"][:-1]) for c in scenario.alert_checks}):
-                scenario.alert_checks.append(b.check(squeeze.name, t, []))
+        _also_silent(b, scenario, squeeze)
+        _also_silent(b, scenario, attack)
         out.append(scenario)
 
     if squeeze is not None and squeeze_levels is not None:

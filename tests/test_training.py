@@ -15,6 +15,7 @@ from tests.conftest import DATASET_ROOT
 from training import (
     ARCHITECTURES,
     Splits,
+    TrainResult,
     adversarial_train,
     build_model,
     evaluate,
@@ -156,16 +157,21 @@ def test_max_seconds_stops_cleanly_with_a_checked_model(
     assert "check_pgd_accuracy" in result.best
 
 
-def test_collapse_guard_keeps_the_best_checkpoint_and_stops(
-    splits: Splits, standard: nn.Module, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Catastrophic overfitting: PGD accuracy on the check set collapses after epoch 2."""
-    checks = iter([(0.8, 0.30), (0.8, 0.45), (0.9, 0.05), (0.9, 0.5)])
+def _train_with_fake_checks(
+    splits: Splits,
+    standard: nn.Module,
+    monkeypatch: pytest.MonkeyPatch,
+    checks: list[tuple[float, float]],
+    check_size: int,
+) -> tuple[TrainResult, list[dict[str, torch.Tensor]]]:
+    """FGSM-RS on 100 images for ``len(checks)`` epochs, the guard's check answering ``checks``
+    (clean, PGD accuracy) in turn; returns the result and the weights at each check."""
+    answers = iter(checks)
     states: list[dict[str, torch.Tensor]] = []
 
     def fake_check(model: nn.Module, *args: object) -> tuple[float, float]:
         states.append(_state(model))
-        return next(checks)
+        return next(answers)
 
     monkeypatch.setattr(adversarial_module, "_check", fake_check)
     small = TensorDataset(*(t[:100] for t in splits.train.tensors))
@@ -176,14 +182,23 @@ def test_collapse_guard_keeps_the_best_checkpoint_and_stops(
         eps=0.1,
         step_size=None,
         steps=1,
-        epochs=4,
+        epochs=len(checks),
         batch_size=50,
         lr=1e-3,
         seed=0,
         max_seconds=None,
-        check_size=32,
+        check_size=check_size,
         progress=False,
     )
+    return result, states
+
+
+def test_collapse_guard_keeps_the_best_checkpoint_and_stops(
+    splits: Splits, standard: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catastrophic overfitting: PGD accuracy on the check set collapses after epoch 2."""
+    checks = [(0.8, 0.30), (0.8, 0.45), (0.9, 0.05), (0.9, 0.5)]
+    result, states = _train_with_fake_checks(splits, standard, monkeypatch, checks, 32)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.history[-1]["catastrophic_overfitting"] is True
     assert result.stopped_early
@@ -197,30 +212,9 @@ def test_the_latest_checkpoint_within_the_checks_noise_of_the_best_is_kept(
 ) -> None:
     """On 100 check images two standard errors are about 0.1 at accuracy 0.6: epoch 2 (0.55)
     is not measurably worse than epoch 1 (0.60) and has trained longer; epoch 3 (0.45) is."""
-    checks = iter([(0.8, 0.60), (0.8, 0.55), (0.8, 0.45)])
-    states: list[dict[str, torch.Tensor]] = []
-
-    def fake_check(model: nn.Module, *args: object) -> tuple[float, float]:
-        states.append(_state(model))
-        return next(checks)
-
-    monkeypatch.setattr(adversarial_module, "_check", fake_check)
-    small = TensorDataset(*(t[:100] for t in splits.train.tensors))
-    result = adversarial_train(
-        _copy(standard),
-        small,
-        method="fgsm-rs",
-        eps=0.1,
-        step_size=None,
-        steps=1,
-        epochs=3,
-        batch_size=50,
-        lr=1e-3,
-        seed=0,
-        max_seconds=None,
-        check_size=512,  # capped at the 100 training images
-        progress=False,
-    )
+    checks = [(0.8, 0.60), (0.8, 0.55), (0.8, 0.45)]
+    # check_size 512 is capped at the 100 training images
+    result, states = _train_with_fake_checks(splits, standard, monkeypatch, checks, 512)
     assert check_noise(0.6, 100) == pytest.approx(0.098, abs=1e-3)
     assert len(result.history) == 3 and not result.stopped_early
     assert result.best is result.history[1]
