@@ -418,8 +418,9 @@ class ScenarioRunner:
                     f"in its first {self.options.recovery_window:g} s (>= {wanted:g})"
                 )
             else:
+                shown = "none" if accuracy is None else f"{accuracy:.3f}"
                 self.echo(
-                    f"not recovered: {self.hardened} answered {accuracy} of the attacked "
+                    f"not recovered: {self.hardened} answered {shown} of the attacked "
                     f"traffic in its first {self.options.recovery_window:g} s (< {wanted:g})"
                 )
             return True
