@@ -58,6 +58,11 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
 
 
+def steps_per_epoch(dataset: TensorDataset, batch_size: int) -> int:
+    """Mini-batches in one pass over ``dataset`` (the last one may be smaller)."""
+    return -(-len(dataset) // batch_size)
+
+
 def validate(dataset: TensorDataset, epochs: int, batch_size: int, lr: float) -> None:
     """Reject arguments that would silently train nothing."""
     if len(dataset) == 0:
@@ -90,7 +95,8 @@ def train_epoch(
     step: int,
     total_steps: int,
     deadline: Deadline,
-    bar: tqdm,
+    desc: str,
+    progress: bool,
     schedule_by_clock: bool = False,
     perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric: str = "acc",
@@ -99,6 +105,7 @@ def train_epoch(
     """One epoch of mini-batch training, shared by standard and adversarial training.
 
     Args:
+        desc: label of the epoch's progress bar (on stderr when ``progress``).
         perturb: replaces each mini-batch's images before the update (an attack, for
             adversarial training); None trains on the clean images.
         schedule_by_clock: let the cosine learning rate follow ``deadline`` as well as steps.
@@ -109,23 +116,25 @@ def train_epoch(
             forward pass stale weights.
     """
     loss_sum, hits, seen, stopped = 0.0, 0, 0, False
-    for images, labels in batches(dataset, batch_size, generator):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(lr, step, total_steps, deadline if schedule_by_clock else None)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-            inputs = perturb(images, labels) if perturb is not None else images
-            logits = model(inputs)
-            loss = nn.functional.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_sum += float(loss.detach()) * len(labels)
-        hits += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
-        bar.update(1)
-        bar.set_postfix({"loss": f"{loss_sum / seen:.3f}", metric: f"{hits / seen:.3f}"})
-        if deadline.expired:
-            stopped = True
-            break
+    with progress_bar(steps_per_epoch(dataset, batch_size), desc, progress) as bar:
+        for images, labels in batches(dataset, batch_size, generator):
+            clock = deadline if schedule_by_clock else None
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, step, total_steps, clock)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+                inputs = perturb(images, labels) if perturb is not None else images
+                logits = model(inputs)
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(labels)
+            hits += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            bar.update(1)
+            bar.set_postfix({"loss": f"{loss_sum / seen:.3f}", metric: f"{hits / seen:.3f}"})
+            if deadline.expired:
+                stopped = True
+                break
     return EpochResult(step, seen, loss_sum / max(seen, 1), hits / max(seen, 1), stopped)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from training._loop import Deadline, progress_bar, train_epoch, validate
+from training._loop import Deadline, steps_per_epoch, train_epoch, validate
 from training.attacks import FGSM, PGD, Attack
 from training.evaluate import evaluate
 from training.train import TrainResult
@@ -162,8 +162,7 @@ def adversarial_train(
     check_idx = check_idx[: min(check_size, len(labels))]
     check_set = TensorDataset(images[check_idx], labels[check_idx])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    per_epoch = -(-len(dataset) // batch_size)
-    total_steps = epochs * per_epoch
+    total_steps = epochs * steps_per_epoch(dataset, batch_size)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -176,23 +175,23 @@ def adversarial_train(
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, epochs + 1):
             model.train()
-            with progress_bar(per_epoch, f"{method} epoch {epoch}/{epochs}", progress) as bar:
-                result = train_epoch(
-                    model,
-                    optimizer,
-                    dataset,
-                    generator,
-                    batch_size=batch_size,
-                    lr=lr,
-                    step=step,
-                    total_steps=total_steps,
-                    deadline=deadline,
-                    bar=bar,
-                    schedule_by_clock=True,
-                    perturb=attack,
-                    metric="adv_acc",
-                    bf16=bf16,
-                )
+            result = train_epoch(
+                model,
+                optimizer,
+                dataset,
+                generator,
+                batch_size=batch_size,
+                lr=lr,
+                step=step,
+                total_steps=total_steps,
+                deadline=deadline,
+                desc=f"{method} epoch {epoch}/{epochs}",
+                progress=progress,
+                schedule_by_clock=True,
+                perturb=attack,
+                metric="adv_acc",
+                bf16=bf16,
+            )
             step, stopped = result.step, result.stopped
             clean, robust = _check(model, check_set, eps, seed)
             entry = {

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from training._loop import Deadline, progress_bar, train_epoch, validate
+from training._loop import Deadline, steps_per_epoch, train_epoch, validate
 
 
 @dataclass
@@ -56,26 +56,25 @@ def train_standard(
     deadline = Deadline(max_seconds)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    per_epoch = -(-len(dataset) // batch_size)
-    total_steps = epochs * per_epoch
+    total_steps = epochs * steps_per_epoch(dataset, batch_size)
     history: list[dict[str, Any]] = []
     stopped = False
     step = 0
     model.train()
     for epoch in range(1, epochs + 1):
-        with progress_bar(per_epoch, f"train epoch {epoch}/{epochs}", progress) as bar:
-            result = train_epoch(
-                model,
-                optimizer,
-                dataset,
-                generator,
-                batch_size=batch_size,
-                lr=lr,
-                step=step,
-                total_steps=total_steps,
-                deadline=deadline,
-                bar=bar,
-            )
+        result = train_epoch(
+            model,
+            optimizer,
+            dataset,
+            generator,
+            batch_size=batch_size,
+            lr=lr,
+            step=step,
+            total_steps=total_steps,
+            deadline=deadline,
+            desc=f"train epoch {epoch}/{epochs}",
+            progress=progress,
+        )
         step, stopped, seen = result.step, result.stopped, result.samples
         history.append(
             {

@@ -263,6 +263,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
     rc = cfg.remediation
     method, eps, step_size, steps = rc.method, rc.eps, rc.step_size, rc.steps
     epochs, max_seconds, warm_start = rc.epochs, rc.max_seconds, rc.warm_start
+    bf16 = use_bf16(rc.precision)
     try:
         store = _store(cfg)
         base_model, base_manifest = store.load(base)
@@ -286,7 +287,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
             max_seconds=max_seconds,
             check_size=rc.check_size,
             progress=_progress(),
-            bf16=use_bf16(rc.precision),
+            bf16=bf16,
         )
         version = store.register(
             result.model,
@@ -304,7 +305,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
                 "seed": cfg.training.seed,
                 "warm_start": warm_start,
                 "check_size": rc.check_size,
-                "precision": "bf16" if use_bf16(rc.precision) else "fp32",
+                "precision": "bf16" if bf16 else "fp32",
             },
             metrics={
                 "eval_clean_accuracy": _clean_accuracy(result.model, cfg),
