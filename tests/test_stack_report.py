@@ -67,6 +67,15 @@ def test_summary_figures_come_from_the_right_stretches() -> None:
     assert summary["alerts"] == ["CanaryAccuracyDegraded"]
 
 
+def test_the_recovery_window_is_the_first_one_and_complete_only_once_it_has_elapsed() -> None:
+    tl = _synthetic()  # the hardened model v2 answers from t=50 to t=69
+    window, complete = rp.recovery_window(tl, "v2", 9.0)
+    assert [s.t for s in window] == list(range(50, 60)) and complete
+    window, complete = rp.recovery_window(tl, "v2", 25.0)
+    assert [s.t for s in window] == list(range(50, 70)) and not complete
+    assert rp.recovery_window(tl, "v3", 9.0) == ([], False)
+
+
 def test_no_hardened_model_means_no_after_figure_and_no_recovery() -> None:
     tl = rp.Timeline()
     tl.add_sample(rp.Sample(t=0, phase="clean", accuracy=0.9, n=5))

@@ -176,6 +176,33 @@ def weighted_accuracy(samples: Iterable[Sample]) -> float | None:
     return None if weight == 0 else round(total / weight, 4)
 
 
+def recovery_window(
+    timeline: Timeline, hardened: str | None, seconds: float
+) -> tuple[list[Sample], bool]:
+    """The first ``seconds`` of attacked traffic that the hardened model answered, and whether
+    that window is complete yet.
+
+    One fixed window from the hardened model's first answer (after ``hardened_serving``; any
+    version when ``hardened`` is None): the demo judges recovery on it once, and
+    ``accuracy_after`` is its accuracy, so the figure is never the best of several windows.
+    """
+    serving = timeline.first(HARDENED_SERVING)
+    if serving is None:
+        return [], False
+    answered = [
+        s
+        for s in timeline.samples
+        if s.phase in ("attack", "drift")
+        and s.t >= serving.t
+        and (hardened is None or s.version == hardened)
+        and s.accuracy is not None
+    ]
+    if not answered:
+        return [], False
+    end = answered[0].t + seconds
+    return [s for s in answered if s.t <= end], answered[-1].t >= end
+
+
 def summarise(
     timeline: Timeline,
     *,
@@ -192,9 +219,8 @@ def summarise(
     - ``accuracy_before``: the clean phase.
     - ``accuracy_under_attack``: the attack phase while the undefended model still serves
       (from attack start to the hardened model serving, or to the end).
-    - ``accuracy_after``: the first ``recovery_window_s`` seconds of attacked traffic answered by
-      the hardened model (the attacker is adaptive: it attacks that model), None if it never
-      served. A fixed window from its first answer, the one the demo judges recovery on.
+    - ``accuracy_after``: the accuracy of :func:`recovery_window` (the attacker is adaptive: it
+      attacks the hardened model), None if that model never served.
     - ``time_to_detect_s``: attack start to the first alert reaching the receiver.
     - ``time_to_recover_s``: attack start to the hardened model serving.
     """
@@ -206,12 +232,7 @@ def summarise(
     before = [s for s in timeline.samples if s.phase == "clean"]
     attacked = [s for s in timeline.samples if s.phase in ("attack", "drift")]
     under = [s for s in attacked if serving is None or s.t < serving.t]
-    after_all = [
-        s
-        for s in attacked
-        if serving is not None and s.t >= serving.t and (hardened is None or s.version == hardened)
-    ]
-    after = [s for s in after_all if s.t <= after_all[0].t + recovery_window_s] if after_all else []
+    after, _complete = recovery_window(timeline, hardened, recovery_window_s)
     alerts = sorted({name for s in timeline.samples for name in s.alerts})
     firing = timeline.first(ALERT_FIRING)
     if firing is not None:
@@ -388,6 +409,7 @@ __all__ = [
     "Event",
     "Sample",
     "Timeline",
+    "recovery_window",
     "render_markdown",
     "render_plot",
     "summarise",

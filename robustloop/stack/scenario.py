@@ -314,24 +314,6 @@ class ScenarioRunner:
         known = [t for t in times if t is not None]
         return known[-1] if known else None
 
-    def _recovery_window(self) -> list[rp.Sample] | None:
-        """The first ``recovery_window`` seconds of attacked traffic the hardened model answered,
-        once they are complete (None before).
-
-        A fixed window, from the hardened model's first answer: the demo judges it once and
-        stops, so the figure is not the best of many windows.
-        """
-        if self.timeline.first(rp.HARDENED_SERVING) is None:
-            return None
-        answered = [
-            s
-            for s in self.timeline.samples
-            if s.version == self.hardened and s.accuracy is not None and s.phase == "attack"
-        ]
-        if not answered or answered[-1].t - answered[0].t < self.options.recovery_window:
-            return None
-        return [s for s in answered if s.t <= answered[0].t + self.options.recovery_window]
-
     # -- the scenario --------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -407,21 +389,22 @@ class ScenarioRunner:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
 
     def _attack_over(self) -> bool:
-        window = self._recovery_window()
-        if window is not None:
+        seconds = self.options.recovery_window
+        window, complete = rp.recovery_window(self.timeline, self.hardened, seconds)
+        if complete:
             accuracy = rp.weighted_accuracy(window)
             wanted = self.options.recovered_accuracy
             if accuracy is not None and accuracy >= wanted:
                 self.timeline.add_event(rp.RECOVERED, self._now(), version=self.hardened)
                 self.echo(
                     f"recovered: {self.hardened} answered {accuracy:.3f} of the attacked traffic "
-                    f"in its first {self.options.recovery_window:g} s (>= {wanted:g})"
+                    f"in its first {seconds:g} s (>= {wanted:g})"
                 )
             else:
                 shown = "none" if accuracy is None else f"{accuracy:.3f}"
                 self.echo(
                     f"not recovered: {self.hardened} answered {shown} of the attacked "
-                    f"traffic in its first {self.options.recovery_window:g} s (< {wanted:g})"
+                    f"traffic in its first {seconds:g} s (< {wanted:g})"
                 )
             return True
         wf = self._workflow or {}
