@@ -160,9 +160,5 @@ def write_generated(
     if tests:
         contents[out / TESTS_FILE] = render_promtool_tests(cfg, rules_path=f"../{RULES_FILE}")
     for path, text in contents.items():
-        _atomic_write(path, text)
+        atomic_write_text(path, text, 0o644)
     return list(contents)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write_text(path, text, 0o644)

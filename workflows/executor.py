@@ -98,11 +98,6 @@ def generate_name(prefix: str = TEMPLATE_NAME) -> str:
     return f"{prefix}-" + "".join(secrets.choice(alphabet) for _ in range(5))
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that a reader sees the old or the new file, never half of one."""
-    atomic_write_json(path, obj)
-
-
 def parse_params(pairs: list[str], known: Mapping[str, str]) -> dict[str, str]:
     """Parse ``k=v`` strings against the template's parameters.
 
@@ -171,7 +166,7 @@ class LocalExecutor:
         return run_dir
 
     def _save(self) -> None:
-        write_json_atomic(self.run_dir / RECORD, self.workflow)
+        atomic_write_json(self.run_dir / RECORD, self.workflow)
 
     def _node_id(self, path: str) -> str:
         if path == self.name:
@@ -585,5 +580,4 @@ __all__ = [
     "generate_name",
     "parse_params",
     "run_local",
-    "write_json_atomic",
 ]

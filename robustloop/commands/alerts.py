@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from robustloop._atomic import atomic_write_text
 from robustloop.config import (
     DEFAULT_CONFIG_PATH,
     AlertsConfig,
@@ -283,12 +284,6 @@ def rewrite_alerts_section(text: str | None, cfg: RobustloopConfig) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_config(path: Path, text: str) -> None:
-    from robustloop._atomic import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def _calibrate(args: argparse.Namespace) -> int:
     from alert_rules import GenerationError, render_promtool_tests, write_generated
     from alert_rules.calibration import CalibrationError
@@ -343,7 +338,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     except (training.StoreError, OSError) as exc:
         raise CommandError(f"cannot record the calibration in the store: {exc}") from None
     try:
-        _write_config(path, new_text)
+        atomic_write_text(path, new_text)
     except OSError as exc:
         raise CommandError(
             f"cannot write {path}: {exc.strerror}; the thresholds are recorded as annotation "

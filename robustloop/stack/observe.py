@@ -19,12 +19,9 @@ from typing import Any
 
 import requests
 
-import alert_rules
 from workflows.contract import RunSummary, summarise_workflow
 
 log = logging.getLogger(__name__)
-
-ROBUSTLOOP_ALERTS = alert_rules.ALERT_NAMES
 
 
 class TrafficTail:
@@ -255,7 +252,6 @@ def started_at(workflow: dict[str, Any]) -> float | None:
 
 
 __all__ = [
-    "ROBUSTLOOP_ALERTS",
     "Remediation",
     "StackObserver",
     "TrafficSecond",
