@@ -249,7 +249,8 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     yet) it lives but is not ready; once a production model is registered (the bootstrap Job's
     work) it turns ready without a restart, and serves /metrics for the ServiceMonitor.
     """
-    from training import ModelStore, build_model
+    from tests.support import register_model
+    from training import ModelStore
 
     container = _pod_container(chart_objects, "server")
     binary = Path(sys.executable).parent / container["command"][0]
@@ -275,16 +276,8 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     with _pod_process([str(binary), *args], env, tmp_path, live):
         assert requests.get(live, timeout=5).status_code == 200
         assert requests.get(ready, timeout=5).status_code == 503
-        store = ModelStore(config["store"]["path"])
-        version = store.register(
-            build_model("cnn"),
-            architecture="cnn",
-            parent=None,
-            recipe={},
-            metrics={},
-            split={},
-            provenance={"test": "chart bootstrap stand-in"},
-        )
+        # stands in for the chart's bootstrap Job, which trains the first model
+        version = register_model(ModelStore(config["store"]["path"]))
         deadline = time.monotonic() + 60
         while requests.get(ready, timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "the server did not turn ready within 60 s"
