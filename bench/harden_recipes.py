@@ -30,6 +30,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "bf16 lr 3e-3 train eps 0.125": {"eps": 0.125},
     "bf16 lr 2e-3 batch 256": {"lr": 2e-3, "batch_size": 256},
     "bf16 lr 1e-3 PGD-2": {"lr": 1e-3, "method": "pgd", "steps": 2},
+    "bf16 lr 3e-3 5 epochs": {"epochs": 5},
+    "bf16 lr 3e-3 PGD-2 5 epochs": {"method": "pgd", "steps": 2, "epochs": 5},
+    "bf16 lr 3e-3 PGD-3 5 epochs": {"method": "pgd", "steps": 3, "epochs": 5},
+    "bf16 lr 2e-3 PGD-2 5 epochs": {"lr": 2e-3, "method": "pgd", "steps": 2, "epochs": 5},
 }
 DEFAULTS: dict[str, Any] = {
     "method": "fgsm-rs",
@@ -38,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "lr": 3e-3,
     "batch_size": 128,
     "bf16": True,
+    "epochs": None,  # the config's remediation.epochs
 }
 
 
@@ -73,7 +78,7 @@ def main() -> int:
             eps=recipe["eps"],
             step_size=None,
             steps=recipe["steps"],
-            epochs=cfg.remediation.epochs,
+            epochs=recipe["epochs"] or cfg.remediation.epochs,
             batch_size=recipe["batch_size"],
             lr=recipe["lr"],
             seed=cfg.training.seed,

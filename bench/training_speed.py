@@ -2,7 +2,9 @@
 
 1. Throughput (samples/s) of our PGD-AT step against the same loop built on torchattacks' PGD:
    same model, batch, steps, step size, eps and seed; ratio ours / torchattacks (goal >= 1.0).
-2. Our FGSM-RS against our PGD-7 in that loop (expect >= 4x).
+2. Our FGSM-RS against our PGD-7 in that loop (expect >= 4x), and FGSM-RS with the models'
+   channels-last weights (``training.models.MEMORY_FORMAT``) against the same model laid out
+   contiguously (NCHW): what the layout buys.
 3. Wall time of ``robustloop harden --method fgsm-rs --max-seconds S`` from a standard model,
    and the PGD-20 accuracy (eps 0.1) it reaches on the held-out eval split (goal: >= 0.70
    within 60 s on 2 cores). CPU seconds are printed too: on a shared machine wall time depends
@@ -104,6 +106,15 @@ def _ours(method: str, eps: float, steps: int) -> Callable[[nn.Module], AttackFn
     return factory
 
 
+def _contiguous(factory: Callable[[nn.Module], AttackFn]) -> Callable[[nn.Module], AttackFn]:
+    """``factory`` on the model converted to the contiguous (NCHW) layout first."""
+
+    def convert(model: nn.Module) -> AttackFn:
+        return factory(model.to(memory_format=torch.contiguous_format))
+
+    return convert
+
+
 def harden_run(config: Path | None, base: str, seconds: float, n: int) -> dict[str, object]:
     """Time the CLI's fgsm-rs hardening, then measure PGD-20 accuracy of what it registered."""
     cli = [sys.executable, "-m", "robustloop"] + (["--config", str(config)] if config else [])
@@ -193,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("# torchattacks is not installed (pip install --no-deps torchattacks): skipped")
         contenders["ours FGSM-RS"] = _ours("fgsm-rs", args.eps, args.steps)
+        contenders["ours FGSM-RS, NCHW"] = _contiguous(_ours("fgsm-rs", args.eps, args.steps))
         speeds = compare(
             contenders,
             images,
@@ -214,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio FGSM-RS/PGD-{args.steps}: {speedup:.2f} "
             f"({'MET' if speedup >= 4.0 else 'MISSED'} expectation >= 4)"
         )
+        layout = fast / speeds["ours FGSM-RS, NCHW"]
+        print(f"ratio FGSM-RS channels-last/NCHW weights: {layout:.2f}")
 
     if args.harden_from == "production" and ModelStore(cfg.store.path).production() is None:
         print("# no production model in the store (robustloop train): part 3 skipped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -57,6 +58,19 @@ def test_every_architecture_maps_images_to_ten_logits() -> None:
         assert build_model(name)(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     with pytest.raises(ValueError, match=r"choose one of \['cnn', 'wide-cnn'\]"):
         build_model("resnet")
+
+
+def test_models_are_built_channels_last_and_compute_the_same_function() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn")
+    conv = model[3]  # the second convolution (the first has one input channel)
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # the layout really changed
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    images = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), plain(images), rtol=1e-4, atol=1e-5)
 
 
 def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: nn.Module) -> None:

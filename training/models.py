@@ -10,9 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 NUM_CLASSES = 10
+
+MEMORY_FORMAT = torch.channels_last
+"""Layout of the weights (and so of every activation) of a built model.
+
+On CPU, PyTorch's max pooling of a contiguous (NCHW) activation is the slowest operation of the
+network by far (about 10 ms per 128-image batch after the first convolution, 15 times its
+channels-last cost). With channels-last weights the convolutions emit channels-last activations:
+FGSM-RS adversarial training runs 1.4 times the samples per second in float32
+(``bench/training_speed.py``) and 1.7 times under bfloat16 autocast (``bench/harden_recipes.py``:
+3 epochs in 46 s where 2.3 used to fill the minute); PGD evaluation and serving gain alike.
+A 1-channel input batch is already channels-last, so callers change nothing.
+"""
 
 
 def _cnn(width: int) -> nn.Module:
@@ -59,6 +72,9 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
 def build_model(architecture: str) -> nn.Module:
     """A freshly initialised model of the named architecture (seed torch first for determinism).
 
+    Its weights are laid out channels-last (:data:`MEMORY_FORMAT`); the function it computes is
+    the same, and the store serialises contiguous copies.
+
     Raises:
         ValueError: unknown architecture; the message lists the choices.
     """
@@ -68,4 +84,4 @@ def build_model(architecture: str) -> nn.Module:
         raise ValueError(
             f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}"
         ) from None
-    return factory()
+    return factory().to(memory_format=MEMORY_FORMAT)
