@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import pytest
@@ -122,6 +123,40 @@ def test_short_hardening_raises_pgd_accuracy(
     assert len(result.history) == 2 and not result.stopped_early
     assert result.best in result.history
     assert not result.model.training
+
+
+def test_every_epoch_is_logged_for_runs_without_a_terminal(
+    splits: Splits, standard: nn.Module, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = TensorDataset(*(t[:100] for t in splits.train.tensors))
+    with caplog.at_level(logging.INFO, logger="training"):
+        train_standard(
+            build_model("cnn"), small, epochs=2, batch_size=50, lr=1e-3, seed=0, progress=False
+        )
+        adversarial_train(
+            _copy(standard),
+            small,
+            method="fgsm-rs",
+            eps=0.1,
+            step_size=None,
+            steps=1,
+            epochs=2,
+            batch_size=50,
+            lr=1e-3,
+            seed=0,
+            max_seconds=None,
+            check_size=32,
+            progress=False,
+        )
+    lines = [record.getMessage() for record in caplog.records if record.name == "training"]
+    assert [line.split(":")[0] for line in lines] == [
+        "train epoch 1/2",
+        "train epoch 2/2",
+        "fgsm-rs epoch 1/2",
+        "fgsm-rs epoch 2/2",
+    ]
+    assert "samples 100" in lines[0] and "loss " in lines[0]
+    assert "check_pgd_accuracy " in lines[-1]
 
 
 def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module) -> None:

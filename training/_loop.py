@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,6 +58,20 @@ def cosine_lr(base: float, step: int, total: int, deadline: Deadline | None = No
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     """A tqdm bar on stderr (stdout carries the command's result)."""
     return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
+
+
+log = logging.getLogger("training")
+
+
+def log_epoch(desc: str, entry: dict[str, Any]) -> None:
+    """One INFO line per finished epoch: the progress bar shows only on a terminal, and a long
+    run in a workflow step or under nohup should still say how it goes."""
+    fields = ", ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in entry.items()
+        if key != "epoch"
+    )
+    log.info("%s: %s", desc, fields)
 
 
 def steps_per_epoch(dataset: TensorDataset, batch_size: int) -> int:

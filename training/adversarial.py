@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from training._loop import Deadline, steps_per_epoch, train_epoch, validate
+from training._loop import Deadline, log_epoch, steps_per_epoch, train_epoch, validate
 from training.attacks import FGSM, PGD, Attack
 from training.evaluate import evaluate
 from training.train import TrainResult
@@ -175,6 +175,7 @@ def adversarial_train(
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, epochs + 1):
             model.train()
+            desc = f"{method} epoch {epoch}/{epochs}"
             result = train_epoch(
                 model,
                 optimizer,
@@ -185,7 +186,7 @@ def adversarial_train(
                 step=step,
                 total_steps=total_steps,
                 deadline=deadline,
-                desc=f"{method} epoch {epoch}/{epochs}",
+                desc=desc,
                 progress=progress,
                 schedule_by_clock=True,
                 perturb=attack,
@@ -204,6 +205,7 @@ def adversarial_train(
                 "seconds": deadline.elapsed,
             }
             history.append(entry)
+            log_epoch(desc, entry)
             top = max(robust, top)
             # Later checkpoints have seen more data and a lower learning rate: keep the latest
             # unless it is worse than the best so far by more than the check's own noise.

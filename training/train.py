@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from training._loop import Deadline, steps_per_epoch, train_epoch, validate
+from training._loop import Deadline, log_epoch, steps_per_epoch, train_epoch, validate
 
 
 @dataclass
@@ -62,6 +62,7 @@ def train_standard(
     step = 0
     model.train()
     for epoch in range(1, epochs + 1):
+        desc = f"train epoch {epoch}/{epochs}"
         result = train_epoch(
             model,
             optimizer,
@@ -72,19 +73,19 @@ def train_standard(
             step=step,
             total_steps=total_steps,
             deadline=deadline,
-            desc=f"train epoch {epoch}/{epochs}",
+            desc=desc,
             progress=progress,
         )
         step, stopped, seen = result.step, result.stopped, result.samples
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": result.loss,
-                "train_accuracy": result.accuracy,
-                "samples": seen,
-                "seconds": deadline.elapsed,
-            }
-        )
+        entry = {
+            "epoch": epoch,
+            "loss": result.loss,
+            "train_accuracy": result.accuracy,
+            "samples": seen,
+            "seconds": deadline.elapsed,
+        }
+        history.append(entry)
+        log_epoch(desc, entry)
         if stopped:
             break
     model.eval()
