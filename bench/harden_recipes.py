@@ -31,6 +31,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "bf16 lr 2e-3 batch 256": {"lr": 2e-3, "batch_size": 256},
     "bf16 lr 1e-3 PGD-2": {"lr": 1e-3, "method": "pgd", "steps": 2},
     "bf16 lr 3e-3 5 epochs": {"epochs": 5},
+    "bf16 lr 3e-3 step eps": {"step_size": 0.1},
+    "bf16 lr 3e-3 step eps 5 epochs": {"step_size": 0.1, "epochs": 5},
     "bf16 lr 3e-3 PGD-2 5 epochs": {"method": "pgd", "steps": 2, "epochs": 5},
     "bf16 lr 3e-3 PGD-3 5 epochs": {"method": "pgd", "steps": 3, "epochs": 5},
     "bf16 lr 2e-3 PGD-2 5 epochs": {"lr": 2e-3, "method": "pgd", "steps": 2, "epochs": 5},
@@ -38,6 +40,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = {
     "method": "fgsm-rs",
     "eps": 0.1,
+    "step_size": None,  # the method's default (FGSM-RS: 1.25 eps)
     "steps": 7,
     "lr": 3e-3,
     "batch_size": 128,
@@ -76,7 +79,7 @@ def main() -> int:
             splits.train,
             method=recipe["method"],
             eps=recipe["eps"],
-            step_size=None,
+            step_size=recipe["step_size"],
             steps=recipe["steps"],
             epochs=recipe["epochs"] or cfg.remediation.epochs,
             batch_size=recipe["batch_size"],

@@ -90,64 +90,41 @@ def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_short_hardening_raises_pgd_accuracy(
-    splits: Splits, standard: nn.Module, bf16: bool
+    splits: Splits, standard: nn.Module, bf16: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """GIVEN a standard model, WHEN it gets two more epochs of FGSM-RS adversarial training
     (in float32, or under bfloat16 autocast), THEN its PGD accuracy rises, and clearly beats two
-    more epochs of standard training."""
+    more epochs of standard training; each epoch of both logs one line (the progress bar shows
+    only on a terminal)."""
     before = evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=5)
     more_standard = _copy(standard)
-    train_standard(
-        more_standard, splits.train, epochs=2, batch_size=50, lr=2e-3, seed=1, progress=False
-    )
-    control = evaluate(more_standard, splits.eval, attack="pgd", eps=0.1, steps=5)
-    result = adversarial_train(
-        _copy(standard),
-        splits.train,
-        method="fgsm-rs",
-        eps=0.1,
-        step_size=None,
-        steps=1,
-        epochs=2,
-        batch_size=50,
-        lr=2e-3,
-        seed=0,
-        max_seconds=None,
-        check_size=64,
-        progress=False,
-        bf16=bf16,
-    )
-    after = evaluate(result.model, splits.eval, attack="pgd", eps=0.1, steps=5)
-    assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
-    assert after.accuracy > control.accuracy + 0.1, (control.accuracy, after.accuracy)
-    assert len(result.history) == 2 and not result.stopped_early
-    assert result.best in result.history
-    assert not result.model.training
-
-
-def test_every_epoch_is_logged_for_runs_without_a_terminal(
-    splits: Splits, standard: nn.Module, caplog: pytest.LogCaptureFixture
-) -> None:
-    small = TensorDataset(*(t[:100] for t in splits.train.tensors))
     with caplog.at_level(logging.INFO, logger="training"):
         train_standard(
-            build_model("cnn"), small, epochs=2, batch_size=50, lr=1e-3, seed=0, progress=False
+            more_standard, splits.train, epochs=2, batch_size=50, lr=2e-3, seed=1, progress=False
         )
-        adversarial_train(
+        result = adversarial_train(
             _copy(standard),
-            small,
+            splits.train,
             method="fgsm-rs",
             eps=0.1,
             step_size=None,
             steps=1,
             epochs=2,
             batch_size=50,
-            lr=1e-3,
+            lr=2e-3,
             seed=0,
             max_seconds=None,
-            check_size=32,
+            check_size=64,
             progress=False,
+            bf16=bf16,
         )
+    control = evaluate(more_standard, splits.eval, attack="pgd", eps=0.1, steps=5)
+    after = evaluate(result.model, splits.eval, attack="pgd", eps=0.1, steps=5)
+    assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
+    assert after.accuracy > control.accuracy + 0.1, (control.accuracy, after.accuracy)
+    assert len(result.history) == 2 and not result.stopped_early
+    assert result.best in result.history
+    assert not result.model.training
     lines = [record.getMessage() for record in caplog.records if record.name == "training"]
     assert [line.split(":")[0] for line in lines] == [
         "train epoch 1/2",
@@ -155,7 +132,7 @@ def test_every_epoch_is_logged_for_runs_without_a_terminal(
         "fgsm-rs epoch 1/2",
         "fgsm-rs epoch 2/2",
     ]
-    assert "samples 100" in lines[0] and "loss " in lines[0]
+    assert f"samples {len(splits.train)}" in lines[0] and "loss " in lines[0]
     assert "check_pgd_accuracy " in lines[-1]
 
 
