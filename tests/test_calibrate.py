@@ -30,6 +30,8 @@ from robustloop.commands.alerts import (
 from robustloop.config import RobustloopConfig, dump_config, load_config
 from tests.conftest import DATASET_ROOT
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
@@ -319,3 +321,41 @@ def test_calibrate_bad_input_is_a_clear_error_and_changes_nothing(
     assert message in capsys.readouterr().err
     assert config.read_text() == original.read_text()
     assert not rules.exists()
+
+
+def test_in_a_cluster_the_promote_step_publishes_the_recalibrated_rules(
+    calibration_setup: tuple[Path, str],
+    tmp_path: Path,
+    schemas: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GIVEN the chart's environment for the workflow's pods and a PrometheusRule holding the
+    committed (build-time) rules, WHEN the promote step recalibrates for a new version, THEN the
+    PrometheusRule holds exactly the rules rendered from the recalibrated thresholds."""
+    from alert_rules import prometheus_rule_groups
+    from alert_rules.cluster import API_ENV, NAMESPACE_ENV, RULE_ENV
+    from tests.kube_standin import KubeStandIn
+    from tests.support import load_crd_validators
+    from workflows.steps import CONFIG_ENV, recalibrate
+
+    original, version = calibration_setup
+    config = tmp_path / "robustloop.yaml"
+    shutil.copy(original, config)
+    committed = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    validator = load_crd_validators(schemas)[("monitoring.coreos.com/v1", "PrometheusRule")]
+    with KubeStandIn(validator) as kube:
+        kube.add_rule("robustloop", "rl-robustloop", committed["groups"])
+        for name, value in {
+            CONFIG_ENV: str(config),
+            RULE_ENV: "rl-robustloop",
+            NAMESPACE_ENV: "robustloop",
+            API_ENV: kube.url,
+        }.items():
+            monkeypatch.setenv(name, value)
+        recalibrate(version)
+    published = kube.objects[("robustloop", "rl-robustloop")]["spec"]["groups"]
+    cfg = load_config(config)
+    assert cfg.alerts.calibrated_version == version
+    assert published == prometheus_rule_groups(cfg)
+    assert published != committed["groups"]  # the thresholds really changed
+    assert len(kube.requests) == 1

@@ -31,6 +31,7 @@ import yaml
 
 from alert_rules import REMEDIATION_LABEL, REMEDIATION_VALUE
 from robustloop.config import RobustloopConfig
+from tests.support import load_crd_validators, strict_schema
 from workflows.contract import PARAMETERS, TEMPLATE_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -124,51 +125,10 @@ def _steps(workflow_template: Obj) -> list[Obj]:
 # schemas
 
 
-class _CrdLoader(yaml.SafeLoader):
-    """PyYAML reads a bare ``=`` (an enum value in the CRDs) as YAML 1.1's value tag: a string."""
-
-
-def _construct_value(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    assert isinstance(node, yaml.ScalarNode)
-    return str(loader.construct_scalar(node))
-
-
-_CrdLoader.add_constructor("tag:yaml.org,2002:value", _construct_value)
-
-
-def _strict(schema: Any) -> Any:
-    """A copy of a schema where every object with declared properties rejects other keys.
-
-    The API server prunes unknown fields of a custom resource silently; a typo in the chart would
-    then vanish without an error. Here it is one.
-    """
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: _strict(value) for key, value in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
 @pytest.fixture(scope="session")
 def crd_validators(schemas: Path) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> validator of each Prometheus Operator CRD's served versions."""
-    validators = {}
-    for path in sorted((schemas / "prometheus-operator").glob("*.yaml")):
-        crd = yaml.load(path.read_text(encoding="utf-8"), Loader=_CrdLoader)
-        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-        for version in crd["spec"]["versions"]:
-            schema = _strict(version["schema"]["openAPIV3Schema"])
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-            validators[(f"{group}/{version['name']}", kind)] = cls(schema)
-    assert validators, f"no CRDs found in {schemas / 'prometheus-operator'}"
-    return validators
+    return load_crd_validators(schemas)
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +138,7 @@ def argo_validator(schemas: Path) -> jsonschema.protocols.Validator:
     schema = {
         "$schema": raw["$schema"],
         "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.WorkflowTemplate",
-        "definitions": _strict(raw["definitions"]),
+        "definitions": strict_schema(raw["definitions"]),
     }
     return jsonschema.Draft202012Validator(schema)
 
@@ -423,6 +383,12 @@ def test_rbac_is_minimal_and_has_no_wildcards(
             "resources": ["workflowtaskresults"],
             "verbs": ["create", "patch"],
         },
+        {  # the release's own PrometheusRule, nothing else
+            "apiGroups": ["monitoring.coreos.com"],
+            "resources": ["prometheusrules"],
+            "resourceNames": [_one(objects, "PrometheusRule")["metadata"]["name"]],
+            "verbs": ["patch"],
+        },
     ]
     for binding in (o for o in objects if o["kind"] == "RoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
@@ -431,6 +397,31 @@ def test_rbac_is_minimal_and_has_no_wildcards(
         ]
     server = _one(objects, "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
     assert server["automountServiceAccountToken"] is False, "the server needs no API access"
+
+
+def test_workflow_steps_know_the_prometheus_rule_they_may_patch(
+    helm: str, rendered: dict[str, list[Obj]]
+) -> None:
+    """The promote and guard steps publish recalibrated rules to the release's PrometheusRule
+    (alert_rules.cluster): its name and namespace reach every step; without the rule, neither
+    the variables nor the permission exist."""
+    from alert_rules.cluster import NAMESPACE_ENV, RULE_ENV
+
+    objects = rendered["default"]
+    rule = _one(objects, "PrometheusRule")["metadata"]
+    for step in _steps(_one(objects, "WorkflowTemplate")):
+        assert _env(step, RULE_ENV)["value"] == rule["name"]
+        assert _env(step, NAMESPACE_ENV)["value"] == rule["namespace"] == NAMESPACE
+
+    without = _template(helm, "--set", "prometheusRule.enabled=false")
+    assert not [o for o in without if o["kind"] == "PrometheusRule"]
+    for step in _steps(_one(without, "WorkflowTemplate")):
+        names = {variable["name"] for variable in step.get("env", [])}
+        assert not names & {RULE_ENV, NAMESPACE_ENV}
+    assert all(
+        "prometheusrules" not in rule.get("resources", [])
+        for rule in _rules(without, f"{FULLNAME}-workflow")
+    )
 
 
 def _pod_specs(objects: list[Obj]) -> Iterator[tuple[str, Obj]]:

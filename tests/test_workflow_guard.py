@@ -15,7 +15,7 @@ import pytest
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from robustloop.config import RobustloopConfig
+from robustloop.config import RobustloopConfig, dump_config
 from tests.conftest import free_port
 from workflows.guard import (
     CAP_REACHED,
@@ -25,6 +25,7 @@ from workflows.guard import (
     UNWATCHED,
     WAIT,
     CanaryCounts,
+    GuardDecision,
     canary_queries,
     consecutive_rollbacks,
     fetch_counts,
@@ -218,3 +219,32 @@ def test_guard_rolls_back_a_worse_version_then_stops_at_the_cap(
     finally:
         stop.set()
         thread.join()
+
+
+@pytest.mark.parametrize(("action", "recalibrated"), [(ROLLBACK, ["v1"]), (KEEP, [])])
+def test_the_guard_step_recalibrates_after_a_rollback_only(
+    small_config: RobustloopConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+    recalibrated: list[str],
+) -> None:
+    """After a rollback the restored version's thresholds must judge the traffic again (in a
+    cluster: published to the PrometheusRule, as after a promotion); a kept version keeps the
+    thresholds its promotion calibrated."""
+    import workflows.guard
+    import workflows.steps as steps
+
+    config = tmp_path / "robustloop.yaml"
+    config.write_text(dump_config(small_config), encoding="utf-8")
+    monkeypatch.setenv(steps.CONFIG_ENV, str(config))
+
+    def decide(cfg: RobustloopConfig, *, version: str, previous: str, workflow: str) -> Any:
+        return GuardDecision(action=action, reason="test", version=version, previous=previous)
+
+    monkeypatch.setattr(workflows.guard, "watch", decide)
+    calls: list[str] = []
+    monkeypatch.setattr(steps, "recalibrate", calls.append)
+    result = steps.guard(model=small_config.model.name, version="v2", previous="v1", workflow="w")
+    assert result[0] == action
+    assert calls == recalibrated

@@ -249,9 +249,17 @@ def _has_command(name: str) -> bool:
 def recalibrate(version: str) -> None:
     """Run ``robustloop calibrate --model VERSION`` so the label-free alerts judge the new model.
 
+    In a cluster (the chart sets :data:`alert_rules.cluster.RULE_ENV` and ``NAMESPACE_ENV``) the
+    rules are rendered into a scratch folder and published to the release's PrometheusRule,
+    which is what the cluster's Prometheus evaluates.
+
     Raises:
-        StepError: calibration ran and failed (production already points at the new version).
+        StepError: calibration or publication failed (production already points at the new
+            version; the message says what is stale).
     """
+    from alert_rules import RULES_FILE
+    from alert_rules.cluster import PublishError, publish_rules, target_from_env
+
     if not _has_command("calibrate"):
         log.warning(
             "promote: `robustloop calibrate` is not available in this build; the alert "
@@ -259,28 +267,49 @@ def recalibrate(version: str) -> None:
             version,
         )
         return
+    try:
+        target = target_from_env()
+    except PublishError as exc:
+        raise StepError(
+            f"{version} is promoted but the alert rules cannot be published: {exc}"
+        ) from None
     command = [sys.executable, "-m", "robustloop", "calibrate", "--model", version]
     config = os.environ.get(CONFIG_ENV)
     with tempfile.TemporaryDirectory(prefix="robustloop-calibrate-") as tmp:
-        if config and not os.access(config, os.W_OK):
+        rules_out = Path(tmp) / "alert_rules"
+        rules_elsewhere = target is not None  # the cluster's rules live in an API object
+        if config is not None and not os.access(config, os.W_OK):
             # A pod's config is a read-only ConfigMap: calibrate a copy; the thresholds are
-            # recorded with the version in the store (shared volume), where the rules read them.
-            log.warning(
-                "promote: %s is read-only; the thresholds are recorded in the store only", config
-            )
+            # recorded with the version in the store (shared volume) and, in a cluster,
+            # published to the PrometheusRule below.
+            log.warning("promote: %s is read-only; calibrating a copy of it", config)
             copy = Path(tmp) / "robustloop.yaml"
             shutil.copyfile(config, copy)
-            command += ["--rules-out", os.fspath(Path(tmp) / "alert_rules")]
             config = os.fspath(copy)
+            rules_elsewhere = True
+        if rules_elsewhere:
+            command += ["--rules-out", os.fspath(rules_out)]
         if config:
             command += ["--config", config]
         log.info("promote: recalibrating: %s", " ".join(command[1:]))
         done = subprocess.run(command, check=False)
-    if done.returncode != 0:
-        raise StepError(
-            f"{version} is promoted but `robustloop calibrate --model {version}` failed "
-            f"(exit {done.returncode}); the alert thresholds are stale until it is rerun"
-        )
+        if done.returncode != 0:
+            raise StepError(
+                f"{version} is promoted but `robustloop calibrate --model {version}` failed "
+                f"(exit {done.returncode}); the alert thresholds are stale until it is rerun"
+            )
+        if target is not None:
+            namespace, name = target
+            try:
+                publish_rules(rules_out / RULES_FILE, namespace=namespace, name=name)
+            except PublishError as exc:
+                raise StepError(
+                    f"{version} is promoted and recalibrated, but {exc}; the cluster's "
+                    "Prometheus judges it by the previous thresholds until the rule is updated"
+                ) from None
+            log.info(
+                "promote: published the recalibrated rules to PrometheusRule %s/%s", namespace, name
+            )
 
 
 @script(resources=_LIGHT, **_COMMON)
@@ -293,8 +322,9 @@ def guard(
     Annotated[str, Parameter(name="action")],
     Annotated[str, Parameter(name="decision")],
 ]:
-    """Watch canary accuracy after the promotion and roll back if the new version is worse."""
-    from workflows.guard import CAP_REACHED, watch
+    """Watch canary accuracy after the promotion and roll back if the new version is worse;
+    after a rollback the alert thresholds are recalibrated for the restored version."""
+    from workflows.guard import CAP_REACHED, ROLLBACK, watch
 
     cfg = _setup()
     _check_model(cfg, model)
@@ -302,6 +332,8 @@ def guard(
     log.info("guard: %s: %s", result.action, result.reason)
     if result.action == CAP_REACHED:
         raise StepError(result.reason)
+    if result.action == ROLLBACK:
+        recalibrate(previous)
     return result.action, json.dumps(result.as_dict(), sort_keys=True)
 
 
