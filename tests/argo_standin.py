@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import yaml
 from hera.workflows.models import WorkflowCreateRequest
 from pydantic import ValidationError
 
+from tests.http_standin import JSONHandler, StandInServer
 from workflows.contract import PARAMETERS, TEMPLATE_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +83,7 @@ class Fault:
     """With a delay: store the workflow first, as when Argo created it but the answer was lost."""
 
 
-class ArgoStandIn:
+class ArgoStandIn(StandInServer):
     """The fake Argo Server. Use as a context manager; :attr:`url` is its base URL.
 
     Args:
@@ -108,30 +107,9 @@ class ArgoStandIn:
         """Why each rejected body was invalid; a correct client leaves this empty."""
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        super().__init__(self._handler_class())
 
     # -- control ------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def __enter__(self) -> ArgoStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    @property
-    def errors(self) -> list[str]:
-        """Unexpected errors in the stand-in's handlers (a broken pipe is not one)."""
-        return self._server.errors
 
     def inject(self, fault: Fault, times: int = 1) -> None:
         """Apply ``fault`` to the next ``times`` calls of its method."""
@@ -228,22 +206,12 @@ class ArgoStandIn:
             status = self.run_status.get(name) or _status(name, "Running", None)
             return 200, {**workflow, "status": status}
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[JSONHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                del format, args
-
+        class Handler(JSONHandler):
             def _answer(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.answer_json(status, body)
                 with standin._lock:
                     standin.calls.append((self.command, self.path, status))
 
@@ -297,27 +265,6 @@ class ArgoStandIn:
                 return self._answer(status, answer)
 
         return Handler
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """Threaded server that keeps handler errors in :attr:`errors` instead of printing them.
-
-    A client that gave up (a timeout) leaves a broken pipe: expected, ignored. Anything else is
-    kept for the test to assert on. (The default prints a traceback from the handler thread,
-    which Python 3.11 formats with ``ast.parse``, racing with imports elsewhere: gh-106905.)
-    """
-
-    daemon_threads = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.errors: list[str] = []
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        del request, client_address
-        error = sys.exc_info()[1]
-        if not isinstance(error, (BrokenPipeError, ConnectionResetError)):
-            self.errors.append(repr(error))
 
 
 def _status(name: str, phase: str, gate_passed: bool | None) -> dict[str, Any]:

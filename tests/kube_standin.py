@@ -20,10 +20,11 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jsonschema
+
+from tests.http_standin import JSONHandler, StandInServer
 
 _PATH = re.compile(
     r"^/apis/monitoring\.coreos\.com/v1/namespaces/(?P<ns>[^/]+)/prometheusrules/(?P<name>[^/?]+)$"
@@ -52,7 +53,7 @@ class Request:
     body: Any
 
 
-class KubeStandIn:
+class KubeStandIn(StandInServer):
     """The stand-in server; use as a context manager, ``url`` is its base address."""
 
     def __init__(self, validator: jsonschema.protocols.Validator, token: str | None = None) -> None:
@@ -61,13 +62,7 @@ class KubeStandIn:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}"
+        super().__init__(self._handler())
 
     def add_rule(self, namespace: str, name: str, groups: list[dict[str, Any]]) -> None:
         """Store a PrometheusRule as the chart would have created it."""
@@ -78,32 +73,12 @@ class KubeStandIn:
             "spec": {"groups": groups},
         }
 
-    def __enter__(self) -> KubeStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[JSONHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._answer(
+                self.answer_json(
                     code,
                     {
                         "kind": "Status",
@@ -147,6 +122,6 @@ class KubeStandIn:
                         self._status(422, "Invalid", "; ".join(errors)[:500])
                         return
                     standin.objects[key] = result
-                    self._answer(200, result)
+                    self.answer_json(200, result)
 
         return Handler
