@@ -262,7 +262,7 @@ def recalibrate(version: str) -> None:
 
     if not _has_command("calibrate"):
         log.warning(
-            "promote: `robustloop calibrate` is not available in this build; the alert "
+            "recalibrate: `robustloop calibrate` is not available in this build; the alert "
             "thresholds were NOT recalibrated for %s",
             version,
         )
@@ -282,7 +282,7 @@ def recalibrate(version: str) -> None:
             # A pod's config is a read-only ConfigMap: calibrate a copy; the thresholds are
             # recorded with the version in the store (shared volume) and, in a cluster,
             # published to the PrometheusRule below.
-            log.warning("promote: %s is read-only; calibrating a copy of it", config)
+            log.warning("recalibrate: %s is read-only; calibrating a copy of it", config)
             copy = Path(tmp) / "robustloop.yaml"
             shutil.copyfile(config, copy)
             config = os.fspath(copy)
@@ -291,7 +291,7 @@ def recalibrate(version: str) -> None:
             command += ["--rules-out", os.fspath(rules_out)]
         if config:
             command += ["--config", config]
-        log.info("promote: recalibrating: %s", " ".join(command[1:]))
+        log.info("recalibrate: %s", " ".join(command[1:]))
         done = subprocess.run(command, check=False)
         if done.returncode != 0:
             raise StepError(
@@ -308,7 +308,9 @@ def recalibrate(version: str) -> None:
                     "Prometheus judges it by the previous thresholds until the rule is updated"
                 ) from None
             log.info(
-                "promote: published the recalibrated rules to PrometheusRule %s/%s", namespace, name
+                "recalibrate: published the recalibrated rules to PrometheusRule %s/%s",
+                namespace,
+                name,
             )
 
 

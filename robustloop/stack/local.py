@@ -352,9 +352,10 @@ class LocalStack:
     def _wait_for_workflow_calibration(self) -> bool:
         """Wait up to the grace period for the run config to be calibrated for production.
 
-        The remediation workflow's promote step runs ``robustloop calibrate`` itself, on this
-        same config; calibrating again here would only race with it. A promotion made by hand
-        gets no such step: then the grace period ends and the stack calibrates.
+        The remediation workflow runs ``robustloop calibrate`` itself, on this same config, in
+        its promote step and in the guard step after a rollback; calibrating again here would
+        only race with it. A change made by hand gets no such step: then the grace period ends
+        and the stack calibrates.
         """
         deadline = time.monotonic() + self.calibration_grace_s
         while True:
