@@ -36,11 +36,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "bf16 lr 3e-3 PGD-2 5 epochs": {"method": "pgd", "steps": 2, "epochs": 5},
     "bf16 lr 3e-3 PGD-3 5 epochs": {"method": "pgd", "steps": 3, "epochs": 5},
     "bf16 lr 2e-3 PGD-2 5 epochs": {"lr": 2e-3, "method": "pgd", "steps": 2, "epochs": 5},
+    "fgsm-prior bf16 lr 3e-3": {"method": "fgsm-prior"},
+    "fgsm-prior step 0.5 eps": {"method": "fgsm-prior", "step_size": 0.05},
+    "fgsm-prior 4 epochs": {"method": "fgsm-prior", "epochs": 4},
+    "fgsm-prior step 0.5 eps 4 epochs": {"method": "fgsm-prior", "step_size": 0.05, "epochs": 4},
 }
 DEFAULTS: dict[str, Any] = {
     "method": "fgsm-rs",
     "eps": 0.1,
-    "step_size": None,  # the method's default (FGSM-RS: 1.25 eps)
+    "step_size": None,  # the method's default (FGSM-RS: 1.25 eps; FGSM-prior: 0.75 eps)
     "steps": 7,
     "lr": 3e-3,
     "batch_size": 128,
@@ -69,7 +73,7 @@ def main() -> int:
         f"# from {store.resolve(args.base)}, {args.seconds:g} s per recipe, {args.threads} "
         f"threads; evaluation: first {args.n} eval images, eps 0.1, PGD-20, float32"
     )
-    print(f"{'recipe':30} {'samples':>8} {'clean':>6} {'FGSM':>6} {'PGD-20':>6}")
+    print(f"{'recipe':32} {'samples':>8} {'clean':>6} {'FGSM':>6} {'PGD-20':>6}")
     for name in args.recipes:
         recipe = {**DEFAULTS, **RECIPES[name]}
         model, _ = store.load(args.base)
@@ -99,7 +103,7 @@ def main() -> int:
             for attack in ("none", "fgsm", "pgd")
         }
         print(
-            f"{name:30} {samples:8d} {accuracy['none']:6.3f} {accuracy['fgsm']:6.3f} "
+            f"{name:32} {samples:8d} {accuracy['none']:6.3f} {accuracy['fgsm']:6.3f} "
             f"{accuracy['pgd']:6.3f}   {json.dumps({'wall_s': round(wall, 1), **recipe})}",
             flush=True,
         )

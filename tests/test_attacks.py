@@ -49,8 +49,12 @@ def test_every_attack_keeps_shape_range_and_ball(
     model, images, labels = trained
     x, y = images[start : start + 8], labels[start : start + 8]
     model.train(training)
-    for attack in _attacks(model, eps):
-        adv = attack(x, y)
+    anywhere = torch.rand_like(x)  # a start usually outside the ball: it gets projected
+    for attack, adv in [
+        (attack, attack(x, y, start=start))
+        for attack in _attacks(model, eps)
+        for start in (None, anywhere)
+    ]:
         assert adv.shape == x.shape, attack
         assert adv.dtype == x.dtype
         assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0, attack
@@ -93,6 +97,25 @@ def test_restarts_only_add_fooled_examples(
     one = evaluate(model, data, attack="pgd", eps=0.05, steps=3, restarts=1, seed=5).correct
     three = evaluate(model, data, attack="pgd", eps=0.05, steps=3, restarts=3, seed=5).correct
     assert not bool((three & ~one).any()), "a restart un-fooled an example"
+
+
+def test_a_given_start_replaces_the_attacks_own(
+    trained: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """With a zero step an attack returns where it began: the given start, projected onto the
+    eps-ball (random starts and restarts do not override it)."""
+    model, images, labels = trained
+    x, y = images[:8], labels[:8]
+    start = (x + torch.empty_like(x).uniform_(-0.3, 0.3)).clamp(0, 1)
+    expected = torch.maximum(torch.minimum(start, (x + 0.1).clamp(max=1)), (x - 0.1).clamp(min=0))
+    for attack in (
+        FGSM(model, eps=0.1, random_start=True, step_size=0.0),
+        PGD(model, eps=0.1, steps=2, step_size=0.0),
+    ):
+        torch.testing.assert_close(attack(x, y, start=start), expected, rtol=0, atol=0)
+        assert not torch.equal(attack(x, y), expected), attack
+    with pytest.raises(ValueError, match="start has shape"):
+        FGSM(model)(x, y, start=x[:4])
 
 
 def test_bad_inputs_are_refused(trained: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:

@@ -16,6 +16,7 @@ from robustloop.config import DataConfig
 from tests.conftest import DATASET_ROOT
 from training import (
     ARCHITECTURES,
+    FGSM,
     Splits,
     TrainResult,
     adversarial_train,
@@ -25,7 +26,12 @@ from training import (
     train_standard,
     use_bf16,
 )
-from training.adversarial import check_noise
+from training.adversarial import (
+    PriorStart,
+    check_noise,
+    make_training_attack,
+    training_perturbation,
+)
 from training.evaluate import wilson_interval
 
 pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
@@ -88,14 +94,22 @@ def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: 
         assert torch.equal(value, runs[1][key]), key
 
 
-@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    ("method", "bf16"),
+    [("fgsm-rs", False), ("fgsm-prior", True)],
+    ids=["fgsm-rs-fp32", "fgsm-prior-bf16"],
+)
 def test_short_hardening_raises_pgd_accuracy(
-    splits: Splits, standard: nn.Module, bf16: bool, caplog: pytest.LogCaptureFixture
+    splits: Splits,
+    standard: nn.Module,
+    method: str,
+    bf16: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """GIVEN a standard model, WHEN it gets two more epochs of FGSM-RS adversarial training
-    (in float32, or under bfloat16 autocast), THEN its PGD accuracy rises, and clearly beats two
-    more epochs of standard training; each epoch of both logs one line (the progress bar shows
-    only on a terminal)."""
+    """GIVEN a standard model, WHEN it gets two more epochs of fast adversarial training
+    (FGSM-RS in float32, FGSM-prior under bfloat16 autocast), THEN its PGD accuracy rises, and
+    clearly beats two more epochs of standard training; each epoch of both logs one line (the
+    progress bar shows only on a terminal)."""
     before = evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=5)
     more_standard = _copy(standard)
     with caplog.at_level(logging.INFO, logger="training"):
@@ -105,7 +119,7 @@ def test_short_hardening_raises_pgd_accuracy(
         result = adversarial_train(
             _copy(standard),
             splits.train,
-            method="fgsm-rs",
+            method=method,
             eps=0.1,
             step_size=None,
             steps=1,
@@ -129,11 +143,45 @@ def test_short_hardening_raises_pgd_accuracy(
     assert [line.split(":")[0] for line in lines] == [
         "train epoch 1/2",
         "train epoch 2/2",
-        "fgsm-rs epoch 1/2",
-        "fgsm-rs epoch 2/2",
+        f"{method} epoch 1/2",
+        f"{method} epoch 2/2",
     ]
     assert f"samples {len(splits.train)}" in lines[0] and "loss " in lines[0]
     assert "check_pgd_accuracy " in lines[-1]
+
+
+def test_fgsm_prior_starts_each_example_where_its_last_perturbation_ended(
+    splits: Splits, standard: nn.Module
+) -> None:
+    images, labels = splits.eval.tensors[0][:6], splits.eval.tensors[1][:6]
+    dataset = TensorDataset(images, labels)
+    attack = make_training_attack("fgsm-prior", standard, eps=0.1, step_size=None, steps=1)
+    assert isinstance(attack, FGSM) and attack.step_size == pytest.approx(0.075)
+    starts: list[torch.Tensor] = []
+    original_forward = attack.forward
+
+    def recording_forward(
+        x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None
+    ) -> torch.Tensor:
+        assert start is not None
+        starts.append(start.clone())
+        return original_forward(x, y, start)
+
+    attack.forward = recording_forward  # type: ignore[method-assign]
+    perturb = training_perturbation("fgsm-prior", attack, dataset)
+    assert isinstance(perturb, PriorStart)
+    initial = perturb.memory.clone()
+    assert float(initial.abs().max()) <= 0.1 and float(initial.std()) > 0.02  # uniform start
+    first = perturb(images[:3], labels[:3], torch.arange(3))
+    torch.testing.assert_close(starts[0], (images[:3] + initial[:3].float()).clamp(0, 1))
+    second = perturb(images[2:4], labels[2:4], torch.tensor([2, 3]))
+    assert float((second - images[2:4]).abs().max()) <= 0.1 + 1e-6
+    # example 2 begins at its first adversarial example (float16 memory), example 3 afresh
+    torch.testing.assert_close(starts[1][0], first[2], rtol=0, atol=1e-3)
+    torch.testing.assert_close(starts[1][1], (images[3] + initial[3].float()).clamp(0, 1))
+    assert torch.equal(perturb.memory[4:], initial[4:]), "unvisited examples keep their start"
+    with pytest.raises(ValueError, match="choose one of"):
+        make_training_attack("trades", standard, eps=0.1, step_size=None, steps=1)
 
 
 def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module) -> None:

@@ -167,7 +167,7 @@ def test_every_step_runs_project_code_through_heras_runner(golden: dict[str, Any
         ("eps=abc", "eps='abc' is not a number"),
         ("eps=2", "eps=2 is outside"),
         ("epochs=0", "epochs=0 is outside"),
-        ("method=fgsm", "not one of pgd, fgsm-rs"),
+        ("method=fgsm", "not one of pgd, fgsm-rs, fgsm-prior"),
         ("model=other", "this config serves"),
         ("colour=blue", "no such parameter"),
         ("no-equals-sign", "expected NAME=VALUE"),

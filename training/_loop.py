@@ -15,16 +15,20 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
+Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(images, labels, indices) -> images to train on``: replaces a mini-batch before the update
+(an attack, in adversarial training); ``indices`` are the examples' positions in the dataset."""
+
 
 def batches(
     dataset: TensorDataset, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled mini-batches (the last one may be smaller)."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled mini-batches as (indices, images, labels); the last may be smaller."""
     images, labels = dataset.tensors[0], dataset.tensors[1]
     order = torch.randperm(len(labels), generator=generator)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        yield images[idx], labels[idx]
+        yield idx, images[idx], labels[idx]
 
 
 class Deadline:
@@ -114,7 +118,7 @@ def train_epoch(
     desc: str,
     progress: bool,
     schedule_by_clock: bool = False,
-    perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    perturb: Perturb | None = None,
     metric: str = "acc",
     bf16: bool = False,
 ) -> EpochResult:
@@ -122,8 +126,8 @@ def train_epoch(
 
     Args:
         desc: label of the epoch's progress bar (on stderr when ``progress``).
-        perturb: replaces each mini-batch's images before the update (an attack, for
-            adversarial training); None trains on the clean images.
+        perturb: replaces each mini-batch's images before the update (:data:`Perturb`);
+            None trains on the clean images.
         schedule_by_clock: let the cosine learning rate follow ``deadline`` as well as steps.
         metric: name of the running accuracy on the progress bar.
         bf16: run the attack and the forward pass under CPU bfloat16 autocast (weights,
@@ -133,12 +137,12 @@ def train_epoch(
     """
     loss_sum, hits, seen, stopped = 0.0, 0, 0, False
     with progress_bar(steps_per_epoch(dataset, batch_size), desc, progress) as bar:
-        for images, labels in batches(dataset, batch_size, generator):
+        for indices, images, labels in batches(dataset, batch_size, generator):
             clock = deadline if schedule_by_clock else None
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(lr, step, total_steps, clock)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-                inputs = perturb(images, labels) if perturb is not None else images
+                inputs = perturb(images, labels, indices) if perturb is not None else images
                 logits = model(inputs)
                 loss = nn.functional.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,15 @@ Both minimise the loss on adversarial examples crafted on the fly against the cu
   2020, "Fast is better than free"): about ``(k + 1) / 2`` times cheaper than PGD-k, but prone to
   *catastrophic overfitting*, where robustness to PGD collapses within an epoch while FGSM
   accuracy soars.
+* ``fgsm-prior``: one FGSM step of ``0.75 * eps`` that starts each training example where its
+  perturbation of the previous epoch ended (the first epoch from a uniform random start, as
+  FGSM-RS). Over the epochs the steps accumulate into a multi-step attack against a moving model
+  at the cost of one step each: the idea of ATTA (Zheng et al. 2020, "Efficient Adversarial
+  Training with Transferable Adversarial Examples") and of the prior-guided initialisation of
+  FGSM-PGI (Jia et al. 2022, without its regulariser). Its memory is one float16 perturbation
+  per training image (94 MB for Fashion-MNIST's 60,000). In the one-minute remediation it
+  reaches about 5 points more PGD-20 accuracy than FGSM-RS at the same clean accuracy
+  (docs/training.md).
 
 Guard (Wong et al. 2020, section 5; Rice et al. 2020 for keeping the best checkpoint): after
 every epoch, and when the clock stops training, PGD-10 accuracy is measured on ``check_size``
@@ -30,13 +39,14 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from training._loop import Deadline, log_epoch, steps_per_epoch, train_epoch, validate
+from robustloop.config import METHODS, Method
+from training._loop import Deadline, Perturb, log_epoch, steps_per_epoch, train_epoch, validate
 from training.attacks import FGSM, PGD, Attack
 from training.evaluate import evaluate
 from training.train import TrainResult
 
-METHODS = ("pgd", "fgsm-rs")
-"""Adversarial training methods by name."""
+PRIOR_STEP = 0.75
+"""FGSM-prior's default step, in units of eps (0.5 to 0.75 measured best; 1.25 worst)."""
 
 COLLAPSE_DROP = 0.2
 """A fall of the check's PGD accuracy this far below the best stops training."""
@@ -70,14 +80,15 @@ def use_bf16(precision: Literal["auto", "fp32", "bf16"] | str) -> bool:
 
 
 def make_training_attack(
-    method: Literal["pgd", "fgsm-rs"] | str,
+    method: Method | str,
     model: nn.Module,
     *,
     eps: float,
     step_size: float | None,
     steps: int,
 ) -> Attack:
-    """The attack that crafts training examples for ``method``.
+    """The attack that crafts training examples for ``method`` (for ``fgsm-prior``, the FGSM
+    step that :class:`PriorStart` begins at each example's previous perturbation).
 
     Raises:
         ValueError: unknown method (the message lists the choices).
@@ -86,7 +97,41 @@ def make_training_attack(
         return PGD(model, eps=eps, step_size=step_size, steps=steps, random_start=True)
     if method == "fgsm-rs":
         return FGSM(model, eps=eps, random_start=True, step_size=step_size)
+    if method == "fgsm-prior":
+        return FGSM(model, eps=eps, step_size=step_size or PRIOR_STEP * eps)
     raise ValueError(f"unknown adversarial training method {method!r}; choose one of {METHODS}")
+
+
+class PriorStart:
+    """Runs ``attack`` on each training example from where its last perturbation ended.
+
+    Keeps one perturbation per example of the dataset, indexed by position; before an
+    example's first visit it is uniform in the eps-ball (FGSM-RS's start).
+
+    Args:
+        attack: the step to take (its ``eps`` bounds the perturbations).
+        shape: shape of the dataset's image tensor ``[N, ...]``.
+    """
+
+    def __init__(self, attack: Attack, shape: torch.Size) -> None:
+        self.attack = attack
+        eps = attack.eps
+        self.memory = torch.empty(shape, dtype=torch.float16).uniform_(-eps, eps)
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        start = (images + self.memory[indices].float()).clamp_(0.0, 1.0)
+        adv = self.attack(images, labels, start=start)
+        self.memory[indices] = (adv - images).to(self.memory.dtype)
+        return adv
+
+
+def training_perturbation(method: Method | str, attack: Attack, dataset: TensorDataset) -> Perturb:
+    """What replaces each mini-batch during adversarial training with ``method``."""
+    if method == "fgsm-prior":
+        return PriorStart(attack, dataset.tensors[0].shape)
+    return lambda images, labels, _indices: attack(images, labels)
 
 
 def check_noise(accuracy: float, n: int) -> float:
@@ -109,7 +154,7 @@ def adversarial_train(
     model: nn.Module,
     dataset: TensorDataset,
     *,
-    method: Literal["pgd", "fgsm-rs"] | str,
+    method: Method | str,
     eps: float,
     step_size: float | None,
     steps: int,
@@ -133,7 +178,7 @@ def adversarial_train(
     Args:
         model: the starting point: a trained model to fine-tune, or a fresh one.
         dataset: training images and labels.
-        method: ``pgd`` or ``fgsm-rs``.
+        method: ``pgd``, ``fgsm-rs`` or ``fgsm-prior``.
         eps: L-inf radius trained against.
         step_size: the attack's step; None for the method's default.
         steps: PGD steps (``pgd`` only).
@@ -172,6 +217,7 @@ def adversarial_train(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        perturb = training_perturbation(method, attack, dataset)
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, epochs + 1):
             model.train()
@@ -189,7 +235,7 @@ def adversarial_train(
                 desc=desc,
                 progress=progress,
                 schedule_by_clock=True,
-                perturb=attack,
+                perturb=perturb,
                 metric="adv_acc",
                 bf16=bf16,
             )

@@ -22,7 +22,7 @@ TEMPLATE_NAME = "robustloop-remediate"
 PARAMETERS: dict[str, str] = {
     "model": "fashion-cnn",
     "base-version": "production",
-    "method": "fgsm-rs",
+    "method": "fgsm-prior",
     "eps": "0.1",
     "steps": "7",
     "epochs": "3",

@@ -30,7 +30,7 @@ from pathlib import Path
 from hera.workflows import DAG, Parameter, Task, WorkflowTemplate
 from hera.workflows import models as m
 
-from robustloop.config import RobustloopConfig
+from robustloop.config import METHODS, RobustloopConfig
 from workflows import steps
 from workflows.contract import (
     GATE_TASK,
@@ -58,7 +58,7 @@ HEADER = (
 PARAMETER_HELP: dict[str, str] = {
     "model": "Model to remediate (config model.name; also the mutex key).",
     "base-version": "Version to fine-tune from: a version id or `production`.",
-    "method": "Adversarial training method: pgd or fgsm-rs.",
+    "method": f"Adversarial training method: {', '.join(METHODS)}.",
     "eps": "L-inf radius trained against, and the gate's eps unless gate.eps is set.",
     "steps": "PGD steps per training example (pgd only).",
     "epochs": "Epochs of adversarial fine-tuning.",
@@ -111,8 +111,8 @@ def validate_parameters(params: dict[str, str], cfg: RobustloopConfig | None = N
             continue
         if not low <= value <= high:
             problems.append(f"{key}={params[key]} is outside [{low:g}, {high:g}]")
-    if "method" in params and params["method"] not in ("pgd", "fgsm-rs"):
-        problems.append(f"method={params['method']!r} is not one of pgd, fgsm-rs")
+    if "method" in params and params["method"] not in METHODS:
+        problems.append(f"method={params['method']!r} is not one of {', '.join(METHODS)}")
     if "model" in params and params["model"] != cfg.model.name:
         problems.append(f"model={params['model']!r} but this config serves {cfg.model.name!r}")
     for key in ("base-version", "incident-id"):

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustloop.config import DEFAULT_CONFIG_PATH, RobustloopConfig, dump_config
+from robustloop.config import DEFAULT_CONFIG_PATH, METHODS, RobustloopConfig, dump_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--from", dest="base", default="production", help="VERSION or production (default)"
     )
-    p.add_argument("--method", choices=["pgd", "fgsm-rs"], help="default: remediation.method")
+    p.add_argument("--method", choices=METHODS, help="default: remediation.method")
     p.add_argument("--eps", type=_eps, help="L-inf radius (default: remediation.eps)")
     p.add_argument("--step-size", type=_positive_float, help="attack step size")
     p.add_argument("--steps", type=_positive_int, help="PGD steps (default: remediation.steps)")

@@ -28,25 +28,41 @@ class Attack:
         self.model = model
         self.eps = float(eps)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Craft adversarial examples for ``images`` with true ``labels``."""
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Craft adversarial examples for ``images`` with true ``labels``, beginning at
+        ``start`` (a point of the eps-ball) where given, else at the attack's own start."""
         raise NotImplementedError
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Adversarial examples: same shape as ``images``, in [0, 1], within eps; no grad attached.
 
+        Args:
+            images: the clean inputs, in [0, 1].
+            labels: their true classes.
+            start: where the attack begins instead of its own start (the images, or a random
+                point): for example a training example's perturbation from the previous epoch.
+                Projected onto the eps-ball first.
+
         Raises:
-            ValueError: images outside [0, 1], or labels that do not match the batch.
+            ValueError: images outside [0, 1], or labels or a start that do not match the batch.
         """
         if images.shape[0] != labels.shape[0]:
             raise ValueError(
                 f"images and labels disagree on the batch size: {images.shape[0]} vs "
                 f"{labels.shape[0]}"
             )
+        if start is not None and start.shape != images.shape:
+            raise ValueError(f"start has shape {tuple(start.shape)}, images {tuple(images.shape)}")
         if images.numel() and (images.min() < 0 or images.max() > 1):
             raise ValueError("images must be in [0, 1]")
         images = images.detach()
         labels = labels.detach()
+        if start is not None:
+            start = self.project(start.detach(), images)
         was_training = self.model.training
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
@@ -55,7 +71,7 @@ class Attack:
             for param in params:
                 param.requires_grad_(False)
             with torch.enable_grad():
-                adv = self.forward(images, labels)
+                adv = self.forward(images, labels, start)
         finally:
             for param in params:
                 param.requires_grad_(True)

@@ -17,7 +17,8 @@ class FGSM(Attack):
     Args:
         model: the classifier under attack.
         eps: L-inf radius (0.1 on Fashion-MNIST in this project's threat model).
-        random_start: start from a uniform point in the eps-ball (FGSM-RS, Wong et al. 2020).
+        random_start: start from a uniform point in the eps-ball (FGSM-RS, Wong et al. 2020)
+            unless the call passes a ``start``.
         step_size: size of the signed step; default ``eps`` without a random start (Goodfellow
             et al.), ``1.25 * eps`` with one (Wong et al.'s recommended alpha).
     """
@@ -37,11 +38,14 @@ class FGSM(Attack):
             step_size = 1.25 * eps if random_start else eps
         self.step_size = float(step_size)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        start = images
-        if self.random_start:
-            noise = torch.empty_like(images).uniform_(-self.eps, self.eps)
-            start = (images + noise).clamp_(0.0, 1.0)
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor | None
+    ) -> torch.Tensor:
+        if start is None:
+            start = images
+            if self.random_start:
+                noise = torch.empty_like(images).uniform_(-self.eps, self.eps)
+                start = (images + noise).clamp_(0.0, 1.0)
         grad = self.input_gradient(start, labels)
         return start + self.step_size * grad.sign()
 

@@ -27,7 +27,8 @@ class PGD(Attack):
         step_size: step per iteration; default ``2.5 * eps / steps`` (Madry et al.), which lets
             a walk reach the boundary of the ball from anywhere inside it.
         steps: iterations per restart (20 for evaluation; 7 or 10 during training).
-        restarts: independent runs from random starts.
+        restarts: independent runs from random starts (the first from the call's ``start``
+            where one is given).
         random_start: start from a uniform point in the ball (otherwise from the image itself;
             then restarts beyond the first are identical and skipped).
     """
@@ -51,18 +52,25 @@ class PGD(Attack):
         self.random_start = random_start
         self.step_size = float(step_size) if step_size is not None else 2.5 * eps / steps
 
-    def _run(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _run(
+        self, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         bounds = self.bounds(images)
-        adv = images.clone()
-        if self.random_start:
-            adv.add_(torch.empty_like(images).uniform_(-self.eps, self.eps)).clamp_(0.0, 1.0)
+        if start is not None:
+            adv = start.clone()
+        else:
+            adv = images.clone()
+            if self.random_start:
+                adv.add_(torch.empty_like(images).uniform_(-self.eps, self.eps)).clamp_(0.0, 1.0)
         for _ in range(self.steps):
             grad = self.input_gradient(adv, labels)
             adv = self.project(adv.add_(grad.sign_(), alpha=self.step_size), images, bounds)
         return adv
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        best = self._run(images, labels)
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor | None
+    ) -> torch.Tensor:
+        best = self._run(images, labels, start)
         if self.restarts == 1:
             return best
         best_score = self._score(best, labels)
