@@ -11,7 +11,7 @@ import torch
 from robustloop.cli import main
 from robustloop.config import RobustloopConfig, dump_config
 from tests.conftest import DATASET_ROOT
-from training import ModelStore
+from training import ModelStore, build_model
 
 pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
 
@@ -81,6 +81,46 @@ def test_train_harden_evaluate_promote_rollback(
 
     code, out, _ = _run(capsys, *cfg, "models", "list")
     assert code == 0 and f"* {standard}" in out
+
+
+def test_models_average_registers_the_mean_of_the_weights(
+    config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = ["--config", str(config_path)]
+    first = _run(capsys, *cfg, "train", "--epochs", "1")[1].strip().splitlines()[-1]
+    store = ModelStore(tmp_path / "store")
+    model, _ = store.load(first)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.5)
+    second = store.register(
+        model, architecture="cnn", parent=first, recipe={}, metrics={}, split={}, provenance={}
+    )
+    code, out, err = _run(capsys, *cfg, "models", "average", first, second)
+    assert code == 0, err
+    soup = out.strip().splitlines()[-1]
+    averaged, soup_manifest = store.load(soup)
+    original, _ = store.load(first)
+    for name, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, original.state_dict()[name] + 0.25)
+    assert soup_manifest.recipe == {"method": "average", "sources": [first, second]}
+    assert soup_manifest.parent == first
+    assert 0 <= soup_manifest.metrics["eval_clean_accuracy"] <= 1
+    assert store.production() == first, "average must not promote"
+
+    wide = store.register(
+        build_model("wide-cnn"), architecture="wide-cnn", parent=None, recipe={}, metrics={},
+        split={}, provenance={},
+    )  # fmt: skip
+    versions_before = [m.version for m in store.list()]
+    for argv, message in [
+        ([first], "at least two versions"),
+        ([first, wide], "cannot average different architectures"),
+        ([first, "v0099"], "unknown model version 'v0099'"),
+    ]:
+        code, _, err = _run(capsys, *cfg, "models", "average", *argv)
+        assert code == 2 and message in err, err
+    assert [m.version for m in store.list()] == versions_before, "a refused average wrote"
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

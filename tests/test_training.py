@@ -20,6 +20,7 @@ from training import (
     Splits,
     TrainResult,
     adversarial_train,
+    average_weights,
     build_model,
     evaluate,
     make_splits,
@@ -78,6 +79,21 @@ def test_models_are_built_channels_last_and_compute_the_same_function() -> None:
     images = torch.rand(16, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(model(images), plain(images), rtol=1e-4, atol=1e-5)
+
+
+def test_average_weights_is_the_elementwise_mean_and_refuses_mismatches() -> None:
+    torch.manual_seed(0)
+    one, two = build_model("cnn"), build_model("cnn")
+    before = _state(one)
+    soup = average_weights([one, two])
+    for key, value in soup.state_dict().items():
+        torch.testing.assert_close(value, (one.state_dict()[key] + two.state_dict()[key]) / 2)
+        assert torch.equal(one.state_dict()[key], before[key]), "an ingredient changed"
+    assert soup[3].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="at least two"):
+        average_weights([one])
+    with pytest.raises(ValueError, match="model 2 does not have the weights of model 1"):
+        average_weights([one, build_model("wide-cnn")])
 
 
 def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: nn.Module) -> None:

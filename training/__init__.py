@@ -6,7 +6,7 @@ from training.adversarial import PRECISIONS, adversarial_train, use_bf16
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
 from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
 from training.evaluate import EvalResult, evaluate
-from training.models import ARCHITECTURES, build_model
+from training.models import ARCHITECTURES, average_weights, build_model
 from training.store import (
     Manifest,
     ModelStore,
@@ -34,6 +34,7 @@ __all__ = [
     "TrainResult",
     "UnknownVersionError",
     "adversarial_train",
+    "average_weights",
     "build_model",
     "evaluate",
     "load_fashion_mnist",

@@ -8,7 +8,8 @@ either mode are the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -85,3 +86,24 @@ def build_model(architecture: str) -> nn.Module:
             f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}"
         ) from None
     return factory().to(memory_format=MEMORY_FORMAT)
+
+
+def average_weights(models: Sequence[nn.Module]) -> nn.Module:
+    """A uniform "model soup": a copy of ``models[0]`` whose every weight is the mean of that
+    weight across ``models`` (Wortsman et al. 2022; Croce et al. 2023 for soups of models
+    adversarially fine-tuned from one parent, which trade clean against robust accuracy
+    better than either ingredient).
+
+    Raises:
+        ValueError: fewer than two models, or models whose weights differ in names or shapes.
+    """
+    if len(models) < 2:
+        raise ValueError(f"averaging needs at least two models, got {len(models)}")
+    states = [model.state_dict() for model in models]
+    first = states[0]
+    for index, state in enumerate(states[1:], start=2):
+        if state.keys() != first.keys() or any(state[k].shape != first[k].shape for k in first):
+            raise ValueError(f"model {index} does not have the weights of model 1")
+    soup = copy.deepcopy(models[0])
+    soup.load_state_dict({k: sum(state[k] for state in states) / len(states) for k in first})
+    return soup

@@ -93,6 +93,13 @@ def register(sub: Any) -> None:
     p = msub.add_parser("rollback", help="point production back at the previous version")
     p.add_argument("--reason", default="manual", help="recorded in the pointer history")
     p.set_defaults(handler=_models_rollback)
+    p = msub.add_parser(
+        "average",
+        help="register the uniform average of the weights of VERSIONs (a model soup); "
+        "prints the new id, not promoted",
+    )
+    p.add_argument("versions", nargs="+", metavar="VERSION", help="two or more, one architecture")
+    p.set_defaults(handler=_models_average)
     p = msub.add_parser("export", help="write a version for other runtimes (TorchScript, ONNX)")
     p.add_argument("version")
     p.add_argument("path", type=Path)
@@ -407,6 +414,37 @@ def _models_rollback(args: argparse.Namespace) -> int:
         version = _store(args.cfg).rollback({"command": "models rollback", "reason": args.reason})
     except _errors() as exc:
         raise _fail(exc) from None
+    print(version)
+    return 0
+
+
+def _models_average(args: argparse.Namespace) -> int:
+    from training import average_weights, make_splits
+
+    cfg: RobustloopConfig = args.cfg
+    _setup_torch(cfg)
+    try:
+        if len(args.versions) < 2:
+            raise ValueError(f"averaging needs at least two versions, got {args.versions}")
+        store = _store(cfg)
+        loaded = [store.load(version) for version in args.versions]
+        sources = [manifest.version for _, manifest in loaded]
+        architectures = {manifest.architecture for _, manifest in loaded}
+        if len(architectures) > 1:
+            raise ValueError(f"cannot average different architectures: {sorted(architectures)}")
+        soup = average_weights([model for model, _ in loaded])
+        version = store.register(
+            soup,
+            architecture=architectures.pop(),
+            parent=sources[0],
+            recipe={"method": "average", "sources": sources},
+            metrics={"eval_clean_accuracy": _clean_accuracy(soup, cfg)},
+            split=make_splits(cfg.data).describe(),
+            provenance={"command": "models average", "sources": sources},
+        )
+    except _errors() as exc:
+        raise _fail(exc) from None
+    print(f"registered {version} (average of {', '.join(sources)}; not promoted)", file=sys.stderr)
     print(version)
     return 0
 
