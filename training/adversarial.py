@@ -121,8 +121,8 @@ class PriorStart:
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
     ) -> torch.Tensor:
-        start = (images + self.memory[indices].float()).clamp_(0.0, 1.0)
-        adv = self.attack(images, labels, start=start)
+        # the attack projects its start onto the eps-ball within [0, 1]
+        adv = self.attack(images, labels, start=images + self.memory[indices].float())
         self.memory[indices] = (adv - images).to(self.memory.dtype)
         return adv
 
