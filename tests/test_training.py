@@ -81,6 +81,25 @@ def test_models_are_built_channels_last_and_compute_the_same_function() -> None:
         torch.testing.assert_close(model(images), plain(images), rtol=1e-4, atol=1e-5)
 
 
+def test_pooling_before_relu_computes_what_relu_before_pooling_would() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn")
+    layers = list(model)
+    assert [type(layer) for layer in layers[:3]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]
+    for pool in (1, 4):  # the textbook order: convolution, ReLU, pooling
+        layers[pool], layers[pool + 1] = layers[pool + 1], layers[pool]
+    textbook = nn.Sequential(*layers)
+    images = torch.rand(16, 1, 28, 28)
+    labels = torch.randint(0, 10, (16,))
+    grads = []
+    for net in (model, textbook):
+        x = images.clone().requires_grad_(True)
+        nn.functional.cross_entropy(net(x), labels).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(model(images), textbook(images), rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_average_weights_is_the_elementwise_mean_and_refuses_mismatches() -> None:
     torch.manual_seed(0)
     one, two = build_model("cnn"), build_model("cnn")

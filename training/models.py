@@ -30,14 +30,24 @@ A 1-channel input batch is already channels-last, so callers change nothing.
 
 
 def _cnn(width: int) -> nn.Module:
-    """conv(w) - pool - conv(2w) - pool - fc(4w) - fc(10), 3x3 convolutions, ReLU."""
+    """conv(w) - pool - ReLU - conv(2w) - pool - ReLU - fc(4w) - ReLU - fc(10), with 3x3
+    convolutions and 2x2 max pooling.
+
+    Pooling comes before ReLU, not after: the two orders compute the same function with the
+    same gradients (ReLU is monotone, so the maximum of rectified values is the rectified
+    maximum, and both pass the gradient to the same input), but pooling first rectifies a
+    quarter of the values and, under bfloat16 autocast, spares PyTorch's CPU kernels a layout
+    copy of every full-size activation: an FGSM-RS training step (batch 128, bf16) runs about
+    1.5 times the samples per second, a PGD-7 step about 1.4 times (docs/training.md). The
+    swapped layers hold no weights, so stored models load unchanged.
+    """
     return nn.Sequential(
         nn.Conv2d(1, width, kernel_size=3, padding=1),
-        nn.ReLU(),
         nn.MaxPool2d(2),
+        nn.ReLU(),
         nn.Conv2d(width, 2 * width, kernel_size=3, padding=1),
-        nn.ReLU(),
         nn.MaxPool2d(2),
+        nn.ReLU(),
         nn.Flatten(),
         nn.Linear(2 * width * 7 * 7, 4 * width),
         nn.ReLU(),
