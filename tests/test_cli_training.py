@@ -44,7 +44,7 @@ def test_train_harden_evaluate_promote_rollback(
 
     code, out, _ = _run(
         capsys, *cfg, "harden", "--from", "production", "--method", "pgd", "--steps", "2",
-        "--epochs", "1", "--incident", "inc-42",
+        "--epochs", "1", "--max-seconds", "none", "--incident", "inc-42",
     )  # fmt: skip
     assert code == 0
     hardened = out.strip().splitlines()[-1]
@@ -53,6 +53,7 @@ def test_train_harden_evaluate_promote_rollback(
     assert manifest.parent == standard
     assert manifest.provenance["incident"] == "inc-42"
     assert manifest.recipe["method"] == "pgd" and manifest.recipe["eps"] == 0.1
+    assert manifest.recipe["max_seconds"] is None  # the config says 60; "none" lifts the clock
     assert store.production() == standard, "harden must not promote"
 
     code, out, _ = _run(

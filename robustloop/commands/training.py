@@ -3,7 +3,7 @@
 These names are a contract (the workflow steps, the demo and the checks call them):
 
 * ``train [--epochs N]`` registers a standard model; its id is the last line on stdout.
-* ``harden --from REF [--method M] [--eps E] [--steps K] [--epochs N] [--max-seconds S]
+* ``harden --from REF [--method M] [--eps E] [--steps K] [--epochs N] [--max-seconds S|none]
   [--incident ID]`` registers an adversarially trained child of REF (not promoted); its id is
   the last line on stdout.
 * ``evaluate --model REF --attack none|fgsm|pgd --eps E [--steps K] [--restarts R] [--n N]
@@ -55,7 +55,11 @@ def register(sub: Any) -> None:
     p.add_argument("--step-size", type=_positive_float, help="attack step size")
     p.add_argument("--steps", type=_positive_int, help="PGD steps (default: remediation.steps)")
     p.add_argument("--epochs", type=_positive_int, help="default: remediation.epochs")
-    p.add_argument("--max-seconds", type=_positive_float, help="default: remediation.max_seconds")
+    p.add_argument(
+        "--max-seconds",
+        type=_seconds_or_none,
+        help="default: remediation.max_seconds; 'none': no clock, run every epoch",
+    )
     p.add_argument("--incident", default=None, help="incident id recorded as provenance")
     p.add_argument(
         "--scratch",
@@ -122,6 +126,14 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+NO_CLOCK = "none"
+"""``harden --max-seconds none``: train every epoch, whatever remediation.max_seconds says."""
+
+
+def _seconds_or_none(text: str) -> float | str:
+    return NO_CLOCK if text.strip().lower() == NO_CLOCK else _positive_float(text)
 
 
 def _eps(text: str) -> float:
@@ -243,7 +255,8 @@ def _harden(args: argparse.Namespace) -> int:
     rc.step_size = args.step_size if args.step_size is not None else rc.step_size
     rc.steps = args.steps or rc.steps
     rc.epochs = args.epochs or rc.epochs
-    rc.max_seconds = args.max_seconds if args.max_seconds is not None else rc.max_seconds
+    if args.max_seconds is not None:
+        rc.max_seconds = None if args.max_seconds == NO_CLOCK else args.max_seconds
     rc.warm_start = rc.warm_start and not args.scratch
     version, parent = harden_version(cfg, base=args.base, incident=args.incident)
     print(f"registered {version} (parent {parent}; not promoted)", file=sys.stderr)
