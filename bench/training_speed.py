@@ -2,27 +2,29 @@
 
 1. Throughput (samples/s) of our PGD-AT step against the same loop built on torchattacks' PGD:
    same model, batch, steps, step size, eps and seed; ratio ours / torchattacks (goal >= 1.0).
-2. Our FGSM-RS against our PGD-7 in that loop (expect >= 4x), and FGSM-RS with the models'
+2. Our FGSM-RS against our PGD-7 in that loop (expect >= 4x); FGSM-RS with the models'
    channels-last weights (``training.models.MEMORY_FORMAT``) against the same model laid out
-   contiguously (NCHW): what the layout buys.
+   contiguously (NCHW); and FGSM-RS and PGD-7 with the models' order of layers (max pooling,
+   then ReLU) against the textbook order (ReLU, then pooling), which computes the same
+   function: what the layout and the order buy. ``--bf16`` runs parts 1 and 2 under bfloat16
+   autocast, as the remediation does on CPUs with native bfloat16.
 3. Wall time of ``robustloop harden --method M --max-seconds S`` from a standard model, for
    each method of ``--harden-methods`` (default: fgsm-rs, then fgsm-prior, in one run), and the
    PGD-20 accuracy (eps 0.1) each reaches on the held-out eval split (goal: >= 0.70 within 60 s
    on 2 cores, wall time of the whole command). CPU seconds are printed too: on a shared
    machine wall time depends on the neighbours, CPU time much less.
-
-The throughput runs alternate between the contenders (A B A B ...) and report the median, so
-that a busy neighbour slows both alike. torchattacks is a benchmark-only dependency::
-
-    pip install --no-deps torchattacks   # its requests pin would downgrade urllib3
-    nice -n 10 python bench/training_speed.py --config C --harden-from v0001
-
 4. Optional (``--time-to-target fgsm-rs ...``): the wall time ``harden --method M`` needs to
    reach that accuracy at all, without a clock: ``harden --epochs N --max-seconds none`` for
    N in ``--target-epochs`` (3 4 5 6 8 10 12) until one run reaches it. Each N is a run of
    its own, because the learning rate's cosine decay spans the run's epochs; the first N to
    reach the target is an estimate from one noisy evaluation per N (``--harden-n`` images),
    and a little optimistic for being the first crossing.
+
+The throughput runs alternate between the contenders (A B A B ...) and report the median, so
+that a busy neighbour slows both alike. torchattacks is a benchmark-only dependency::
+
+    pip install --no-deps torchattacks   # its requests pin would downgrade urllib3
+    nice -n 10 python bench/training_speed.py --config C --harden-from v0001
 
 Parts 3 and 4 harden ``--harden-from`` (default: production; skipped where the store has none).
 """
@@ -53,17 +55,24 @@ TARGET = 0.70
 
 
 def at_throughput(
-    model: nn.Module, attack: AttackFn, images: torch.Tensor, labels: torch.Tensor, batch: int
+    model: nn.Module,
+    attack: AttackFn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    bf16: bool = False,
 ) -> float:
-    """Samples/s of adversarial training steps (attack, forward, backward, Adam) over the data."""
+    """Samples/s of adversarial training steps (attack, forward, backward, Adam) over the data;
+    ``bf16``: the attack and the forward pass under bfloat16 autocast, as ``training._loop``."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     start = time.perf_counter()
     for i in range(0, len(labels), batch):
         x, y = images[i : i + batch], labels[i : i + batch]
-        adv = attack(x, y)
-        model.train()
-        loss = nn.functional.cross_entropy(model(adv), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            adv = attack(x, y)
+            model.train()
+            loss = nn.functional.cross_entropy(model(adv).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -82,6 +91,7 @@ def compare(
     batch: int,
     repeats: int,
     seed: int,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Median samples/s of each contender, runs interleaved, each from the same fresh model.
 
@@ -91,12 +101,13 @@ def compare(
     results: dict[str, list[float]] = {name: [] for name in contenders}
     for factory in contenders.values():  # untimed warm-up: one-time allocations, kernel choice
         model = _fresh(seed)
-        at_throughput(model, factory(model), images[:batch], labels[:batch], batch)
+        at_throughput(model, factory(model), images[:batch], labels[:batch], batch, bf16)
     for _ in range(repeats):
         for name, factory in contenders.items():
             model = _fresh(seed)
             torch.manual_seed(seed)
-            results[name].append(at_throughput(model, factory(model), images, labels, batch))
+            speed = at_throughput(model, factory(model), images, labels, batch, bf16)
+            results[name].append(speed)
     return {name: statistics.median(values) for name, values in results.items()}
 
 
@@ -124,6 +135,18 @@ def _contiguous(factory: Callable[[nn.Module], AttackFn]) -> Callable[[nn.Module
         return factory(model.to(memory_format=torch.contiguous_format))
 
     return convert
+
+
+def _relu_first(factory: Callable[[nn.Module], AttackFn]) -> Callable[[nn.Module], AttackFn]:
+    """``factory`` on the model with each ReLU moved before its max pooling (the textbook
+    order, which computes the same function), in place."""
+
+    def reorder(model: nn.Module) -> AttackFn:
+        for pool in (1, 4):  # conv, pool, ReLU -> conv, ReLU, pool
+            model[pool], model[pool + 1] = model[pool + 1], model[pool]  # type: ignore[index]
+        return factory(model)
+
+    return reorder
 
 
 def harden_run(
@@ -201,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
+        "--bf16", action="store_true", help="parts 1 and 2 under bfloat16 autocast (CPU)"
+    )
+    parser.add_argument(
         "--harden-from",
         default="production",
         help="standard version to harden for part 3 (default production; skipped if none)",
@@ -219,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         choices=METHODS,
-        help=f"part 4: methods to harden for --target-epochs until PGD-20 >= {TARGET}",
+        help=f"part 4: methods to harden for --target-epochs until PGD-20 >= {TARGET:.2f}",
     )
     parser.add_argument(
         "--target-epochs",
@@ -243,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         alpha = 2.5 * args.eps / args.steps
         print(
             f"# torch {torch.__version__}, {torch.get_num_threads()} threads; cnn, batch "
-            f"{args.batch}, {count} samples per run, median of {args.repeats} interleaved runs"
+            f"{args.batch}, {count} samples per run, median of {args.repeats} interleaved runs, "
+            f"{'bfloat16 autocast' if args.bf16 else 'float32'}"
         )
 
         contenders = {f"ours PGD-{args.steps}": _ours("pgd", args.eps, args.steps)}
@@ -255,22 +282,19 @@ def main(argv: list[str] | None = None) -> int:
             print("# torchattacks is not installed (pip install --no-deps torchattacks): skipped")
         contenders["ours FGSM-RS"] = _ours("fgsm-rs", args.eps, args.steps)
         contenders["ours FGSM-RS, NCHW"] = _contiguous(_ours("fgsm-rs", args.eps, args.steps))
-        speeds = compare(
-            contenders,
-            images,
-            labels,
-            args.batch,
-            args.repeats,
-            args.seed,
+        contenders["ours FGSM-RS, ReLU first"] = _relu_first(_ours("fgsm-rs", args.eps, args.steps))
+        contenders[f"ours PGD-{args.steps}, ReLU first"] = _relu_first(
+            _ours("pgd", args.eps, args.steps)
         )
+        speeds = compare(contenders, images, labels, args.batch, args.repeats, args.seed, args.bf16)
         for name, speed in speeds.items():
-            print(f"{name:24} {speed:9.1f} samples/s")
+            print(f"{name:26} {speed:9.1f} samples/s")
         ours, fast = speeds[f"ours PGD-{args.steps}"], speeds["ours FGSM-RS"]
         theirs = speeds.get(f"torchattacks PGD-{args.steps}")
         if theirs is not None:
             ratio = ours / theirs
             verdict = "MET" if ratio >= 1.0 else "MISSED"
-            print(f"ratio ours/torchattacks PGD-AT: {ratio:.2f} ({verdict} goal >= 1.0)")
+            print(f"ratio ours/torchattacks PGD-AT: {ratio:.3f} ({verdict} goal >= 1.0)")
         speedup = fast / ours
         print(
             f"ratio FGSM-RS/PGD-{args.steps}: {speedup:.2f} "
@@ -278,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         layout = fast / speeds["ours FGSM-RS, NCHW"]
         print(f"ratio FGSM-RS channels-last/NCHW weights: {layout:.2f}")
+        for name in ("FGSM-RS", f"PGD-{args.steps}"):
+            order = speeds[f"ours {name}"] / speeds[f"ours {name}, ReLU first"]
+            print(f"ratio {name} pooling first/ReLU first: {order:.2f}")
 
     if args.harden_from == "production" and ModelStore(cfg.store.path).production() is None:
         print("# no production model in the store (robustloop train): part 3 skipped")
@@ -289,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = run["pgd20_accuracy"] >= TARGET and run["wall_seconds"] <= 60  # type: ignore[operator]
             print(
                 f"harden --method {method} --max-seconds {args.harden_seconds:g}: "
-                f"{_describe(run)} ({'MET' if ok else 'MISSED'} goal >= {TARGET} within 60 s)",
+                f"{_describe(run)} ({'MET' if ok else 'MISSED'} goal >= {TARGET:.2f} within 60 s)",
                 flush=True,
             )
         for method in args.time_to_target:
@@ -319,13 +346,13 @@ def time_to_target(args: argparse.Namespace, method: str) -> None:
             wall = run["wall_seconds"]
             verdict = "MET" if wall <= 60 else "MISSED"  # type: ignore[operator]
             print(
-                f"time to PGD-20 >= {TARGET} with harden --method {method}: {wall:.1f} s wall, "
+                f"time to PGD-20 >= {TARGET:.2f} with harden --method {method}: {wall:.1f} s wall, "
                 f"{epochs} epochs ({verdict} goal <= 60 s)",
                 flush=True,
             )
             return
     print(
-        f"time to PGD-20 >= {TARGET} with harden --method {method}: not reached within "
+        f"time to PGD-20 >= {TARGET:.2f} with harden --method {method}: not reached within "
         f"{args.target_epochs[-1]} epochs (MISSED goal <= 60 s)",
         flush=True,
     )
