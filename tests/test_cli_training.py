@@ -158,6 +158,11 @@ def test_user_errors_exit_2_with_a_clear_message(
     assert code == 2 and "unknown model version 'v0099'" in err
     code, _, err = _run(capsys, *cfg, "models", "rollback")
     assert code == 2 and "nothing to roll back" in err
+    for bad in ("soon", "0", "-5"):  # a clock is a positive number of seconds, or none
+        with pytest.raises(SystemExit) as info:
+            _run(capsys, *cfg, "harden", "--max-seconds", bad)
+        assert info.value.code == 2 and "--max-seconds" in capsys.readouterr().err
+    assert len(ModelStore(tmp_path / "store").list()) == 1, "a refused harden registered nothing"
 
     store = ModelStore(tmp_path / "store")
     version = store.production()

@@ -133,7 +133,12 @@ NO_CLOCK = "none"
 
 
 def _seconds_or_none(text: str) -> float | str:
-    return NO_CLOCK if text.strip().lower() == NO_CLOCK else _positive_float(text)
+    if text.strip().lower() == NO_CLOCK:
+        return NO_CLOCK
+    try:
+        return _positive_float(text)
+    except ValueError:  # not a number (ArgumentTypeError, for <= 0, is not a ValueError)
+        raise argparse.ArgumentTypeError(f"seconds > 0 or 'none', got {text!r}") from None
 
 
 def _eps(text: str) -> float:
