@@ -52,6 +52,8 @@ AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 TARGET = 0.70
 """PGD-20 accuracy (eps 0.1) that parts 3 and 4 time the hardening to."""
+GOAL_SECONDS = 60.0
+"""Wall time of ``harden`` the goal allows to reach :data:`TARGET` (on 2 cores)."""
 
 
 def at_throughput(
@@ -142,7 +144,8 @@ def _relu_first(factory: Callable[[nn.Module], AttackFn]) -> Callable[[nn.Module
     order, which computes the same function), in place."""
 
     def reorder(model: nn.Module) -> AttackFn:
-        for pool in (1, 4):  # conv, pool, ReLU -> conv, ReLU, pool
+        pools = [i for i, layer in enumerate(model.children()) if isinstance(layer, nn.MaxPool2d)]
+        for pool in pools:  # conv, pool, ReLU -> conv, ReLU, pool
             model[pool], model[pool + 1] = model[pool + 1], model[pool]  # type: ignore[index]
         return factory(model)
 
@@ -313,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             run = harden_run(
                 args.config, args.harden_from, method, args.harden_n, seconds=args.harden_seconds
             )
-            ok = run["pgd20_accuracy"] >= TARGET and run["wall_seconds"] <= 60  # type: ignore[operator]
+            ok = run["pgd20_accuracy"] >= TARGET and run["wall_seconds"] <= GOAL_SECONDS  # type: ignore[operator]
             print(
                 f"harden --method {method} --max-seconds {args.harden_seconds:g}: "
-                f"{_describe(run)} ({'MET' if ok else 'MISSED'} goal >= {TARGET:.2f} within 60 s)",
+                f"{_describe(run)} ({'MET' if ok else 'MISSED'} goal >= {TARGET:.2f} within "
+                f"{GOAL_SECONDS:g} s)",
                 flush=True,
             )
         for method in args.time_to_target:
@@ -344,16 +348,16 @@ def time_to_target(args: argparse.Namespace, method: str) -> None:
         print(f"harden --method {method} --epochs {epochs}: {_describe(run)}", flush=True)
         if run["pgd20_accuracy"] >= TARGET:  # type: ignore[operator]
             wall = run["wall_seconds"]
-            verdict = "MET" if wall <= 60 else "MISSED"  # type: ignore[operator]
+            verdict = "MET" if wall <= GOAL_SECONDS else "MISSED"  # type: ignore[operator]
             print(
                 f"time to PGD-20 >= {TARGET:.2f} with harden --method {method}: {wall:.1f} s wall, "
-                f"{epochs} epochs ({verdict} goal <= 60 s)",
+                f"{epochs} epochs ({verdict} goal <= {GOAL_SECONDS:g} s)",
                 flush=True,
             )
             return
     print(
         f"time to PGD-20 >= {TARGET:.2f} with harden --method {method}: not reached within "
-        f"{args.target_epochs[-1]} epochs (MISSED goal <= 60 s)",
+        f"{args.target_epochs[-1]} epochs (MISSED goal <= {GOAL_SECONDS:g} s)",
         flush=True,
     )
 

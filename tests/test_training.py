@@ -85,8 +85,15 @@ def test_pooling_before_relu_computes_what_relu_before_pooling_would() -> None:
     torch.manual_seed(0)
     model = build_model("cnn")
     layers = list(model)
-    assert [type(layer) for layer in layers[:3]] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]
-    for pool in (1, 4):  # the textbook order: convolution, ReLU, pooling
+    pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
+    assert len(pools) == 2
+    for pool in pools:  # each convolution, then pooling, then ReLU
+        assert [type(layer) for layer in layers[pool - 1 : pool + 2]] == [
+            nn.Conv2d,
+            nn.MaxPool2d,
+            nn.ReLU,
+        ]
+    for pool in pools:  # the textbook order: convolution, ReLU, pooling
         layers[pool], layers[pool + 1] = layers[pool + 1], layers[pool]
     textbook = nn.Sequential(*layers)
     images = torch.rand(16, 1, 28, 28)
