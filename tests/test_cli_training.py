@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from robustloop.cli import main
-from robustloop.config import RobustloopConfig, dump_config
+from robustloop.config import RobustloopConfig, dump_config, load_config
 from tests.conftest import DATASET_ROOT
-from training import ModelStore, build_model
+from training import DEFAULT_LR, ModelStore, build_model
 
 pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
 
@@ -42,11 +42,12 @@ def test_train_harden_evaluate_promote_rollback(
     standard = out.strip().splitlines()[-1]
     assert standard.startswith("v0001-")
 
-    code, out, _ = _run(
+    code, out, err = _run(
         capsys, *cfg, "harden", "--from", "production", "--method", "pgd", "--steps", "2",
         "--epochs", "1", "--max-seconds", "none", "--incident", "inc-42",
     )  # fmt: skip
     assert code == 0
+    assert "warning" not in err
     hardened = out.strip().splitlines()[-1]
     store = ModelStore(tmp_path / "store")
     manifest = store.manifest(hardened)
@@ -54,6 +55,9 @@ def test_train_harden_evaluate_promote_rollback(
     assert manifest.provenance["incident"] == "inc-42"
     assert manifest.recipe["method"] == "pgd" and manifest.recipe["eps"] == 0.1
     assert manifest.recipe["max_seconds"] is None  # the config says 60; "none" lifts the clock
+    # remediation.lr: null resolves to the optimizer's default, and the recipe records it
+    assert manifest.recipe["optimizer"] == "sgd" and manifest.recipe["lr"] == DEFAULT_LR["sgd"]
+    assert manifest.recipe["warmup"] == 0.2
     assert store.production() == standard, "harden must not promote"
 
     code, out, _ = _run(
@@ -82,6 +86,24 @@ def test_train_harden_evaluate_promote_rollback(
 
     code, out, _ = _run(capsys, *cfg, "models", "list")
     assert code == 0 and f"* {standard}" in out
+
+
+def test_harden_warns_when_the_learning_rate_is_of_the_other_optimizers_scale(
+    config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A config written before remediation.optimizer existed holds Adam's lr 3e-3."""
+    cfg = load_config(config_path)
+    cfg.remediation.lr = 3e-3
+    old = tmp_path / "old.yaml"
+    old.write_text(dump_config(cfg))
+    assert _run(capsys, "--config", str(old), "train", "--epochs", "1")[0] == 0
+    code, out, err = _run(
+        capsys, "--config", str(old), "harden", "--from", "production", "--epochs", "1"
+    )
+    assert code == 0, err
+    assert "warning: remediation.lr 0.003 is far from sgd's usual scale" in err
+    recipe = ModelStore(tmp_path / "store").manifest(out.strip().splitlines()[-1]).recipe
+    assert (recipe["optimizer"], recipe["lr"]) == ("sgd", 3e-3), "a warning, not a change"
 
 
 def test_models_average_registers_the_mean_of_the_weights(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from typing import Any
 
@@ -16,6 +17,7 @@ from robustloop.config import DataConfig
 from tests.conftest import DATASET_ROOT
 from training import (
     ARCHITECTURES,
+    DEFAULT_LR,
     FGSM,
     Splits,
     TrainResult,
@@ -30,6 +32,7 @@ from training import (
 from training.adversarial import (
     PriorStart,
     check_noise,
+    learning_rate_warning,
     make_training_attack,
     training_perturbation,
 )
@@ -40,7 +43,7 @@ pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROO
 
 @pytest.fixture(scope="module")
 def splits() -> Splits:
-    return make_splits(DataConfig(train_limit=1000, eval_size=120, traffic_size=100))
+    return make_splits(DataConfig(train_limit=1000, eval_size=500, traffic_size=100))
 
 
 @pytest.fixture(scope="module")
@@ -137,21 +140,28 @@ def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: 
 
 
 @pytest.mark.parametrize(
-    ("method", "bf16"),
-    [("fgsm-rs", False), ("fgsm-prior", True)],
-    ids=["fgsm-rs-fp32", "fgsm-prior-bf16"],
+    ("method", "bf16", "optimizer", "lr", "warmup"),
+    [
+        ("fgsm-rs", False, "sgd", DEFAULT_LR["sgd"], 0.2),  # the remediation's recipe
+        ("fgsm-prior", True, "sgd", DEFAULT_LR["sgd"], 0.2),
+        ("fgsm-rs", True, "adam", 2e-3, 0.0),
+    ],
+    ids=["fgsm-rs-fp32-sgd", "fgsm-prior-bf16-sgd", "fgsm-rs-bf16-adam"],
 )
 def test_short_hardening_raises_pgd_accuracy(
     splits: Splits,
     standard: nn.Module,
     method: str,
     bf16: bool,
+    optimizer: str,
+    lr: float,
+    warmup: float,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """GIVEN a standard model, WHEN it gets two more epochs of fast adversarial training
-    (FGSM-RS in float32, FGSM-prior under bfloat16 autocast), THEN its PGD accuracy rises, and
-    clearly beats two more epochs of standard training; each epoch of both logs one line (the
-    progress bar shows only on a terminal)."""
+    (FGSM-RS and FGSM-prior, float32 and bfloat16 autocast, SGD with warm-up and Adam), THEN
+    its PGD accuracy rises, and clearly beats two more epochs of standard training; each epoch
+    of both logs one line (the progress bar shows only on a terminal)."""
     before = evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=5)
     more_standard = _copy(standard)
     with caplog.at_level(logging.INFO, logger="training"):
@@ -167,7 +177,9 @@ def test_short_hardening_raises_pgd_accuracy(
             steps=1,
             epochs=2,
             batch_size=50,
-            lr=2e-3,
+            lr=lr,
+            optimizer=optimizer,
+            warmup=warmup,
             seed=0,
             max_seconds=None,
             check_size=64,
@@ -236,6 +248,8 @@ def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module) -> None:
         "epochs": 1,
         "batch_size": 50,
         "lr": 1e-3,
+        "optimizer": "adam",
+        "warmup": 0.0,
         "seed": 4,
         "max_seconds": None,
         "check_size": 32,
@@ -261,6 +275,8 @@ def test_max_seconds_stops_cleanly_with_a_checked_model(
         epochs=5,
         batch_size=50,
         lr=1e-3,
+        optimizer="adam",
+        warmup=0.0,
         seed=0,
         max_seconds=1e-9,
         check_size=32,
@@ -301,6 +317,8 @@ def _train_with_fake_checks(
         epochs=len(checks),
         batch_size=50,
         lr=1e-3,
+        optimizer="adam",
+        warmup=0.0,
         seed=0,
         max_seconds=None,
         check_size=check_size,
@@ -338,23 +356,53 @@ def test_the_latest_checkpoint_within_the_checks_noise_of_the_best_is_kept(
         assert torch.equal(value, states[1][key]), "the epoch-2 checkpoint must be kept"
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"method": "trades"}, "unknown adversarial training method 'trades'; choose one of"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; choose one of"),
+        ({"warmup": 1.0}, r"warmup must be in \[0, 1\), got 1.0"),
+        ({"warmup": -0.1}, r"warmup must be in \[0, 1\)"),
+    ],
+)
+def test_bad_adversarial_training_arguments_are_refused_and_train_nothing(
+    splits: Splits, bad: dict[str, Any], message: str
+) -> None:
+    model = build_model("cnn")
+    before = _state(model)
+    kwargs: dict[str, Any] = {
+        "method": "fgsm-rs",
+        "eps": 0.1,
+        "step_size": None,
+        "steps": 1,
+        "epochs": 1,
+        "batch_size": 50,
+        "lr": 1e-3,
+        "optimizer": "sgd",
+        "warmup": 0.2,
+        "seed": 0,
+        "max_seconds": None,
+        "check_size": 32,
+        "progress": False,
+    }
+    with pytest.raises(ValueError, match=message):
+        adversarial_train(model, splits.train, **{**kwargs, **bad})
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_learning_rate_of_the_other_optimizers_scale_is_warned_about() -> None:
+    """A config written before the optimizer choice holds Adam's 3e-3: under SGD, warn."""
+    warning = learning_rate_warning("sgd", 3e-3)
+    assert warning is not None and "remediation.lr 0.003" in warning and "null" in warning
+    assert learning_rate_warning("adam", 0.1) is not None
+    assert learning_rate_warning("sgd", DEFAULT_LR["sgd"]) is None
+    assert learning_rate_warning("sgd", 0.02) is None
+    assert learning_rate_warning("adam", 1e-3) is None
+
+
 def test_bad_training_arguments_are_refused(splits: Splits) -> None:
     model = build_model("cnn")
-    with pytest.raises(ValueError, match="choose one of"):
-        adversarial_train(
-            model,
-            splits.train,
-            method="trades",
-            eps=0.1,
-            step_size=None,
-            steps=1,
-            epochs=1,
-            batch_size=50,
-            lr=1e-3,
-            seed=0,
-            max_seconds=None,
-            check_size=32,
-        )
     with pytest.raises(ValueError, match="epochs"):
         train_standard(model, splits.train, epochs=0, batch_size=50, lr=1e-3, seed=0)
 
@@ -374,8 +422,8 @@ def test_evaluation_reports_wilson_intervals(splits: Splits, standard: nn.Module
         again.correct,
         evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=3, n=50, seed=1).correct,
     )
-    with pytest.raises(ValueError, match="between 1 and 120"):
-        evaluate(standard, splits.eval, n=121)
+    with pytest.raises(ValueError, match="between 1 and 500"):
+        evaluate(standard, splits.eval, n=501)
     with pytest.raises(ValueError, match="unknown attack"):
         evaluate(standard, splits.eval, attack="cw")
 
@@ -401,6 +449,25 @@ def test_learning_rate_follows_the_clock_when_time_runs_short() -> None:
     deadline.start = time.monotonic() - 1000.0
     assert cosine_lr(1.0, 1, 100, deadline) == pytest.approx(0.0, abs=1e-6)
     assert cosine_lr(1.0, 50, 100, Deadline(None)) == pytest.approx(0.5)
+
+
+def test_warmup_climbs_linearly_to_the_peak_then_decays_to_zero() -> None:
+    """The one-cycle shape of 'fast' AT: 0 -> peak over the warm-up fraction, cosine to 0."""
+    import time
+
+    from training._loop import Deadline, cosine_lr
+
+    rates = [cosine_lr(0.1, step, 100, warmup=0.2) for step in range(101)]
+    assert rates[0] == pytest.approx(0.1 * 0.01 / 0.2), "the first step is small, not zero"
+    assert rates[9] == pytest.approx(0.05)
+    assert max(rates) == rates[19] == rates[20] == pytest.approx(0.1)
+    assert rates[60] == pytest.approx(0.05) and rates[100] == pytest.approx(0.0)
+    assert all(a < b for a, b in itertools.pairwise(rates[:20]))
+    assert all(a > b for a, b in itertools.pairwise(rates[20:]))
+    # the clock's fraction moves the warm-up too: half the budget gone is past the peak
+    deadline = Deadline(max_seconds=1000.0)
+    deadline.start = time.monotonic() - 500.0
+    assert cosine_lr(0.1, 1, 100, deadline, warmup=0.2) < 0.1
 
 
 def test_precision_names_resolve_and_unknown_ones_are_refused() -> None:

@@ -2,7 +2,7 @@
 and the model store. Serving and the workflow steps use these public names only.
 """
 
-from training.adversarial import PRECISIONS, adversarial_train, use_bf16
+from training.adversarial import DEFAULT_LR, PRECISIONS, adversarial_train, use_bf16
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
 from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
 from training.evaluate import EvalResult, evaluate
@@ -19,6 +19,7 @@ from training.train import TrainResult, train_standard
 __all__ = [
     "ARCHITECTURES",
     "ATTACKS",
+    "DEFAULT_LR",
     "FGSM",
     "PGD",
     "PRECISIONS",

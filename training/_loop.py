@@ -47,8 +47,11 @@ class Deadline:
         return self.max_seconds is not None and self.elapsed >= self.max_seconds
 
 
-def cosine_lr(base: float, step: int, total: int, deadline: Deadline | None = None) -> float:
-    """Cosine decay from ``base`` to 0 over ``total`` steps (Loshchilov and Hutter 2017).
+def cosine_lr(
+    base: float, step: int, total: int, deadline: Deadline | None = None, warmup: float = 0.0
+) -> float:
+    """Linear warm-up from 0 over the first ``warmup`` fraction of the run, then cosine decay
+    from ``base`` to 0 (Loshchilov and Hutter 2017) over the rest.
 
     With a ``deadline`` that has a budget, progress is the larger of the step fraction and the
     time fraction, so that a run cut short by the clock still ends with a small learning rate.
@@ -56,7 +59,11 @@ def cosine_lr(base: float, step: int, total: int, deadline: Deadline | None = No
     fraction = min(step, total) / max(total, 1)
     if deadline is not None and deadline.max_seconds:
         fraction = max(fraction, min(1.0, deadline.elapsed / deadline.max_seconds))
-    return base * 0.5 * (1 + math.cos(math.pi * fraction))
+    if fraction < warmup:
+        # counted at the end of the step: the first step gets base/(warmup*total), not 0
+        return base * min(1.0, (fraction + 1 / max(total, 1)) / warmup)
+    decayed = (fraction - warmup) / (1 - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * decayed))
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
@@ -121,6 +128,7 @@ def train_epoch(
     perturb: Perturb | None = None,
     metric: str = "acc",
     bf16: bool = False,
+    warmup: float = 0.0,
 ) -> EpochResult:
     """One epoch of mini-batch training, shared by standard and adversarial training.
 
@@ -134,13 +142,15 @@ def train_epoch(
             gradients and the optimizer stay float32). The context is entered per mini-batch
             with its weight cache off: a cache kept across optimizer steps would feed the
             forward pass stale weights.
+        warmup: fraction of the run over which the learning rate climbs to ``lr``
+            (:func:`cosine_lr`).
     """
     loss_sum, hits, seen, stopped = 0.0, 0, 0, False
     with progress_bar(steps_per_epoch(dataset, batch_size), desc, progress) as bar:
         for indices, images, labels in batches(dataset, batch_size, generator):
             clock = deadline if schedule_by_clock else None
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(lr, step, total_steps, clock)
+                group["lr"] = cosine_lr(lr, step, total_steps, clock, warmup)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
                 inputs = perturb(images, labels, indices) if perturb is not None else images
                 logits = model(inputs)

@@ -282,10 +282,15 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
     """
     import torch
 
-    from training import adversarial_train, build_model, make_splits, use_bf16
+    from training import DEFAULT_LR, adversarial_train, build_model, make_splits, use_bf16
+    from training.adversarial import learning_rate_warning
 
     _setup_torch(cfg)
     rc = cfg.remediation
+    lr = rc.lr if rc.lr is not None else DEFAULT_LR[rc.optimizer]
+    warning = learning_rate_warning(rc.optimizer, lr)
+    if warning:
+        print(f"robustloop: warning: {warning}", file=sys.stderr)
     method, eps, step_size, steps = rc.method, rc.eps, rc.step_size, rc.steps
     epochs, max_seconds, warm_start = rc.epochs, rc.max_seconds, rc.warm_start
     bf16 = use_bf16(rc.precision)
@@ -307,7 +312,9 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
             steps=steps,
             epochs=epochs,
             batch_size=rc.batch_size,
-            lr=rc.lr,
+            lr=lr,
+            optimizer=rc.optimizer,
+            warmup=rc.warmup,
             seed=cfg.training.seed,
             max_seconds=max_seconds,
             check_size=rc.check_size,
@@ -326,7 +333,9 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
                 "epochs": epochs,
                 "max_seconds": max_seconds,
                 "batch_size": rc.batch_size,
-                "lr": rc.lr,
+                "optimizer": rc.optimizer,
+                "lr": lr,
+                "warmup": rc.warmup,
                 "seed": cfg.training.seed,
                 "warm_start": warm_start,
                 "check_size": rc.check_size,
