@@ -1,7 +1,8 @@
 """Which hardening recipe buys the most robustness in a fixed time budget?
 
 Runs ``training.adversarial_train`` from one model of the store for ``--seconds`` per recipe
-(learning rate, precision, training eps, method), one after the other in this process, and
+(optimizer, learning rate and warm-up, precision, training eps, method), one after the other in
+this process, and
 evaluates each result in float32 on the first ``--n`` images of the held-out eval split:
 clean, FGSM and PGD-20 accuracy at eps 0.1. The number of training samples each recipe got in
 its budget is printed too: bfloat16 buys samples, the learning rate what they teach.
@@ -40,13 +41,27 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fgsm-prior step 0.5 eps": {"method": "fgsm-prior", "step_size": 0.05},
     "fgsm-prior 4 epochs": {"method": "fgsm-prior", "epochs": 4},
     "fgsm-prior step 0.5 eps 4 epochs": {"method": "fgsm-prior", "step_size": 0.05, "epochs": 4},
+    "adam lr 3e-3 warmup 0.2": {"warmup": 0.2},
+    "sgd lr 0.05": {"optimizer": "sgd", "lr": 0.05},
+    "sgd lr 0.05 warmup 0.2": {"optimizer": "sgd", "lr": 0.05, "warmup": 0.2},
+    "sgd lr 0.1 warmup 0.2": {"optimizer": "sgd", "lr": 0.1, "warmup": 0.2},
+    "sgd lr 0.15 warmup 0.2": {"optimizer": "sgd", "lr": 0.15, "warmup": 0.2},
+    "sgd lr 0.2 warmup 0.2": {"optimizer": "sgd", "lr": 0.2, "warmup": 0.2},
+    "fgsm-prior sgd lr 0.1 warmup 0.2": {
+        "method": "fgsm-prior",
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "warmup": 0.2,
+    },
 }
 DEFAULTS: dict[str, Any] = {
     "method": "fgsm-rs",
     "eps": 0.1,
     "step_size": None,  # the method's default (FGSM-RS: 1.25 eps; FGSM-prior: 0.75 eps)
     "steps": 7,
+    "optimizer": "adam",  # the recipes above the sgd ones were measured with Adam, no warm-up
     "lr": 3e-3,
+    "warmup": 0.0,
     "batch_size": 128,
     "bf16": True,
     "epochs": None,  # the config's remediation.epochs
@@ -88,6 +103,8 @@ def main() -> int:
             epochs=recipe["epochs"] or cfg.remediation.epochs,
             batch_size=recipe["batch_size"],
             lr=recipe["lr"],
+            optimizer=recipe["optimizer"],
+            warmup=recipe["warmup"],
             seed=cfg.training.seed,
             max_seconds=args.seconds,
             check_size=cfg.remediation.check_size,

@@ -7,6 +7,13 @@ versions of a model store, and the issue's goals checked:
   small CNN on Fashion-MNIST is 88.5 % clean, 78.5 % robust);
 * no gradient masking: FGSM accuracy at eps 0.2 below that at eps 0.1, for both models.
 
+``--strong N`` adds a stronger check on the first N images at the first eps: torchattacks'
+APGD with the cross-entropy loss, targeted APGD with the DLR loss (two of AutoAttack's four
+attacks, Croce and Hein 2020) and the gradient-free Square attack, then the accuracy under the
+worst of all attacks per image (clean and PGD included). Masked gradients would show as a worst
+case far below PGD's accuracy, or as Square, which uses no gradients, beating PGD.
+torchattacks is a benchmark-only dependency (``pip install --no-deps torchattacks``).
+
 Produce the two versions with the CLI first, for example::
 
     robustloop --config C train            # the standard model (v0001)
@@ -35,6 +42,7 @@ from torch.utils.data import TensorDataset
 from robustloop.config import load_config
 from training import ModelStore, evaluate, load_fashion_mnist
 from training.data import to_float
+from training.evaluate import EvalResult, wilson_interval
 
 
 def _pick(store: ModelStore, ref: str | None, standard: bool, config: Path | None) -> str:
@@ -65,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, default=3, help="PGD restarts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--strong",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run APGD-CE, APGD-T (DLR) and Square on the first N images (0: skip)",
+    )
+    parser.add_argument("--apgd-steps", type=int, default=50, help="APGD iterations")
+    parser.add_argument("--square-queries", type=int, default=1000, help="Square queries")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs += [("hardened", "pgd", eps) for eps in args.eps]
     jobs += [("standard", "pgd", eps) for eps in args.eps]
     rows: list[dict[str, Any]] = []
+    results: dict[tuple[str, str, float], EvalResult] = {}
     print(f"{'model':10} {'attack':7} {'eps':>5} {'accuracy':>9}  {'95% CI':15} {'seconds':>8}")
     for role, attack, eps in jobs:
         start = time.perf_counter()
@@ -104,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=500,
         )
         seconds = time.perf_counter() - start
+        results[role, attack, eps] = result
         lo, hi = result.ci95
         print(
             f"{role:10} {attack:7} {eps:5.2f} {result.accuracy:9.4f}  [{lo:.4f}, {hi:.4f}] "
@@ -114,11 +133,38 @@ def main(argv: list[str] | None = None) -> int:
             {"model": role, "version": versions[role], **result.as_dict(), "seconds": seconds}
         )
 
+    if args.strong:
+        eps = args.eps[0]
+        n = min(args.strong, len(test))
+        images, labels = test.tensors[0][:n], test.tensors[1][:n]
+        print(f"\n# strong attacks on the first {n} images, eps {eps:g}")
+        print(f"{'model':10} {'attack':16} {'accuracy':>9}  {'95% CI':15} {'seconds':>8}")
+        pgd_name = f"PGD-{args.steps}x{args.restarts}"
+        for role, model in models.items():
+            correct = {
+                "clean": results[role, "none", 0.0].correct[:n],
+                pgd_name: results[role, "pgd", eps].correct[:n],
+            }
+            for name, attack in _strong_attacks(model, eps, args).items():
+                start = time.perf_counter()
+                correct[name] = _correct_under(model, attack, images, labels)
+                _print_accuracy(role, name, correct[name], time.perf_counter() - start)
+            correct["worst case"] = torch.stack(list(correct.values())).all(dim=0)
+            _print_accuracy(role, "worst case", correct["worst case"], None)
+            accuracy = {name: float(mask.float().mean()) for name, mask in correct.items()}
+            square = next(name for name in accuracy if name.startswith("Square"))
+            print(
+                f"{role}: worst case {accuracy['worst case']:.4f} against {pgd_name} "
+                f"{accuracy[pgd_name]:.4f} on these images (gap "
+                f"{accuracy[pgd_name] - accuracy['worst case']:.4f}); gradient-free Square "
+                f"{accuracy[square]:.4f} {'>=' if accuracy[square] >= accuracy[pgd_name] else '<'}"
+                f" {pgd_name}"
+            )
+            rows.append({"model": role, "strong": {"n": n, "eps": eps, **accuracy}})
+
     def acc(role: str, attack: str, eps: float) -> float | None:
-        for row in rows:
-            if (row["model"], row["attack"]) == (role, attack) and abs(row["eps"] - eps) < 1e-9:
-                return float(row["accuracy"])
-        return None
+        result = results.get((role, attack, eps))
+        return None if result is None else result.accuracy
 
     print("\n# goals")
     clean, pgd = acc("hardened", "none", 0.0), acc("hardened", "pgd", 0.1)
@@ -133,6 +179,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({"versions": versions, "rows": rows}, indent=2) + "\n")
     return 0
+
+
+def _strong_attacks(model: torch.nn.Module, eps: float, args: argparse.Namespace) -> dict[str, Any]:
+    """torchattacks' APGD-CE, APGD-T (DLR loss, every other class as target) and Square."""
+    import torchattacks  # benchmark-only dependency
+
+    steps, queries = args.apgd_steps, args.square_queries
+    return {
+        f"APGD-CE-{steps}": torchattacks.APGD(model, eps=eps, steps=steps, loss="ce", seed=0),
+        f"APGD-T-{steps}": torchattacks.APGDT(model, eps=eps, steps=steps, n_classes=10, seed=0),
+        f"Square-{queries}": torchattacks.Square(model, eps=eps, n_queries=queries, seed=0),
+    }
+
+
+def _correct_under(
+    model: torch.nn.Module, attack: Any, images: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Whether ``model`` classifies each image correctly after ``attack``, in batches of 500."""
+    model.eval()
+    correct = []
+    for start in range(0, len(labels), 500):
+        x, y = images[start : start + 500], labels[start : start + 500]
+        adv = attack(x, y).detach()
+        if float((adv - x).abs().max()) > attack.eps + 1e-5:
+            raise AssertionError(f"{type(attack).__name__} left the eps-ball")
+        with torch.no_grad():
+            correct.append(model(adv).argmax(dim=1) == y)
+    return torch.cat(correct)
+
+
+def _print_accuracy(role: str, name: str, correct: torch.Tensor, seconds: float | None) -> None:
+    hits, n = int(correct.sum()), len(correct)
+    lo, hi = wilson_interval(hits, n)
+    timing = f"{seconds:8.1f}" if seconds is not None else ""
+    print(f"{role:10} {name:16} {hits / n:9.4f}  [{lo:.4f}, {hi:.4f}] {timing}", flush=True)
 
 
 if __name__ == "__main__":
