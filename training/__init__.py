@@ -2,7 +2,13 @@
 and the model store. Serving and the workflow steps use these public names only.
 """
 
-from training.adversarial import DEFAULT_LR, PRECISIONS, adversarial_train, use_bf16
+from training.adversarial import (
+    DEFAULT_LR,
+    PRECISIONS,
+    adversarial_train,
+    learning_rate_warning,
+    use_bf16,
+)
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
 from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
 from training.evaluate import EvalResult, evaluate
@@ -38,6 +44,7 @@ __all__ = [
     "average_weights",
     "build_model",
     "evaluate",
+    "learning_rate_warning",
     "load_fashion_mnist",
     "make_attack",
     "make_splits",

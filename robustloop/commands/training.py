@@ -282,8 +282,14 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
     """
     import torch
 
-    from training import DEFAULT_LR, adversarial_train, build_model, make_splits, use_bf16
-    from training.adversarial import learning_rate_warning
+    from training import (
+        DEFAULT_LR,
+        adversarial_train,
+        build_model,
+        learning_rate_warning,
+        make_splits,
+        use_bf16,
+    )
 
     _setup_torch(cfg)
     rc = cfg.remediation
