@@ -58,6 +58,27 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def _recipe(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of a small, quick ``adversarial_train`` run; each test overrides what
+    it is about (FGSM-RS, Adam at 1e-3 without warm-up, one epoch of batches of 50)."""
+    recipe: dict[str, Any] = {
+        "method": "fgsm-rs",
+        "eps": 0.1,
+        "step_size": None,
+        "steps": 1,
+        "epochs": 1,
+        "batch_size": 50,
+        "lr": 1e-3,
+        "optimizer": "adam",
+        "warmup": 0.0,
+        "seed": 0,
+        "max_seconds": None,
+        "check_size": 32,
+        "progress": False,
+    }
+    return {**recipe, **overrides}
+
+
 def _copy(model: nn.Module) -> nn.Module:
     clone = build_model("cnn")
     clone.load_state_dict(model.state_dict())
@@ -168,24 +189,10 @@ def test_short_hardening_raises_pgd_accuracy(
         train_standard(
             more_standard, splits.train, epochs=2, batch_size=50, lr=2e-3, seed=1, progress=False
         )
-        result = adversarial_train(
-            _copy(standard),
-            splits.train,
-            method=method,
-            eps=0.1,
-            step_size=None,
-            steps=1,
-            epochs=2,
-            batch_size=50,
-            lr=lr,
-            optimizer=optimizer,
-            warmup=warmup,
-            seed=0,
-            max_seconds=None,
-            check_size=64,
-            progress=False,
-            bf16=bf16,
+        recipe = _recipe(
+            method=method, epochs=2, lr=lr, optimizer=optimizer, warmup=warmup, check_size=64
         )
+        result = adversarial_train(_copy(standard), splits.train, **recipe, bf16=bf16)
     control = evaluate(more_standard, splits.eval, attack="pgd", eps=0.1, steps=5)
     after = evaluate(result.model, splits.eval, attack="pgd", eps=0.1, steps=5)
     assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
@@ -240,21 +247,7 @@ def test_fgsm_prior_starts_each_example_where_its_last_perturbation_ended(
 
 def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module) -> None:
     small = TensorDataset(*(t[:100] for t in splits.train.tensors))
-    kwargs: dict[str, Any] = {
-        "method": "pgd",
-        "eps": 0.1,
-        "step_size": None,
-        "steps": 2,
-        "epochs": 1,
-        "batch_size": 50,
-        "lr": 1e-3,
-        "optimizer": "adam",
-        "warmup": 0.0,
-        "seed": 4,
-        "max_seconds": None,
-        "check_size": 32,
-        "progress": False,
-    }
+    kwargs = _recipe(method="pgd", steps=2, seed=4)
     one = adversarial_train(_copy(standard), small, **kwargs)
     two = adversarial_train(_copy(standard), small, **kwargs)
     assert one.history[0]["loss"] == two.history[0]["loss"]
@@ -265,23 +258,8 @@ def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module) -> None:
 def test_max_seconds_stops_cleanly_with_a_checked_model(
     splits: Splits, standard: nn.Module
 ) -> None:
-    result = adversarial_train(
-        _copy(standard),
-        splits.train,
-        method="pgd",
-        eps=0.1,
-        step_size=None,
-        steps=2,
-        epochs=5,
-        batch_size=50,
-        lr=1e-3,
-        optimizer="adam",
-        warmup=0.0,
-        seed=0,
-        max_seconds=1e-9,
-        check_size=32,
-        progress=False,
-    )
+    recipe = _recipe(method="pgd", steps=2, epochs=5, max_seconds=1e-9)
+    result = adversarial_train(_copy(standard), splits.train, **recipe)
     assert result.stopped_early
     assert len(result.history) == 1
     assert result.history[0]["samples"] == 50, "stops after the first mini-batch"
@@ -307,23 +285,8 @@ def _train_with_fake_checks(
 
     monkeypatch.setattr(adversarial_module, "_check", fake_check)
     small = TensorDataset(*(t[:100] for t in splits.train.tensors))
-    result = adversarial_train(
-        _copy(standard),
-        small,
-        method="fgsm-rs",
-        eps=0.1,
-        step_size=None,
-        steps=1,
-        epochs=len(checks),
-        batch_size=50,
-        lr=1e-3,
-        optimizer="adam",
-        warmup=0.0,
-        seed=0,
-        max_seconds=None,
-        check_size=check_size,
-        progress=False,
-    )
+    recipe = _recipe(epochs=len(checks), check_size=check_size)
+    result = adversarial_train(_copy(standard), small, **recipe)
     return result, states
 
 
@@ -370,23 +333,10 @@ def test_bad_adversarial_training_arguments_are_refused_and_train_nothing(
 ) -> None:
     model = build_model("cnn")
     before = _state(model)
-    kwargs: dict[str, Any] = {
-        "method": "fgsm-rs",
-        "eps": 0.1,
-        "step_size": None,
-        "steps": 1,
-        "epochs": 1,
-        "batch_size": 50,
-        "lr": 1e-3,
-        "optimizer": "sgd",
-        "warmup": 0.2,
-        "seed": 0,
-        "max_seconds": None,
-        "check_size": 32,
-        "progress": False,
-    }
     with pytest.raises(ValueError, match=message):
-        adversarial_train(model, splits.train, **{**kwargs, **bad})
+        adversarial_train(
+            model, splits.train, **_recipe(**{"optimizer": "sgd", "warmup": 0.2, **bad})
+        )
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
 
