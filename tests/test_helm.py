@@ -46,6 +46,11 @@ CHART_COPIES = {
     "files/robustloop.rules.yaml": REPO_ROOT / "alert_rules" / "robustloop.rules.yaml",
     "files/robustloop-remediate.yaml": REPO_ROOT / "workflows" / "robustloop-remediate.yaml",
 }
+# Where Argo places one step's pods (io.argoproj.workflow.v1alpha1.Template) or every step's
+# (WorkflowSpec; a template's own field replaces it for that step), and what workflow.gpu places.
+PLACEMENT = ("nodeSelector", "tolerations", "affinity")
+GPU_STEP = "harden"
+GPU_RESOURCE = "nvidia.com/gpu"
 
 Obj = dict[str, Any]
 
@@ -121,6 +126,33 @@ def _steps(workflow_template: Obj) -> list[Obj]:
     ]
 
 
+def _resources(template: Obj) -> Obj:
+    """The resources of a template's script or container ({} for a DAG)."""
+    step = template.get("script") or template.get("container") or {}
+    return dict(step.get("resources", {}))
+
+
+def _mentions(obj: Any, word: str, path: str = "") -> list[str]:
+    """The paths in ``obj`` where ``word`` occurs, case-insensitively, in a key or a value."""
+    if isinstance(obj, dict):
+        return [
+            hit
+            for key, value in obj.items()
+            for hit in ([f"{path}/{key}"] if word in str(key).lower() else [])
+            + _mentions(value, word, f"{path}/{key}")
+        ]
+    if isinstance(obj, list):
+        return [hit for i, item in enumerate(obj) for hit in _mentions(item, word, f"{path}/{i}")]
+    return [path] if isinstance(obj, str) and word in obj.lower() else []
+
+
+def _gpu_values(scenario: str) -> Obj:
+    """``workflow.gpu`` as the chart sees it: the scenario's keys over the chart's defaults."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["workflow"]["gpu"]
+    scenario_values = yaml.safe_load(Path(_values_file(scenario)).read_text()) or {}
+    return defaults | scenario_values.get("workflow", {}).get("gpu", {})
+
+
 # --------------------------------------------------------------------------------------------
 # schemas
 
@@ -150,6 +182,18 @@ def _errors(validator: jsonschema.protocols.Validator, obj: Obj) -> list[str]:
     ]
 
 
+def _argo_problems(validator: jsonschema.protocols.Validator, workflow_template: Obj) -> list[str]:
+    """What the Argo schema rejects, and whether Hera's models know every key (a dropped key
+    would make the round trip differ)."""
+    from hera.workflows.models import WorkflowTemplate
+
+    problems = _errors(validator, workflow_template)
+    model = WorkflowTemplate.model_validate(workflow_template)
+    if model.model_dump(by_alias=True, exclude_none=True, mode="json") != workflow_template:
+        problems.append("<root>: does not round-trip through Hera's models")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 # lint and render
 
@@ -172,8 +216,6 @@ def test_every_rendered_object_is_valid(
     crd_validators: dict[tuple[str, str], jsonschema.protocols.Validator],
     argo_validator: jsonschema.protocols.Validator,
 ) -> None:
-    from hera.workflows.models import WorkflowTemplate
-
     problems: list[str] = []
     kinds = set()
     for obj in rendered[scenario]:
@@ -186,11 +228,7 @@ def test_every_rendered_object_is_valid(
             problems += [f"{where}: {e}" for e in _errors(crd_validators[(api, kind)], obj)]
         elif api.startswith("argoproj.io/"):
             assert kind == "WorkflowTemplate", f"{where}: unexpected Argo kind"
-            problems += [f"{where}: {e}" for e in _errors(argo_validator, obj)]
-            # Hera's models: every key known (a dropped key would make the round trip differ).
-            model = WorkflowTemplate.model_validate(obj)
-            dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
-            assert dumped == obj, f"{where} does not round-trip through Hera's models"
+            problems += [f"{where}: {e}" for e in _argo_problems(argo_validator, obj)]
         else:
             for version in KUBE_VERSIONS:
                 try:
@@ -330,23 +368,104 @@ def test_workflow_template_is_the_golden_one_completed_for_the_release(
         )
 
 
-def test_workflow_parameter_overrides_and_gpu_placement(rendered: dict[str, list[Obj]]) -> None:
+def test_workflow_parameter_and_resource_overrides(rendered: dict[str, list[Obj]]) -> None:
     values = yaml.safe_load(Path(_values_file("gpu")).read_text())
     template = _one(rendered["gpu"], "WorkflowTemplate")
     parameters = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
     for name, value in values["workflow"]["parameters"].items():
         assert parameters[name] == str(value)
-    assert template["spec"]["nodeSelector"] == values["workflow"]["nodeSelector"]
-    assert template["spec"]["tolerations"] == values["workflow"]["tolerations"]
     by_name = {t["name"]: t for t in template["spec"]["templates"]}
     for name, resources in values["workflow"]["templateResources"].items():
         assert name in by_name, f"ci/gpu-values.yaml names a template {name} the workflow lacks"
-        step = by_name[name].get("script") or by_name[name]["container"]
         for section, quantities in resources.items():
-            assert step["resources"][section] == {k: str(v) for k, v in quantities.items()}
-        assert step["resources"]["limits"]["nvidia.com/gpu"] == "1"
+            got = _resources(by_name[name])[section]
+            assert {k: got.get(k) for k in quantities} == {k: str(v) for k, v in quantities.items()}
+
+
+def test_gpu_values_put_only_the_harden_step_on_a_gpu_node(rendered: dict[str, list[Obj]]) -> None:
+    """GIVEN workflow.gpu enabled (ci/gpu-values.yaml) WHEN the chart renders THEN the harden
+    template alone gets the GPU limit, the node selector and the tolerations; evaluate, gate,
+    promote, guard, the exit handler and the Workflow spec (every step) get none of them."""
+    gpu = _gpu_values("gpu")
+    assert gpu["enabled"] is True
+    assert gpu["nodeSelector"] and gpu["tolerations"], "the scenario must exercise both"
+    spec = _one(rendered["gpu"], "WorkflowTemplate")["spec"]
+    assert not [field for field in PLACEMENT if field in spec], "no placement for every step"
+    others = {t["name"]: t for t in spec["templates"]}
+    harden = others.pop(GPU_STEP)
+    assert _resources(harden)["limits"][GPU_RESOURCE] == "1"
+    assert harden["nodeSelector"] == gpu["nodeSelector"]
+    assert harden["tolerations"] == gpu["tolerations"]
+    assert "affinity" not in harden
+    assert _mentions(harden, "gpu"), "the search below finds a GPU where there is one"
+    exit_steps = {task["template"] for task in others[spec["onExit"]]["dag"]["tasks"]}
+    assert {"evaluate", "gate", "promote", "guard", spec["onExit"], *exit_steps} <= set(others)
+    for name, template in others.items():
+        assert not [field for field in PLACEMENT if field in template], f"{name} is placed"
+        assert not _mentions(template, "gpu"), f"{name} mentions a GPU"
     server = _one(rendered["gpu"], "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
-    assert "nodeSelector" not in server, "only the training pods belong on GPU nodes"
+    assert not [field for field in PLACEMENT if field in server], "the server stays on CPU nodes"
+
+
+def test_default_values_put_nothing_on_a_gpu(rendered: dict[str, list[Obj]]) -> None:
+    assert _gpu_values("default")["enabled"] is False
+    objects = rendered["default"]
+    for word in ("gpu", "nvidia"):
+        assert not _mentions(objects, word), f"the default render mentions {word}"
+    template = _one(objects, "WorkflowTemplate")
+    for field in PLACEMENT:
+        assert not _mentions(template, field.lower()), f"the default WorkflowTemplate sets {field}"
+
+
+def test_a_steps_own_placement_joins_the_gpus_and_replaces_the_workflows(
+    helm: str, argo_validator: jsonschema.protocols.Validator
+) -> None:
+    """templatePlacement places one step; on the harden step it adds to workflow.gpu's."""
+    pool = {"nodeSelector": {"pool": "cpu"}}
+    harden = {
+        "nodeSelector": {"pool": "train"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "train"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "nvidia.com/gpu.product",
+                                    "operator": "In",
+                                    "values": ["NVIDIA-A100-SXM4-80GB"],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+    }
+    placement = {GPU_STEP: harden, "evaluate": pool}
+    objects = _template(
+        helm,
+        "--values",
+        _values_file("gpu"),
+        "--set-json",
+        f"workflow.templatePlacement={json.dumps(placement)}",
+        "--set-json",
+        f"workflow.nodeSelector={json.dumps({'pool': 'any'})}",
+    )
+    template = _one(objects, "WorkflowTemplate")
+    problems = _argo_problems(argo_validator, template)
+    assert not problems, "\n".join(problems)
+    gpu = _gpu_values("gpu")
+    by_name = {t["name"]: t for t in template["spec"]["templates"]}
+    assert by_name[GPU_STEP]["nodeSelector"] == harden["nodeSelector"] | gpu["nodeSelector"]
+    assert by_name[GPU_STEP]["tolerations"] == harden["tolerations"] + gpu["tolerations"]
+    assert by_name[GPU_STEP]["affinity"] == harden["affinity"]
+    assert _resources(by_name[GPU_STEP])["limits"][GPU_RESOURCE] == "1"
+    assert by_name["evaluate"]["nodeSelector"] == pool["nodeSelector"]
+    assert GPU_RESOURCE not in _resources(by_name["evaluate"]).get("limits", {})
+    assert template["spec"]["nodeSelector"] == {"pool": "any"}, "the other steps keep this one"
+    assert "nodeSelector" not in by_name["gate"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,6 +720,13 @@ def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, lis
         (["--set", "argo.serverUrl=argo:2746"], "/argo/serverUrl"),
         (["--set", "persistence.accessModes={ReadWriteSometimes}"], "/persistence/accessModes"),
         (["--set", "workflow.parameters.epsilon=0.2"], "workflow.parameters.epsilon"),
+        (["--set", "workflow.templateResources.hardn.limits.cpu=1"], "templateResources.hardn"),
+        (
+            ["--set", "workflow.templatePlacement.remediate.nodeSelector.a=b"],
+            "templatePlacement.remediate",
+        ),
+        (["--set", "workflow.templatePlacement.harden.nodeSelectr.a=b"], "/templatePlacement"),
+        (["--set", "workflow.gpu.tolerations[0].operator=Maybe"], "/workflow/gpu/tolerations"),
         (["--set", "config.model.name=other-model"], "run `make generate`"),
     ],
 )
