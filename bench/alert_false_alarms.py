@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _machine import machine_header
 
 
 def main() -> int:
@@ -32,6 +33,7 @@ def main() -> int:
         window_threshold,
     )
 
+    print(machine_header())
     values = np.random.default_rng(1).beta(0.5, 2.0, 5000).tolist()
     stats = SignalStats.of(values)
     window, rate = 30, 10.0

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_header
 
 
 def _use_repo_packages() -> None:
@@ -74,6 +75,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    print(machine_header())
 
     cfg = RobustloopConfig()
     cfg.data.train_limit = args.train_limit

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_header
 from torch import nn
 
 from robustloop.config import DataConfig
@@ -140,6 +141,7 @@ def main() -> None:
     if args.sigma is None:
         args.sigma = traffic.DEFAULT_NOISE_SIGMA
     torch.set_num_threads(args.threads)
+    print(machine_header())
     started = time.monotonic()
 
     data = DataConfig(train_limit=args.train_limit)

@@ -18,6 +18,8 @@ import argparse
 import random
 import time
 
+from _machine import machine_header
+
 from robustloop.config import GateConfig
 from workflows.gate import decide, pack_bits
 
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=GateConfig().n)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print(machine_header())
     policy = GateConfig()
     rng = random.Random(args.seed)
     print(

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import torch
+from _machine import machine_header
 
 #: name -> overrides of the defaults below
 RECIPES: dict[str, dict[str, Any]] = {
@@ -68,6 +69,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def precision_of(recipe: dict[str, Any]) -> str:
+    """``bf16`` or ``fp32``: the training precision of a recipe (its overrides or all of it)."""
+    return "bf16" if {**DEFAULTS, **recipe}["bf16"] else "fp32"
+
+
 def main() -> int:
     from robustloop.config import load_config
     from training import ModelStore, adversarial_train, evaluate, make_splits
@@ -81,6 +87,13 @@ def main() -> int:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    precisions = {precision_of(RECIPES[name]) for name in args.recipes}
+    print(
+        machine_header(
+            precision=precisions.pop() if len(precisions) == 1 else "per recipe (column precision)"
+        ),
+        flush=True,
+    )
     cfg = load_config(args.config)
     splits = make_splits(cfg.data)
     store = ModelStore(cfg.store.path)
@@ -88,7 +101,7 @@ def main() -> int:
         f"# from {store.resolve(args.base)}, {args.seconds:g} s per recipe, {args.threads} "
         f"threads; evaluation: first {args.n} eval images, eps 0.1, PGD-20, float32"
     )
-    print(f"{'recipe':32} {'samples':>8} {'clean':>6} {'FGSM':>6} {'PGD-20':>6}")
+    print(f"{'recipe':32} {'precision':9} {'samples':>8} {'clean':>6} {'FGSM':>6} {'PGD-20':>6}")
     for name in args.recipes:
         recipe = {**DEFAULTS, **RECIPES[name]}
         model, _ = store.load(args.base)
@@ -120,8 +133,9 @@ def main() -> int:
             for attack in ("none", "fgsm", "pgd")
         }
         print(
-            f"{name:32} {samples:8d} {accuracy['none']:6.3f} {accuracy['fgsm']:6.3f} "
-            f"{accuracy['pgd']:6.3f}   {json.dumps({'wall_s': round(wall, 1), **recipe})}",
+            f"{name:32} {precision_of(recipe):9} {samples:8d} {accuracy['none']:6.3f} "
+            f"{accuracy['fgsm']:6.3f} {accuracy['pgd']:6.3f}   "
+            f"{json.dumps({'wall_s': round(wall, 1), **recipe})}",
             flush=True,
         )
     return 0

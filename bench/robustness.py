@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import describe_machine, machine_header
 from torch.utils.data import TensorDataset
 
 from robustloop.config import load_config
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(machine_header(), flush=True)  # evaluation runs in float32
 
     cfg = load_config(args.config)
     store = ModelStore(cfg.store.path)
@@ -98,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     test = TensorDataset(to_float(data.test_images[idx]), data.test_labels[idx])
     scope = "the full test set" if len(idx) == 10_000 else "a seeded subset of the test set"
     print(f"# {len(idx)} images ({scope}); PGD-{args.steps}, {args.restarts} restarts")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads")
     for role, version in versions.items():
         print(f"# {role}: {version} ({store.manifest(version).recipe.get('method')})")
 
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "MET" if high < low else "MISSED (gradient masking?)"
             print(f"{role} FGSM@0.2 < FGSM@0.1: {high:.4f} < {low:.4f} {verdict}")
     if args.out:
-        args.out.write_text(json.dumps({"versions": versions, "rows": rows}, indent=2) + "\n")
+        report = {"machine": describe_machine(), "versions": versions, "rows": rows}
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

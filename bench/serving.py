@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import machine_header
 
 
 def _use_repo_packages() -> None:
@@ -186,6 +187,8 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
+    # the figures come from processes that each run one torch thread (serve, in_process)
+    print(machine_header(threads=1), flush=True)
 
     batches = {1: args.requests, 32: max(args.requests // 4, 10)}
     payloads = {b: body(b) for b in batches}

@@ -26,7 +26,10 @@ that a busy neighbour slows both alike. torchattacks is a benchmark-only depende
     pip install --no-deps torchattacks   # its requests pin would downgrade urllib3
     nice -n 10 python bench/training_speed.py --config C --harden-from v0001
 
-Parts 3 and 4 harden ``--harden-from`` (default: production; skipped where the store has none).
+Parts 3 and 4 harden ``--harden-from`` (default: production; skipped where the store has none)
+at the config's ``remediation.precision`` (``auto`` unless set), or at ``--precision``'s, which
+they get through a copy of the config. The header names the machine and the precision each part
+ran at.
 """
 
 from __future__ import annotations
@@ -37,15 +40,18 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
+from _machine import machine_header
 from torch import nn
 
-from robustloop.config import METHODS, load_config
-from training import ModelStore, build_model, make_splits
+from robustloop.config import METHODS, RobustloopConfig, dump_config, load_config
+from training import ModelStore, build_model, make_splits, use_bf16
 from training.adversarial import make_optimizer, make_training_attack
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -146,12 +152,37 @@ def _relu_first(factory: Callable[[nn.Module], AttackFn]) -> Callable[[nn.Module
     order, which computes the same function), in place."""
 
     def reorder(model: nn.Module) -> AttackFn:
-        pools = [i for i, layer in enumerate(model.children()) if isinstance(layer, nn.MaxPool2d)]
+        layers = cast(nn.Sequential, model)
+        pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
         for pool in pools:  # conv, pool, ReLU -> conv, ReLU, pool
-            model[pool], model[pool + 1] = model[pool + 1], model[pool]  # type: ignore[index]
-        return factory(model)
+            layers[pool], layers[pool + 1] = layers[pool + 1], layers[pool]
+        return factory(layers)
 
     return reorder
+
+
+def harden_config(cfg: RobustloopConfig, directory: Path) -> Path:
+    """Write ``cfg`` to ``directory``/robustloop.yaml for the CLI runs of parts 3 and 4.
+
+    Relative paths stay relative to the working directory (``load_config`` keeps them so), so
+    the copy names the same store and data as the config it came from.
+    """
+    path = directory / "robustloop.yaml"
+    path.write_text(dump_config(cfg), encoding="utf-8")
+    return path
+
+
+def precision_phrase(args: argparse.Namespace, cfg: RobustloopConfig) -> str:
+    """The precision of each part this run measures, for the machine header: parts 1 and 2
+    as ``--bf16`` says, parts 3 and 4 as ``remediation.precision`` resolves on this machine."""
+    parts = []
+    if not args.skip_throughput:
+        parts.append(f"{'bf16' if args.bf16 else 'fp32'} (parts 1-2)")
+    if args.harden_from and (args.harden_methods or args.time_to_target):
+        precision = cfg.remediation.precision
+        resolved = "bf16" if use_bf16(precision) else "fp32"
+        parts.append(f"{resolved} (parts 3-4: remediation.precision {precision})")
+    return ", ".join(parts) or "fp32"
 
 
 def harden_run(
@@ -262,20 +293,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-throughput", action="store_true", help="run only parts 3 and 4 (need --harden-from)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="remediation.precision of the harden runs of parts 3 and 4 (default: the "
+        "config's, auto unless set; auto = bf16 where the CPU has native bfloat16)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     cfg = load_config(args.config)
+    if args.precision is not None:
+        cfg.remediation.precision = args.precision
+    print(machine_header(precision=precision_phrase(args, cfg)), flush=True)
+    if args.harden_from and (args.harden_methods or args.time_to_target):
+        threads = cfg.training.threads or "0 (torch's default)"
+        print(f"# parts 3-4: robustloop harden, training.threads {threads}", flush=True)
     if not args.skip_throughput:
         images, labels = make_splits(cfg.data).train.tensors
         count = args.batch * args.batches
         images, labels = images[:count], labels[:count]
         alpha = 2.5 * args.eps / args.steps
         print(
-            f"# torch {torch.__version__}, {torch.get_num_threads()} threads; cnn, batch "
-            f"{args.batch}, {count} samples per run, median of {args.repeats} interleaved runs, "
-            f"{'bfloat16 autocast' if args.bf16 else 'float32'}"
+            f"# cnn, batch {args.batch}, {count} samples per run, median of {args.repeats} "
+            f"interleaved runs, {'bfloat16 autocast' if args.bf16 else 'float32'}"
         )
 
         contenders = {f"ours PGD-{args.steps}": _ours("pgd", args.eps, args.steps)}
@@ -314,24 +357,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.harden_from == "production" and ModelStore(cfg.store.path).production() is None:
         print("# no production model in the store (robustloop train): part 3 skipped")
     elif args.harden_from:
-        for method in args.harden_methods:
-            run = harden_run(
-                args.config, args.harden_from, method, args.harden_n, seconds=args.harden_seconds
-            )
-            ok = run["pgd20_accuracy"] >= TARGET and run["wall_seconds"] <= GOAL_SECONDS  # type: ignore[operator]
-            print(
-                f"harden --method {method} --max-seconds {args.harden_seconds:g}: "
-                f"{_describe(run)} ({'MET' if ok else 'MISSED'} goal >= {TARGET:.2f} within "
-                f"{GOAL_SECONDS:g} s)",
-                flush=True,
-            )
-        for method in args.time_to_target:
-            time_to_target(args, method)
+        with tempfile.TemporaryDirectory(prefix="bench-training-speed-") as tmp:
+            config = args.config if args.precision is None else harden_config(cfg, Path(tmp))
+            for method in args.harden_methods:
+                run = harden_run(
+                    config, args.harden_from, method, args.harden_n, seconds=args.harden_seconds
+                )
+                ok = run["pgd20_accuracy"] >= TARGET and run["wall_seconds"] <= GOAL_SECONDS  # type: ignore[operator]
+                print(
+                    f"harden --method {method} --max-seconds {args.harden_seconds:g}: "
+                    f"{_describe(run)} ({'MET' if ok else 'MISSED'} goal >= {TARGET:.2f} within "
+                    f"{GOAL_SECONDS:g} s)",
+                    flush=True,
+                )
+            for method in args.time_to_target:
+                time_to_target(args, method, config)
     return 0
 
 
 def _describe(run: dict[str, object]) -> str:
-    lo, hi = run["ci95"]  # type: ignore[misc]
+    lo, hi = cast(tuple[float, float], run["ci95"])
     return (
         f"{run['version']} in {run['wall_seconds']:.1f} s wall ({run['cpu_seconds']:.1f} s CPU), "
         f"PGD-20 eps 0.1 accuracy {run['pgd20_accuracy']:.4f} [{lo:.4f}, {hi:.4f}] on "
@@ -339,13 +384,14 @@ def _describe(run: dict[str, object]) -> str:
     )
 
 
-def time_to_target(args: argparse.Namespace, method: str) -> None:
+def time_to_target(args: argparse.Namespace, method: str, config: Path | None) -> None:
     """Part 4: ``harden --method M --epochs N --max-seconds none`` for growing N until the
     PGD-20 accuracy reaches :data:`TARGET`; the wall time of that run is how long the method
-    needs. Each N is a separate run (the cosine schedule spans its own N epochs)."""
+    needs. Each N is a separate run (the cosine schedule spans its own N epochs). ``config``:
+    the CLI's ``--config``."""
     for epochs in args.target_epochs:
         run = harden_run(
-            args.config, args.harden_from, method, args.harden_n, seconds=None, epochs=epochs
+            config, args.harden_from, method, args.harden_n, seconds=None, epochs=epochs
         )
         print(f"harden --method {method} --epochs {epochs}: {_describe(run)}", flush=True)
         if run["pgd20_accuracy"] >= TARGET:  # type: ignore[operator]

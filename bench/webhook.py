@@ -39,6 +39,9 @@ from typing import Any  # noqa: E402
 
 import requests  # noqa: E402
 
+# bench/ itself is off sys.path now: reach its helper through the repository root.
+from bench._machine import machine_header  # noqa: E402
+
 TOKEN = "bench-token"
 FIXTURE = _HERE.parent / "tests" / "fixtures" / "alertmanager_firing.json"
 
@@ -129,6 +132,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="deliveries per variant")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     args = parser.parse_args()
+    print(machine_header(), flush=True)
     ctx = mp.get_context("spawn")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
