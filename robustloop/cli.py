@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "needs_config", True):
             args.cfg = load_config(args.config)
+            if getattr(args, "device", None) is not None:  # --device of this command
+                args.cfg.device = args.device
         result = args.handler(args)
     except (ConfigError, CommandError) as exc:
         print(f"robustloop: error: {exc}", file=sys.stderr)

@@ -37,6 +37,7 @@ from serving.feedback import FeedbackMap
 from serving.metrics import ServingMetrics
 from serving.reload import ModelWatcher, ServedModel, Store
 from serving.signals import max_probability, normalised_entropy, squeeze_score
+from training import model_device, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,11 @@ def create_app(
         registry: where metrics are registered; default a fresh ``CollectorRegistry``.
         instrument: False serves without signals and metrics (for the overhead benchmark).
         watch: False loads once and starts no reload thread.
+
+    Raises:
+        training.DeviceError: ``config.device`` names a device this machine lacks.
     """
+    device = resolve_device(config.device)
     if store is None:
         from training import ModelStore
 
@@ -124,6 +129,7 @@ def create_app(
         config.serving.reload_interval_seconds,
         on_swap=on_swap,
         on_failure=on_failure,
+        device=device,
     )
     watcher.check()
     state = ServingState(
@@ -276,6 +282,7 @@ def infer(name: str) -> Response:
 def _classify(
     state: ServingState, served: ServedModel, images: torch.Tensor, request_id: str | None
 ) -> dict[str, Any]:
+    images = images.to(model_device(served.model))
     with torch.inference_mode():
         probs = torch.softmax(served.model(images), dim=1)
     predicted = probs.argmax(dim=1).tolist()

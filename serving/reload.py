@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Store(Protocol):
 
     def production(self) -> str | None: ...
 
-    def load(self, ref: str) -> tuple[nn.Module, Any]: ...
+    def load(self, ref: str, device: torch.device | str = "cpu") -> tuple[nn.Module, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ModelWatcher:
         on_swap: called with the new :class:`ServedModel` right after each swap.
         on_failure: called with the version that failed to load (for the failure metric).
         clock: monotonic time source (tests replace it).
+        device: where each loaded model is placed (``training.resolve_device``).
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class ModelWatcher:
         on_swap: Callable[[ServedModel], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        device: torch.device | str = "cpu",
     ) -> None:
         self._store = store
+        self._device = device
         self._interval = interval
         self._on_swap = on_swap
         self._on_failure = on_failure
@@ -94,7 +98,7 @@ class ModelWatcher:
             if failures and self._clock() < retry_at:
                 return False
             try:
-                model, manifest = self._store.load(wanted)
+                model, manifest = self._store.load(wanted, device=self._device)
             except Exception as exc:
                 old = served.version if served else "nothing"
                 log.error(

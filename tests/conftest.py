@@ -47,6 +47,18 @@ def schemas() -> Path:
     return found
 
 
+PRECISIONS = ("fp32", "bf16")
+"""Both precisions of adversarial training, each forced: a test that hardens runs in both, so
+the suite covers both paths on every CPU (bfloat16 autocast is emulated, slowly, where the CPU
+has no native support)."""
+
+
+@pytest.fixture(params=PRECISIONS)
+def precision(request: pytest.FixtureRequest) -> str:
+    """``fp32`` or ``bf16``: the test runs once with each."""
+    return str(request.param)
+
+
 @pytest.fixture
 def small_config(tmp_path: Path) -> RobustloopConfig:
     """Default config shrunk for tests: small splits, few epochs, a store under tmp_path."""

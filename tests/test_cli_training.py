@@ -17,11 +17,13 @@ pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROO
 
 
 @pytest.fixture
-def config_path(small_config: RobustloopConfig, tmp_path: Path) -> Path:
+def config_path(small_config: RobustloopConfig, tmp_path: Path, precision: str) -> Path:
+    """A small config whose hardening runs at ``precision`` (each test runs with both)."""
     small_config.data.train_limit = 300
     small_config.data.eval_size = 100
     small_config.data.traffic_size = 100
     small_config.remediation.check_size = 32
+    small_config.remediation.precision = precision  # type: ignore[assignment]
     path = tmp_path / "robustloop.yaml"
     path.write_text(dump_config(small_config))
     return path
@@ -58,6 +60,8 @@ def test_train_harden_evaluate_promote_rollback(
     # remediation.lr: null resolves to the optimizer's default, and the recipe records it
     assert manifest.recipe["optimizer"] == "sgd" and manifest.recipe["lr"] == DEFAULT_LR["sgd"]
     assert manifest.recipe["warmup"] == 0.2
+    assert manifest.recipe["precision"] == load_config(config_path).remediation.precision
+    assert [h["epoch"] for h in manifest.metrics["history"]] == [0, 1]
     assert store.production() == standard, "harden must not promote"
 
     code, out, _ = _run(
@@ -104,6 +108,31 @@ def test_harden_warns_when_the_learning_rate_is_of_the_other_optimizers_scale(
     assert "warning: remediation.lr 0.003 is far from sgd's usual scale" in err
     recipe = ModelStore(tmp_path / "store").manifest(out.strip().splitlines()[-1]).recipe
     assert (recipe["optimizer"], recipe["lr"]) == ("sgd", 3e-3), "a warning, not a change"
+
+
+def test_a_divergent_recipe_registers_nothing_and_says_why_in_one_line(
+    config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """GIVEN remediation.lr: 5, WHEN harden runs, THEN it exits non-zero with one line naming
+    the epoch, the learning rate and what to change; the store and production are untouched."""
+    cfg = load_config(config_path)
+    cfg.remediation.lr = 5.0
+    wild = tmp_path / "wild.yaml"
+    wild.write_text(dump_config(cfg))
+    assert _run(capsys, "--config", str(wild), "train", "--epochs", "1")[0] == 0
+    store = ModelStore(tmp_path / "store")
+    versions, production = [m.version for m in store.list()], store.production()
+    pointer = store.pointer_path.read_bytes()
+    code, out, err = _run(
+        capsys, "--config", str(wild), "harden", "--from", "production", "--epochs", "2"
+    )
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if not line.startswith(("20", "robustloop: warn"))]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("robustloop: error: adversarial training diverged in epoch 1 ")
+    assert "peak 5)" in lines[0] and "lower remediation.lr" in lines[0]
+    assert [m.version for m in store.list()] == versions
+    assert store.production() == production and store.pointer_path.read_bytes() == pointer
 
 
 def test_models_average_registers_the_mean_of_the_weights(

@@ -32,8 +32,10 @@ pytestmark = [
 DEMO_TIMEOUT_S = 420
 
 
-def test_quick_demo_detects_hardens_promotes_and_reports(tmp_path: Path) -> None:
+def test_quick_demo_detects_hardens_promotes_and_reports(tmp_path: Path, precision: str) -> None:
+    """The loop closes with the hardening forced to float32, and forced to bfloat16."""
     cfg = RobustloopConfig()
+    cfg.remediation.precision = precision  # type: ignore[assignment]
     cfg.stack.run_dir = tmp_path / "run"
     cfg.webhook.db_path = tmp_path / "webhook.sqlite3"
     config = tmp_path / "robustloop.yaml"
@@ -61,6 +63,10 @@ def test_quick_demo_detects_hardens_promotes_and_reports(tmp_path: Path) -> None
     versions = summary["versions"]
     assert versions["hardened"] is not None, "no promotion happened"
     assert versions["hardened"] != versions["baseline"]
+    from training import ModelStore
+
+    recipe = ModelStore(tmp_path / "run" / "quick-store").manifest(versions["hardened"]).recipe
+    assert recipe["precision"] == precision
     assert summary["remediation_started"] is True
     assert summary["gate"], "the gate's figures are missing"
     for key in ("accuracy_before", "accuracy_under_attack", "accuracy_after"):

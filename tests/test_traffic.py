@@ -42,9 +42,9 @@ class CountingStore:
     def production(self) -> str | None:
         return self.store.production()
 
-    def load(self, ref: str) -> tuple[nn.Module, Any]:
+    def load(self, ref: str, device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
         self.loads.append(ref)
-        return self.store.load(ref)
+        return self.store.load(ref, device)
 
 
 @pytest.fixture

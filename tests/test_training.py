@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from training import (
     DEFAULT_LR,
     FGSM,
     Splits,
+    TrainingDiverged,
     TrainResult,
     adversarial_train,
     average_weights,
@@ -30,8 +32,10 @@ from training import (
     use_bf16,
 )
 from training.adversarial import (
+    DIVERGED_CLEAN_DROP,
     PriorStart,
     check_noise,
+    divergence,
     learning_rate_warning,
     make_training_attack,
     training_perturbation,
@@ -161,28 +165,30 @@ def test_standard_training_learns_and_is_reproducible(splits: Splits, standard: 
 
 
 @pytest.mark.parametrize(
-    ("method", "bf16", "optimizer", "lr", "warmup"),
+    ("method", "optimizer", "lr", "warmup"),
     [
-        ("fgsm-rs", False, "sgd", DEFAULT_LR["sgd"], 0.2),  # the remediation's recipe
-        ("fgsm-prior", True, "sgd", DEFAULT_LR["sgd"], 0.2),
-        ("fgsm-rs", True, "adam", 2e-3, 0.0),
+        ("fgsm-prior", "sgd", DEFAULT_LR["sgd"], 0.2),  # the remediation's recipe
+        ("fgsm-rs", "sgd", DEFAULT_LR["sgd"], 0.2),
+        ("fgsm-rs", "adam", 2e-3, 0.0),
     ],
-    ids=["fgsm-rs-fp32-sgd", "fgsm-prior-bf16-sgd", "fgsm-rs-bf16-adam"],
+    ids=["fgsm-prior-sgd", "fgsm-rs-sgd", "fgsm-rs-adam"],
 )
 def test_short_hardening_raises_pgd_accuracy(
     splits: Splits,
     standard: nn.Module,
     method: str,
-    bf16: bool,
+    precision: str,
     optimizer: str,
     lr: float,
     warmup: float,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """GIVEN a standard model, WHEN it gets two more epochs of fast adversarial training
-    (FGSM-RS and FGSM-prior, float32 and bfloat16 autocast, SGD with warm-up and Adam), THEN
-    its PGD accuracy rises, and clearly beats two more epochs of standard training; each epoch
-    of both logs one line (the progress bar shows only on a terminal)."""
+    (FGSM-prior and FGSM-RS, SGD with warm-up and Adam, each in float32 and under bfloat16
+    autocast), THEN its PGD accuracy rises, and clearly beats two more epochs of standard
+    training; the check of the starting weights and each epoch log one line (the progress bar
+    shows only on a terminal)."""
+    bf16 = precision == "bf16"
     before = evaluate(standard, splits.eval, attack="pgd", eps=0.1, steps=5)
     more_standard = _copy(standard)
     with caplog.at_level(logging.INFO, logger="training"):
@@ -197,13 +203,14 @@ def test_short_hardening_raises_pgd_accuracy(
     after = evaluate(result.model, splits.eval, attack="pgd", eps=0.1, steps=5)
     assert after.accuracy > before.accuracy, (before.accuracy, after.accuracy)
     assert after.accuracy > control.accuracy + 0.1, (control.accuracy, after.accuracy)
-    assert len(result.history) == 2 and not result.stopped_early
-    assert result.best in result.history
+    assert [h["epoch"] for h in result.history] == [0, 1, 2] and not result.stopped_early
+    assert result.best in result.history[1:], "training beat the starting weights"
     assert not result.model.training
     lines = [record.getMessage() for record in caplog.records if record.name == "training"]
     assert [line.split(":")[0] for line in lines] == [
         "train epoch 1/2",
         "train epoch 2/2",
+        f"{method} start",
         f"{method} epoch 1/2",
         f"{method} epoch 2/2",
     ]
@@ -245,25 +252,25 @@ def test_fgsm_prior_starts_each_example_where_its_last_perturbation_ended(
         make_training_attack("trades", standard, eps=0.1, step_size=None, steps=1)
 
 
-def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module) -> None:
+def test_pgd_training_is_seeded(splits: Splits, standard: nn.Module, precision: str) -> None:
     small = TensorDataset(*(t[:100] for t in splits.train.tensors))
-    kwargs = _recipe(method="pgd", steps=2, seed=4)
+    kwargs = _recipe(method="pgd", steps=2, seed=4, bf16=precision == "bf16")
     one = adversarial_train(_copy(standard), small, **kwargs)
     two = adversarial_train(_copy(standard), small, **kwargs)
-    assert one.history[0]["loss"] == two.history[0]["loss"]
+    assert one.history[1]["loss"] == two.history[1]["loss"]
     for key, value in one.model.state_dict().items():
         assert torch.equal(value, two.model.state_dict()[key]), key
 
 
 def test_max_seconds_stops_cleanly_with_a_checked_model(
-    splits: Splits, standard: nn.Module
+    splits: Splits, standard: nn.Module, precision: str
 ) -> None:
-    recipe = _recipe(method="pgd", steps=2, epochs=5, max_seconds=1e-9)
+    recipe = _recipe(method="pgd", steps=2, epochs=5, max_seconds=1e-9, bf16=precision == "bf16")
     result = adversarial_train(_copy(standard), splits.train, **recipe)
     assert result.stopped_early
-    assert len(result.history) == 1
-    assert result.history[0]["samples"] == 50, "stops after the first mini-batch"
-    assert result.best is result.history[0]
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    assert result.history[1]["samples"] == 50, "stops after the first mini-batch"
+    assert result.best in result.history
     assert "check_pgd_accuracy" in result.best
 
 
@@ -274,8 +281,9 @@ def _train_with_fake_checks(
     checks: list[tuple[float, float]],
     check_size: int,
 ) -> tuple[TrainResult, list[dict[str, torch.Tensor]]]:
-    """FGSM-RS on 100 images for ``len(checks)`` epochs, the guard's check answering ``checks``
-    (clean, PGD accuracy) in turn; returns the result and the weights at each check."""
+    """FGSM-RS on 100 images for ``len(checks) - 1`` epochs, the guard's check answering
+    ``checks`` (clean, PGD accuracy) in turn, the first for the starting weights; returns the
+    result and the weights at each check."""
     answers = iter(checks)
     states: list[dict[str, torch.Tensor]] = []
 
@@ -285,7 +293,7 @@ def _train_with_fake_checks(
 
     monkeypatch.setattr(adversarial_module, "_check", fake_check)
     small = TensorDataset(*(t[:100] for t in splits.train.tensors))
-    recipe = _recipe(epochs=len(checks), check_size=check_size)
+    recipe = _recipe(epochs=len(checks) - 1, check_size=check_size)
     result = adversarial_train(_copy(standard), small, **recipe)
     return result, states
 
@@ -293,15 +301,16 @@ def _train_with_fake_checks(
 def test_collapse_guard_keeps_the_best_checkpoint_and_stops(
     splits: Splits, standard: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Catastrophic overfitting: PGD accuracy on the check set collapses after epoch 2."""
-    checks = [(0.8, 0.30), (0.8, 0.45), (0.9, 0.05), (0.9, 0.5)]
+    """Catastrophic overfitting: PGD accuracy on the check set collapses after epoch 2, to
+    above the start, so the run is not a divergence: the best checkpoint is handed back."""
+    checks = [(0.8, 0.05), (0.8, 0.30), (0.8, 0.45), (0.9, 0.10), (0.9, 0.5)]
     result, states = _train_with_fake_checks(splits, standard, monkeypatch, checks, 32)
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
     assert result.history[-1]["catastrophic_overfitting"] is True
     assert result.stopped_early
-    assert result.best is result.history[1]
+    assert result.best is result.history[2]
     for key, value in result.model.state_dict().items():
-        assert torch.equal(value, states[1][key]), "the epoch-2 checkpoint must be kept"
+        assert torch.equal(value, states[2][key]), "the epoch-2 checkpoint must be kept"
 
 
 def test_the_latest_checkpoint_within_the_checks_noise_of_the_best_is_kept(
@@ -309,14 +318,88 @@ def test_the_latest_checkpoint_within_the_checks_noise_of_the_best_is_kept(
 ) -> None:
     """On 100 check images two standard errors are about 0.1 at accuracy 0.6: epoch 2 (0.55)
     is not measurably worse than epoch 1 (0.60) and has trained longer; epoch 3 (0.45) is."""
-    checks = [(0.8, 0.60), (0.8, 0.55), (0.8, 0.45)]
+    checks = [(0.8, 0.10), (0.8, 0.60), (0.8, 0.55), (0.8, 0.45)]
     # check_size 512 is capped at the 100 training images
     result, states = _train_with_fake_checks(splits, standard, monkeypatch, checks, 512)
     assert check_noise(0.6, 100) == pytest.approx(0.098, abs=1e-3)
-    assert len(result.history) == 3 and not result.stopped_early
-    assert result.best is result.history[1]
+    assert len(result.history) == 4 and not result.stopped_early
+    assert result.best is result.history[2]
     for key, value in result.model.state_dict().items():
-        assert torch.equal(value, states[1][key]), "the epoch-2 checkpoint must be kept"
+        assert torch.equal(value, states[2][key]), "the epoch-2 checkpoint must be kept"
+
+
+def test_the_starting_weights_are_handed_back_when_no_epoch_beats_them(
+    splits: Splits, standard: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Epoch 0 competes: an epoch measurably worse than the start on the PGD check (with a
+    clean accuracy that shows no divergence) leaves the starting weights in place."""
+    checks = [(0.8, 0.50), (0.8, 0.35)]  # 0.15 down: beyond the check's noise (0.1)
+    start = _state(standard)
+    result, states = _train_with_fake_checks(splits, standard, monkeypatch, checks, 512)
+    assert result.best is result.history[0] and result.best["epoch"] == 0
+    assert not torch.equal(states[1]["0.weight"], start["0.weight"]), "epoch 1 did train"
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, start[key]), key
+
+
+@pytest.mark.parametrize(
+    ("checks", "reason"),
+    [
+        ([(0.8, 0.05), (0.09, 0.09)], "clean check accuracy fell to chance (0.090; start 0.800)"),
+        ([(0.8, 0.05), (0.45, 0.30)], "clean check accuracy fell from 0.800 to 0.450"),
+    ],
+    ids=["chance", "far-below-clean"],
+)
+def test_an_epoch_far_below_the_start_raises_and_names_epoch_and_rate(
+    splits: Splits,
+    standard: nn.Module,
+    monkeypatch: pytest.MonkeyPatch,
+    checks: list[tuple[float, float]],
+    reason: str,
+) -> None:
+    with pytest.raises(TrainingDiverged) as raised:
+        _train_with_fake_checks(splits, standard, monkeypatch, [*checks, (0.8, 0.5)], 512)
+    message = str(raised.value)
+    assert raised.value.epoch == 1 and reason in message
+    assert message.startswith("adversarial training diverged in epoch 1 (learning rate ")
+    assert "lower remediation.lr" in message and "\n" not in message
+
+
+def test_divergence_rules_are_relative_to_the_start() -> None:
+    """A start at chance (a fresh model) cannot fall to chance; the drops are the constants."""
+
+    def entry(clean: float, robust: float, loss: float = 1.0) -> dict[str, float]:
+        return {"check_clean_accuracy": clean, "check_pgd_accuracy": robust, "loss": loss}
+
+    fresh, trained = entry(0.1, 0.0), entry(0.8, 0.5)
+    assert divergence(fresh, entry(0.1, 0.0), 10, 512) is None
+    assert divergence(trained, entry(0.8 - DIVERGED_CLEAN_DROP + 0.01, 0.5), 10, 512) is None
+    assert divergence(trained, entry(0.8, 0.0), 10, 512) is None, "PGD accuracy is no sign"
+    assert divergence(trained, entry(0.75, 0.45, math.nan), 10, 512) == "the loss became nan"
+    assert "fell to chance" in str(divergence(trained, entry(0.12, 0.1), 10, 512))
+    # with 100 classes 0.12 is far above chance, but still far below the start
+    assert "fell from 0.800 to 0.120" in str(divergence(trained, entry(0.12, 0.1), 100, 512))
+
+
+def test_a_divergent_learning_rate_raises_at_once_and_names_epoch_and_rate(
+    splits: Splits, standard: nn.Module, precision: str
+) -> None:
+    """``remediation.lr: 5``: the run stops in its first epoch with a one-line reason."""
+    recipe = _recipe(method="fgsm-prior", optimizer="sgd", lr=5.0, warmup=0.0, epochs=3)
+    with pytest.raises(TrainingDiverged) as raised:
+        adversarial_train(_copy(standard), splits.train, **recipe, bf16=precision == "bf16")
+    message = str(raised.value)
+    assert raised.value.epoch == 1 and 0 < raised.value.lr <= raised.value.peak == 5.0
+    assert message.startswith("adversarial training diverged in epoch 1 (learning rate ")
+    assert "peak 5)" in message and "lower remediation.lr" in message
+    assert "\n" not in message
+
+
+def test_a_non_finite_loss_stops_before_the_update(splits: Splits, standard: nn.Module) -> None:
+    images, labels = splits.train.tensors[0][:100].clone(), splits.train.tensors[1][:100]
+    images[:] = float("nan")
+    with pytest.raises(TrainingDiverged, match="the loss became nan after 0 samples"):
+        adversarial_train(_copy(standard), TensorDataset(images, labels), **_recipe())
 
 
 @pytest.mark.parametrize(
@@ -405,19 +488,51 @@ def test_warmup_climbs_linearly_to_the_peak_then_decays_to_zero() -> None:
     """The one-cycle shape of 'fast' AT: 0 -> peak over the warm-up fraction, cosine to 0."""
     import time
 
-    from training._loop import Deadline, cosine_lr
+    from training._loop import WARMUP_MIN_STEPS, Deadline, cosine_lr
 
-    rates = [cosine_lr(0.1, step, 100, warmup=0.2) for step in range(101)]
-    assert rates[0] == pytest.approx(0.1 * 0.01 / 0.2), "the first step is small, not zero"
-    assert rates[9] == pytest.approx(0.05)
-    assert max(rates) == rates[19] == rates[20] == pytest.approx(0.1)
-    assert rates[60] == pytest.approx(0.05) and rates[100] == pytest.approx(0.0)
-    assert all(a < b for a, b in itertools.pairwise(rates[:20]))
-    assert all(a > b for a, b in itertools.pairwise(rates[20:]))
-    # the clock's fraction moves the warm-up too: half the budget gone is past the peak
+    assert WARMUP_MIN_STEPS == 30
+    rates = [cosine_lr(0.1, step, 200, warmup=0.2) for step in range(201)]
+    assert rates[0] == pytest.approx(0.1 * 0.005 / 0.2), "the first step is small, not zero"
+    assert rates[19] == pytest.approx(0.05)
+    assert max(rates) == rates[39] == rates[40] == pytest.approx(0.1)
+    assert rates[120] == pytest.approx(0.05) and rates[200] == pytest.approx(0.0)
+    assert all(a < b for a, b in itertools.pairwise(rates[:40]))
+    assert all(a > b for a, b in itertools.pairwise(rates[40:]))
+    # the clock's fraction moves the decay: half the budget gone is past the peak
     deadline = Deadline(max_seconds=1000.0)
     deadline.start = time.monotonic() - 500.0
-    assert cosine_lr(0.1, 1, 100, deadline, warmup=0.2) < 0.1
+    late = cosine_lr(0.1, 100, 200, deadline, warmup=0.2)
+    assert late < 0.1 and late == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.375)))
+
+
+def test_warmup_takes_at_least_its_minimum_of_steps_however_fast_the_clock() -> None:
+    """A slow machine spends the clock's warm-up fraction in few steps; the rate still climbs
+    over WARMUP_MIN_STEPS of them (SGD diverged to chance when the peak came within 10)."""
+    import time
+
+    from training._loop import WARMUP_MIN_STEPS, Deadline, cosine_lr
+
+    deadline = Deadline(max_seconds=30.0)
+    deadline.start = time.monotonic() - 15.0  # half the budget gone, past a 20 % warm-up
+    rates = [cosine_lr(0.1, step, 1410, deadline, warmup=0.2) for step in range(40)]
+    decayed = 0.1 * 0.5 * (1 + math.cos(math.pi * 0.375))  # the clock's point of the decay
+    climb = [0.1 * (step + 1) / WARMUP_MIN_STEPS for step in range(40)]
+    assert rates == pytest.approx([min(c, decayed) for c in climb], rel=1e-3)
+    assert rates[0] < rates[10] < rates[20] == pytest.approx(decayed, rel=1e-3) == rates[-1]
+    # by steps alone: a run of 100 steps with a 20 % warm-up climbs for 29 steps, then decays
+    by_steps = [cosine_lr(0.1, step, 100, warmup=0.2) for step in range(100)]
+    assert by_steps[19] == pytest.approx(0.1 * 20 / 30)
+    assert all(a < b for a, b in itertools.pairwise(by_steps[:29]))
+    assert all(a > b for a, b in itertools.pairwise(by_steps[29:]))
+    assert by_steps[28] == pytest.approx(0.1 * 29 / 30) and max(by_steps) < 0.1
+    # a run shorter than the minimum climbs by tenths of its steps until it meets the decay
+    short = [cosine_lr(0.1, step, 10, warmup=0.2) for step in range(10)]
+    top = short.index(max(short))
+    assert short[0] == pytest.approx(0.01) and 0 < top < 9 and max(short) < 0.1
+    assert all(a < b for a, b in itertools.pairwise(short[: top + 1]))
+    assert all(a > b for a, b in itertools.pairwise(short[top:]))
+    # no warm-up: no minimum either
+    assert cosine_lr(0.1, 0, 100) == pytest.approx(0.1)
 
 
 def test_precision_names_resolve_and_unknown_ones_are_refused() -> None:

@@ -24,6 +24,7 @@ import jsonschema
 import pytest
 
 from robustloop.config import RobustloopConfig, dump_config
+from tests.conftest import PRECISIONS
 from workflows import summarise_workflow
 from workflows.steps import OUTCOMES_FILE, PROMOTION_ANNOTATION
 
@@ -59,8 +60,9 @@ class Site:
         return training.ModelStore(self.root / "store")
 
 
-def _small_config(root: Path) -> RobustloopConfig:
+def _small_config(root: Path, precision: str) -> RobustloopConfig:
     cfg = RobustloopConfig()
+    cfg.remediation.precision = precision  # type: ignore[assignment]
     cfg.data.eval_size = 100
     cfg.data.traffic_size = 100
     cfg.data.train_limit = 2000
@@ -80,14 +82,15 @@ def _small_config(root: Path) -> RobustloopConfig:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+@pytest.fixture(scope="module", params=PRECISIONS)
+def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Site:
+    """The site; every test runs once with the harden step in float32, once in bfloat16."""
     import torch
 
     import training
 
     root = tmp_path_factory.mktemp("remediation")
-    cfg = _small_config(root)
+    cfg = _small_config(root, request.param)
     (root / "robustloop.yaml").write_text(dump_config(cfg), encoding="utf-8")
     torch.manual_seed(0)
     random_version = training.ModelStore(cfg.store.path).register(
@@ -181,6 +184,37 @@ def test_a_worse_candidate_is_rejected_and_production_does_not_change(site: Site
     assert any("FAIL" in reason for reason in decision["reasons"])
     assert store.production() == before
     assert len(store.history()) == history
+
+
+def test_a_divergent_recipe_fails_at_harden_and_the_record_says_why(site: Site) -> None:
+    """GIVEN remediation.lr: 5, WHEN the workflow runs, THEN harden fails with the one-line
+    reason, nothing after it runs, nothing is registered, and the outcome record says why."""
+    store = site.store()
+    before, versions = store.production(), [m.version for m in store.list()]
+    wild = site.config.model_copy(deep=True)
+    wild.remediation.lr = 5.0
+    wild.remediation.warmup = 0.0
+    (site.root / "wild.yaml").write_text(dump_config(wild), encoding="utf-8")
+    name = "rl-e2e-diverged"
+    result = site.cli(
+        "--config", "wild.yaml", "workflow", "run-local", "--name", name,
+        "-p", "epochs=2", "-p", "max-seconds=0", "-p", "incident-id=inc-45",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    wf = site.record(name)
+    nodes = {n["displayName"]: n for n in wf["status"]["nodes"].values()}
+    assert wf["status"]["phase"] == "Failed" and nodes["harden"]["phase"] == "Failed"
+    why = nodes["harden"]["message"]
+    assert "adversarial training diverged in epoch 1 (learning rate" in why, why
+    assert "lower remediation.lr" in why
+    summary = summarise_workflow(wf)  # what the receiver records for the incident
+    assert summary.message.startswith("child ") and f"harden: {why}" in summary.message
+    assert all(nodes[s]["phase"] == "Omitted" for s in ("evaluate", "gate", "promote"))
+    assert store.production() == before
+    assert [m.version for m in store.list()] == versions
+    outcome = json.loads((site.root / "store" / OUTCOMES_FILE).read_text().splitlines()[-1])
+    assert outcome["workflow"] == name and outcome["status"] == "Failed"
+    assert any("diverged in epoch 1" in str(f["message"]) for f in outcome["failures"]), outcome
 
 
 def _children(pid: int) -> list[int]:

@@ -5,12 +5,14 @@ and the model store. Serving and the workflow steps use these public names only.
 from training.adversarial import (
     DEFAULT_LR,
     PRECISIONS,
+    TrainingDiverged,
     adversarial_train,
     learning_rate_warning,
     use_bf16,
 )
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
 from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
+from training.device import DeviceError, model_device, resolve_device
 from training.evaluate import EvalResult, evaluate
 from training.models import ARCHITECTURES, average_weights, build_model
 from training.store import (
@@ -31,6 +33,7 @@ __all__ = [
     "PRECISIONS",
     "Attack",
     "DatasetError",
+    "DeviceError",
     "EvalResult",
     "FashionMNIST",
     "Manifest",
@@ -39,6 +42,7 @@ __all__ = [
     "StoreError",
     "TamperedModelError",
     "TrainResult",
+    "TrainingDiverged",
     "UnknownVersionError",
     "adversarial_train",
     "average_weights",
@@ -48,6 +52,8 @@ __all__ = [
     "load_fashion_mnist",
     "make_attack",
     "make_splits",
+    "model_device",
+    "resolve_device",
     "train_standard",
     "use_bf16",
 ]

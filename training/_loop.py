@@ -15,6 +15,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
+from training.device import autocast, model_device
+
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(images, labels, indices) -> images to train on``: replaces a mini-batch before the update
 (an attack, in adversarial training); ``indices`` are the examples' positions in the dataset."""
@@ -47,6 +49,19 @@ class Deadline:
         return self.max_seconds is not None and self.elapsed >= self.max_seconds
 
 
+WARMUP_MIN_STEPS = 30
+"""A warm-up, when there is one, lasts at least this many optimizer steps, however fast the
+clock runs.
+
+SGD's momentum needs steps, not seconds, to settle: from a briefly trained model, FGSM-prior at
+peak lr 0.1 diverged to chance (loss ln 10, every prediction one class) when the warm-up
+reached the peak within 10 steps, and trained normally from 12 steps on (docs/training.md).
+A warm-up that followed the clock alone took that few steps on a slow CPU, where the first
+seconds of the budget hold few steps (float32 without native bfloat16, the server and the
+attacker sharing the cores). Thirty keeps a factor of 2.5 from the edge.
+"""
+
+
 def cosine_lr(
     base: float, step: int, total: int, deadline: Deadline | None = None, warmup: float = 0.0
 ) -> float:
@@ -55,15 +70,21 @@ def cosine_lr(
 
     With a ``deadline`` that has a budget, progress is the larger of the step fraction and the
     time fraction, so that a run cut short by the clock still ends with a small learning rate.
+    A warm-up climbs for at least :data:`WARMUP_MIN_STEPS` steps (all of a shorter run's);
+    where the clock has moved the decay on meanwhile, the climb ends where it meets the
+    decaying curve, so the rate never jumps up.
     """
     fraction = min(step, total) / max(total, 1)
     if deadline is not None and deadline.max_seconds:
         fraction = max(fraction, min(1.0, deadline.elapsed / deadline.max_seconds))
-    if fraction < warmup:
-        # counted at the end of the step: the first step gets base/(warmup*total), not 0
-        return base * min(1.0, (fraction + 1 / max(total, 1)) / warmup)
-    decayed = (fraction - warmup) / (1 - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * decayed))
+    decayed = max(0.0, fraction - warmup) / (1 - warmup)
+    factor = 0.5 * (1 + math.cos(math.pi * decayed))
+    if warmup > 0:
+        # counted at the end of the step: the first step gets a small rate, not 0
+        by_progress = (fraction + 1 / max(total, 1)) / warmup
+        by_steps = (step + 1) / min(WARMUP_MIN_STEPS, max(total, 1))
+        factor = min(factor, max(by_progress, 0.0), by_steps)
+    return base * factor
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
@@ -102,13 +123,19 @@ def validate(dataset: TensorDataset, epochs: int, batch_size: int, lr: float) ->
 
 @dataclass
 class EpochResult:
-    """One pass over the data: step reached, images seen, mean loss and accuracy, clock stop."""
+    """One pass over the data: step reached, images seen, mean loss and accuracy, clock stop.
+
+    ``diverged`` is set when a mini-batch's loss was not finite: the epoch stopped there,
+    before that batch's update, and ``lr`` is the learning rate of that step (else of the last).
+    """
 
     step: int
     samples: int
     loss: float
     accuracy: float
     stopped: bool
+    lr: float = 0.0
+    diverged: bool = False
 
 
 def train_epoch(
@@ -138,28 +165,34 @@ def train_epoch(
             None trains on the clean images.
         schedule_by_clock: let the cosine learning rate follow ``deadline`` as well as steps.
         metric: name of the running accuracy on the progress bar.
-        bf16: run the attack and the forward pass under CPU bfloat16 autocast (weights,
-            gradients and the optimizer stay float32). The context is entered per mini-batch
-            with its weight cache off: a cache kept across optimizer steps would feed the
-            forward pass stale weights.
+        bf16: run the attack and the forward pass under bfloat16 autocast on the model's
+            device (weights, gradients and the optimizer stay float32). The context is entered
+            per mini-batch (:func:`training.device.autocast`).
         warmup: fraction of the run over which the learning rate climbs to ``lr``
             (:func:`cosine_lr`).
     """
-    loss_sum, hits, seen, stopped = 0.0, 0, 0, False
+    loss_sum, hits, seen, stopped, rate = 0.0, 0, 0, False, 0.0
+    device = model_device(model)
     with progress_bar(steps_per_epoch(dataset, batch_size), desc, progress) as bar:
-        for indices, images, labels in batches(dataset, batch_size, generator):
+        for indices, host_images, host_labels in batches(dataset, batch_size, generator):
+            images, labels = host_images.to(device), host_labels.to(device)
             clock = deadline if schedule_by_clock else None
+            rate = cosine_lr(lr, step, total_steps, clock, warmup)
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(lr, step, total_steps, clock, warmup)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+                group["lr"] = rate
+            with autocast(device, bf16):
                 inputs = perturb(images, labels, indices) if perturb is not None else images
                 logits = model(inputs)
                 loss = nn.functional.cross_entropy(logits.float(), labels)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                mean = loss_sum / seen if seen else value
+                return EpochResult(step, seen, mean, hits / max(seen, 1), True, rate, True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += float(loss.detach()) * len(labels)
+            loss_sum += value * len(labels)
             hits += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
             bar.update(1)
@@ -167,4 +200,4 @@ def train_epoch(
             if deadline.expired:
                 stopped = True
                 break
-    return EpochResult(step, seen, loss_sum / max(seen, 1), hits / max(seen, 1), stopped)
+    return EpochResult(step, seen, loss_sum / max(seen, 1), hits / max(seen, 1), stopped, rate)

@@ -18,15 +18,24 @@ Both minimise the loss on adversarial examples crafted on the fly against the cu
   reaches about a point more PGD-20 accuracy than FGSM-RS at the same clean accuracy under SGD
   with warm-up, 5 points more under Adam (docs/training.md).
 
-Guard (Wong et al. 2020, section 5; Rice et al. 2020 for keeping the best checkpoint): after
-every epoch, and when the clock stops training, PGD-10 accuracy is measured on ``check_size``
-fixed training images; the latest checkpoint whose accuracy is within the check's noise
-(:func:`check_noise`, two standard errors) of the best so far is kept, and training stops when
-the accuracy falls by more than :data:`COLLAPSE_DROP` below the best, the signature of
-catastrophic overfitting. (Keeping the strict maximum of a noisy 512-image check would often
-return an earlier, less trained checkpoint: in one demo run epoch 1 measured 0.643 and the
-finished run 0.633, one standard error apart.) Warm-starting (fine-tuning the production
-model) is the caller's choice: pass a trained model, or a fresh one.
+Guard (Wong et al. 2020, section 5; Rice et al. 2020 for keeping the best checkpoint): before
+training (as epoch 0, the starting weights), after every epoch, and when the clock stops
+training, PGD-10 accuracy is measured on ``check_size`` fixed training images; the latest
+checkpoint whose accuracy is within the check's noise (:func:`check_noise`, two standard
+errors) of the best so far is kept, so a run that only harms hands back its starting weights.
+Training stops when the accuracy falls by more than :data:`COLLAPSE_DROP` below the best epoch
+of training, the signature of catastrophic overfitting. (Keeping the strict maximum of a noisy
+512-image check would often return an earlier, less trained checkpoint: in one demo run epoch 1
+measured 0.643 and the finished run 0.633, one standard error apart.)
+
+A run that *diverges* raises :class:`TrainingDiverged` and hands back nothing: a non-finite
+loss (at once, before that mini-batch's update), or clean check accuracy at chance when the
+start was above it, or more than :data:`DIVERGED_CLEAN_DROP` below the start. Its message names
+the epoch and the learning rate. (PGD accuracy is no sign of divergence: the first epoch of
+adversarial training may lower it, and a barely trained start can measure high on a weak
+attack.)
+Warm-starting (fine-tuning the production model) is the caller's choice: pass a trained model,
+or a fresh one.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from torch.utils.data import TensorDataset
 from robustloop.config import METHODS, OPTIMIZERS, Method, Optimizer
 from training._loop import Deadline, Perturb, log_epoch, steps_per_epoch, train_epoch, validate
 from training.attacks import FGSM, PGD, Attack
+from training.device import native_bf16
 from training.evaluate import evaluate
 from training.train import TrainResult
 
@@ -49,7 +59,31 @@ PRIOR_STEP = 0.75
 """FGSM-prior's default step, in units of eps (0.5 to 0.75 measured best; 1.25 worst)."""
 
 COLLAPSE_DROP = 0.2
-"""A fall of the check's PGD accuracy this far below the best stops training."""
+"""A fall of the check's PGD accuracy this far below the best epoch stops training."""
+
+DIVERGED_CLEAN_DROP = 0.3
+"""A fall of the check's clean accuracy this far below the start means the run diverged
+(hardening the reference CNN costs 3 to 5 points of clean accuracy)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Adversarial training diverged; the model it was given must not be used.
+
+    Attributes:
+        epoch: the epoch in which it was detected (1-based).
+        lr: the learning rate at that point.
+        peak: the run's peak learning rate (the recipe's ``lr``).
+        reason: what was seen, e.g. ``"the loss became nan"``.
+    """
+
+    def __init__(self, epoch: int, lr: float, peak: float, reason: str) -> None:
+        self.epoch, self.lr, self.peak, self.reason = epoch, lr, peak, reason
+        super().__init__(
+            f"adversarial training diverged in epoch {epoch} (learning rate {lr:.3g}, peak "
+            f"{peak:g}): {reason}; nothing was kept; lower remediation.lr (null = the "
+            "optimizer's default) or raise remediation.warmup"
+        )
+
 
 CHECK_STEPS = 10
 """PGD steps of the per-epoch check."""
@@ -97,12 +131,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 """Precisions of adversarial training by name (``remediation.precision``)."""
 
 
-def use_bf16(precision: Literal["auto", "fp32", "bf16"] | str) -> bool:
-    """Whether ``precision`` means bfloat16 autocast on this machine.
+def use_bf16(
+    precision: Literal["auto", "fp32", "bf16"] | str, device: torch.device | None = None
+) -> bool:
+    """Whether ``precision`` means bfloat16 autocast on ``device`` (default: the CPU).
 
-    ``auto`` is bf16 where oneDNN reports native bfloat16 support (AVX512-BF16 or AMX), where
-    it runs about 1.3 times the samples per second of float32 (bench/training_speed.py);
-    elsewhere bf16 would be emulated and slower, so ``auto`` is fp32.
+    ``auto`` is bf16 where the device computes it natively (:func:`training.device.native_bf16`:
+    a CPU with AVX512-BF16 or AMX, where it runs about 1.5 times the samples per second of
+    float32, or an Ampere or later GPU); elsewhere bf16 would be emulated and slower, so
+    ``auto`` is fp32. The recipe converges in both (docs/training.md).
 
     Raises:
         ValueError: unknown precision (the message lists the choices).
@@ -111,10 +148,7 @@ def use_bf16(precision: Literal["auto", "fp32", "bf16"] | str) -> bool:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if precision != "auto":
         return precision == "bf16"
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
+    return native_bf16(device or torch.device("cpu"))
 
 
 def make_training_attack(
@@ -143,8 +177,9 @@ def make_training_attack(
 class PriorStart:
     """Runs ``attack`` on each training example from where its last perturbation ended.
 
-    Keeps one perturbation per example of the dataset, indexed by position; before an
-    example's first visit it is uniform in the eps-ball (FGSM-RS's start).
+    Keeps one perturbation per example of the dataset, indexed by position, in host memory
+    whatever the device; before an example's first visit it is uniform in the eps-ball
+    (FGSM-RS's start).
 
     Args:
         attack: the step to take (its ``eps`` bounds the perturbations).
@@ -160,8 +195,9 @@ class PriorStart:
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
     ) -> torch.Tensor:
         # the attack projects its start onto the eps-ball within [0, 1]
-        adv = self.attack(images, labels, start=images + self.memory[indices].float())
-        self.memory[indices] = (adv - images).to(self.memory.dtype)
+        prior = self.memory[indices].to(images.device, torch.float32)
+        adv = self.attack(images, labels, start=images + prior)
+        self.memory[indices] = (adv - images).to("cpu", self.memory.dtype)
         return adv
 
 
@@ -186,6 +222,21 @@ def _check(
     clean = evaluate(model, check_set, attack="none", seed=seed).accuracy
     robust = evaluate(model, check_set, attack="pgd", eps=eps, steps=CHECK_STEPS, seed=seed)
     return clean, robust.accuracy
+
+
+def divergence(start: dict[str, Any], entry: dict[str, Any], classes: int, n: int) -> str | None:
+    """Why the checked ``entry`` shows a diverged run, judged against the ``start`` (epoch 0),
+    or None. ``classes`` sets chance accuracy; ``n`` is the check's size (its noise)."""
+    clean, start_clean = entry["check_clean_accuracy"], start["check_clean_accuracy"]
+    chance = 1 / classes
+    near_chance = chance + check_noise(chance, n)
+    if not math.isfinite(entry["loss"]):
+        return f"the loss became {entry['loss']}"
+    if start_clean > near_chance >= clean:
+        return f"clean check accuracy fell to chance ({clean:.3f}; start {start_clean:.3f})"
+    if clean < start_clean - DIVERGED_CLEAN_DROP:
+        return f"clean check accuracy fell from {start_clean:.3f} to {clean:.3f}"
+    return None
 
 
 def adversarial_train(
@@ -253,12 +304,23 @@ def adversarial_train(
     check_set = TensorDataset(images[check_idx], labels[check_idx])
     updater = make_optimizer(optimizer, model.parameters(), lr)
     total_steps = epochs * steps_per_epoch(dataset, batch_size)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
+    classes = int(labels.max()) + 1
+    clean, robust = _check(model, check_set, eps, seed)
+    start = {
+        "epoch": 0,
+        "samples": 0,
+        "check_clean_accuracy": clean,
+        "check_pgd_accuracy": robust,
+        "seconds": deadline.elapsed,
+    }
+    log_epoch(f"{method} start", start)
+    history: list[dict[str, Any]] = [start]
+    best: dict[str, Any] = start
+    best_state = copy.deepcopy(model.state_dict())
     stopped = False
     step = 0
-    top = 0.0
+    top = robust  # the best check so far, the start's included
+    top_trained = 0.0  # the best check of a trained epoch (the collapse guard's reference)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -286,6 +348,9 @@ def adversarial_train(
                 warmup=warmup,
             )
             step, stopped = result.step, result.stopped
+            if result.diverged:
+                reason = f"the loss became {result.loss} after {result.samples} samples"
+                raise TrainingDiverged(epoch, result.lr, lr, reason)
             clean, robust = _check(model, check_set, eps, seed)
             entry = {
                 "epoch": epoch,
@@ -298,19 +363,21 @@ def adversarial_train(
             }
             history.append(entry)
             log_epoch(desc, entry)
-            top = max(robust, top)
+            why = divergence(start, entry, classes, len(check_set))
+            if why is not None:
+                raise TrainingDiverged(epoch, result.lr, lr, why)
+            top, top_trained = max(robust, top), max(robust, top_trained)
             # Later checkpoints have seen more data and a lower learning rate: keep the latest
             # unless it is worse than the best so far by more than the check's own noise.
             if robust >= top - check_noise(top, len(check_set)):
                 best = entry
                 best_state = copy.deepcopy(model.state_dict())
-            if robust < top - COLLAPSE_DROP:
+            if robust < top_trained - COLLAPSE_DROP:
                 entry["catastrophic_overfitting"] = True
                 stopped = True
             if stopped:
                 break
 
-    assert best_state is not None  # at least one epoch ran and was checked
     model.load_state_dict(best_state)
     model.eval()
     finished = epoch == epochs and history[-1]["samples"] == len(dataset)

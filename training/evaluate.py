@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from training.attacks import make_attack
+from training.device import model_device
 
 _Z95 = 1.959963984540054
 
@@ -99,6 +100,7 @@ def evaluate(
     if not 1 <= n <= total:
         raise ValueError(f"n must be between 1 and {total} (the dataset's size), got {n}")
     adversary = None if attack == "none" else make_attack(attack, model, eps, steps, restarts)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     outcomes: list[torch.Tensor] = []
@@ -106,12 +108,12 @@ def evaluate(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for start in range(0, n, batch_size):
-                x = images[start : min(n, start + batch_size)]
-                y = labels[start : min(n, start + batch_size)]
+                x = images[start : min(n, start + batch_size)].to(device)
+                y = labels[start : min(n, start + batch_size)].to(device)
                 if adversary is not None:
                     x = adversary(x, y)
                 with torch.no_grad():
-                    outcomes.append(model(x).argmax(dim=1) == y)
+                    outcomes.append((model(x).argmax(dim=1) == y).cpu())
     finally:
         model.train(was_training)
     correct = torch.cat(outcomes)

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -236,8 +237,8 @@ class ModelStore:
             )
         return data
 
-    def load(self, ref: str) -> tuple[nn.Module, Manifest]:
-        """The model of version ``ref``, in eval mode, after verifying its sha256.
+    def load(self, ref: str, device: torch.device | str = "cpu") -> tuple[nn.Module, Manifest]:
+        """The model of version ``ref`` on ``device``, in eval mode, after verifying its sha256.
 
         Raises:
             UnknownVersionError: no such version.
@@ -252,7 +253,7 @@ class ModelStore:
             model.load_state_dict(state, strict=True)
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise StoreError(f"cannot load weights of {manifest.version}: {exc}") from None
-        model.eval()
+        model.to(device).eval()
         return model, manifest
 
     def production(self) -> str | None:

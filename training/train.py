@@ -18,7 +18,8 @@ class TrainResult:
 
     Attributes:
         model: the trained model (for adversarial training, the best checkpoint), in eval mode.
-        history: one dict per epoch (a partial epoch too, when stopped by the clock).
+        history: one dict per epoch (a partial epoch too, when stopped by the clock); for
+            adversarial training the first is epoch 0, the check of the starting weights.
         stopped_early: True when ``max_seconds`` or the catastrophic-overfitting guard ended
             training before the last epoch.
         seconds: wall time of the run.

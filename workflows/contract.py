@@ -115,15 +115,39 @@ def _node_output(nodes: dict[str, Any], task: str, parameter: str) -> str | None
     return None
 
 
+def _first_failure(nodes: dict[str, Any]) -> str | None:
+    """``"<step>: <message>"`` of the earliest failed pod, the step that says why a run failed
+    (Argo's own workflow message only names it: ``child '<id>' failed``)."""
+    failed = [
+        node
+        for node in nodes.values()
+        if node.get("type") == "Pod"
+        and node.get("phase") in (PHASE_FAILED, PHASE_ERROR)
+        and node.get("message")
+    ]
+    if not failed:
+        return None
+    first = min(failed, key=lambda node: str(node.get("startedAt") or ""))
+    return f"{first.get('displayName', first.get('name', '?'))}: {first['message']}"
+
+
 def summarise_workflow(workflow: dict[str, Any]) -> RunSummary:
-    """Summarise an Argo ``Workflow`` object (from the Argo Server or a local run record)."""
+    """Summarise an Argo ``Workflow`` object (from the Argo Server or a local run record).
+
+    The message of a failed run ends with its first failed step's own message, so the
+    incident's record says why.
+    """
     status = workflow.get("status") or {}
     nodes = status.get("nodes") or {}
     passed = _node_output(nodes, GATE_TASK, "passed")
+    message = str(status.get("message") or "")
+    failure = _first_failure(nodes)
+    if failure is not None and failure not in message:
+        message = f"{message}; {failure}" if message else failure
     return RunSummary(
         name=str((workflow.get("metadata") or {}).get("name", "")),
         phase=str(status.get("phase") or PHASE_PENDING),
         gate_passed=None if passed is None else passed.strip().lower() == "true",
         promoted_version=_node_output(nodes, PROMOTE_TASK, "version"),
-        message=str(status.get("message") or ""),
+        message=message,
     )

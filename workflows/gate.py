@@ -70,7 +70,8 @@ def evaluate_pair(
         robust accuracy and per-example correctness (packed).
 
     Raises:
-        GateError: there is no production model to compare with, or the candidate is it.
+        GateError: there is no production model to compare with, the candidate is it, or
+            ``device`` names a device this machine lacks.
     """
     import torch
 
@@ -78,6 +79,10 @@ def evaluate_pair(
 
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
+    try:
+        device = training.resolve_device(cfg.device)
+    except training.DeviceError as exc:
+        raise GateError(str(exc)) from None
     store = training.ModelStore(cfg.store.path)
     if baseline == "production":
         current = store.production()
@@ -107,7 +112,7 @@ def evaluate_pair(
         },
     }
     for role, version in (("candidate", candidate), ("baseline", baseline)):
-        model, _manifest = store.load(version)
+        model, _manifest = store.load(version, device)
         clean = training.evaluate(model, splits.eval, attack="none", n=n)
         robust = training.evaluate(
             model,

@@ -12,6 +12,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from robustloop.commands._options import add_device_option
+
 log = logging.getLogger("robustloop.serve")
 
 
@@ -29,6 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--port", type=int, default=None, help="port; 0 picks a free one (default: serving.port)"
     )
+    add_device_option(p)
     p.set_defaults(handler=_serve)
 
     t = sub.add_parser(
@@ -78,7 +81,12 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else cfg.serving.port
     if not args.verbose:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app(cfg)
+    from training import DeviceError
+
+    try:
+        app = create_app(cfg)
+    except DeviceError as exc:
+        raise CommandError(str(exc)) from None
     state = get_state(app)
     try:
         server = RunningServer(app, host, port)

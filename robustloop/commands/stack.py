@@ -84,8 +84,9 @@ def quick_config(cfg: RobustloopConfig) -> RobustloopConfig:
     out.data.eval_size = 500
     out.data.traffic_size = 500
     out.training.epochs = 2
-    # 3 epochs are 141 steps (about 8 s with fgsm-prior). One epoch, 47 steps, is too short
-    # for SGD's warm-up and cosine: PGD-20 0.48 against Adam's 0.57 (docs/training.md).
+    # 3 epochs are 282 steps of 64 (about 8 s with fgsm-prior). One epoch of 128 (47 steps)
+    # was too short for SGD's warm-up and cosine: PGD-20 0.48 against Adam's 0.57
+    # (docs/training.md).
     out.remediation.epochs = 3
     out.remediation.max_seconds = 30
     out.remediation.check_size = 128

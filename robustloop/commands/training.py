@@ -21,9 +21,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robustloop.commands._options import add_device_option
 from robustloop.config import DEFAULT_CONFIG_PATH, METHODS, RobustloopConfig, dump_config
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from training import ModelStore
@@ -40,6 +42,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--epochs", type=_positive_int, help="epochs (default: training.epochs)")
     p.add_argument("--max-seconds", type=_positive_float, help="stop cleanly after S seconds")
+    add_device_option(p)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser(
@@ -66,6 +69,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="train from fresh weights instead of fine-tuning (overrides remediation.warm_start)",
     )
+    add_device_option(p)
     p.set_defaults(handler=_harden)
 
     p = sub.add_parser("evaluate", help="accuracy of a version on the held-out eval split")
@@ -80,6 +84,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_device_option(p)
     p.set_defaults(handler=_evaluate)
 
     models = sub.add_parser("models", help="list, show, promote, roll back or export versions")
@@ -157,11 +162,18 @@ def _store(cfg: RobustloopConfig) -> ModelStore:
     return ModelStore(cfg.store.path)
 
 
-def _setup_torch(cfg: RobustloopConfig) -> None:
+def _setup_torch(cfg: RobustloopConfig) -> torch.device:
+    """Apply ``training.threads``; the resolved ``device`` (a user error if unusable)."""
     import torch
+
+    from training import DeviceError, resolve_device
 
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
+    try:
+        return resolve_device(cfg.device)
+    except DeviceError as exc:
+        raise _fail(exc) from None
 
 
 def _progress() -> bool:
@@ -169,9 +181,9 @@ def _progress() -> bool:
 
 
 def _errors() -> tuple[type[Exception], ...]:
-    from training import DatasetError, StoreError
+    from training import DatasetError, StoreError, TrainingDiverged
 
-    return (DatasetError, StoreError, ValueError)
+    return (DatasetError, StoreError, TrainingDiverged, ValueError)
 
 
 def _fail(exc: Exception) -> Exception:
@@ -206,14 +218,14 @@ def _train(args: argparse.Namespace) -> int:
     from training import build_model, make_splits, train_standard
 
     cfg: RobustloopConfig = args.cfg
-    _setup_torch(cfg)
+    device = _setup_torch(cfg)
     tc = cfg.training
     epochs = args.epochs or tc.epochs
     try:
         store = _store(cfg)
         splits = make_splits(cfg.data)
         torch.manual_seed(tc.seed)
-        model = build_model(cfg.model.architecture)
+        model = build_model(cfg.model.architecture).to(device)
         result = train_standard(
             model,
             splits.train,
@@ -278,7 +290,8 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
         (new version id, parent version id).
 
     Raises:
-        robustloop.cli.CommandError: unknown base, tampered weights, missing data, bad recipe.
+        robustloop.cli.CommandError: unknown base, tampered weights, missing data, bad recipe,
+            or a run that diverged (nothing is registered then).
     """
     import torch
 
@@ -291,7 +304,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
         use_bf16,
     )
 
-    _setup_torch(cfg)
+    device = _setup_torch(cfg)
     rc = cfg.remediation
     lr = rc.lr if rc.lr is not None else DEFAULT_LR[rc.optimizer]
     warning = learning_rate_warning(rc.optimizer, lr)
@@ -299,16 +312,16 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
         print(f"robustloop: warning: {warning}", file=sys.stderr)
     method, eps, step_size, steps = rc.method, rc.eps, rc.step_size, rc.steps
     epochs, max_seconds, warm_start = rc.epochs, rc.max_seconds, rc.warm_start
-    bf16 = use_bf16(rc.precision)
+    bf16 = use_bf16(rc.precision, device)
     try:
         store = _store(cfg)
-        base_model, base_manifest = store.load(base)
+        base_model, base_manifest = store.load(base, device)
         splits = make_splits(cfg.data)
         if warm_start:
             model = base_model
         else:
             torch.manual_seed(cfg.training.seed)
-            model = build_model(base_manifest.architecture)
+            model = build_model(base_manifest.architecture).to(device)
         result = adversarial_train(
             model,
             splits.train,
@@ -346,6 +359,7 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
                 "warm_start": warm_start,
                 "check_size": rc.check_size,
                 "precision": "bf16" if bf16 else "fp32",
+                "device": device.type,
             },
             metrics={
                 "eval_clean_accuracy": _clean_accuracy(result.model, cfg),
@@ -359,6 +373,12 @@ def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) ->
         )
     except _errors() as exc:
         raise _fail(exc) from None
+    if result.best is not None and result.best["epoch"] == 0:
+        print(
+            f"robustloop: warning: no epoch beat {base_manifest.version} on the PGD check; "
+            f"{version} keeps its weights (the gate will reject it)",
+            file=sys.stderr,
+        )
     return version, base_manifest.version
 
 
@@ -366,10 +386,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training import evaluate, make_splits
 
     cfg: RobustloopConfig = args.cfg
-    _setup_torch(cfg)
+    device = _setup_torch(cfg)
     eps = args.eps if args.eps is not None else cfg.remediation.eps
     try:
-        model, manifest = _store(cfg).load(args.model)
+        model, manifest = _store(cfg).load(args.model, device)
         dataset = getattr(make_splits(cfg.data), args.split)
         result = evaluate(
             model,

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from robustloop.commands._options import add_device_option
 from robustloop.config import DEFAULT_CONFIG_PATH
 
 
@@ -71,6 +72,7 @@ def register(sub: Any) -> None:
         help="attack eps (default: gate.eps, else remediation.eps)",
     )
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    add_device_option(p)
     p.set_defaults(handler=_gate)
 
     p = sub.add_parser(
