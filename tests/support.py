@@ -12,6 +12,15 @@ import yaml
 from training import ModelStore, build_model
 
 
+def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """Run ``robustloop ARGV`` in this process: (exit code, stdout, stderr)."""
+    from robustloop.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def register_model(store: ModelStore, seed: int = 0) -> str:
     """Register an untrained reference CNN (seeded weights); enough for protocol tests."""
     torch.manual_seed(seed)

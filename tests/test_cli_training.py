@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustloop.cli import main
 from robustloop.config import RobustloopConfig, dump_config, load_config
 from tests.conftest import DATASET_ROOT
+from tests.support import run_cli
 from training import DEFAULT_LR, ModelStore, build_model
 
 pytestmark = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
@@ -29,22 +29,16 @@ def config_path(small_config: RobustloopConfig, tmp_path: Path, precision: str) 
     return path
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_train_harden_evaluate_promote_rollback(
     config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     cfg = ["--config", str(config_path)]
-    code, out, _ = _run(capsys, *cfg, "train", "--epochs", "1")
+    code, out, _ = run_cli(capsys, *cfg, "train", "--epochs", "1")
     assert code == 0
     standard = out.strip().splitlines()[-1]
     assert standard.startswith("v0001-")
 
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, *cfg, "harden", "--from", "production", "--method", "pgd", "--steps", "2",
         "--epochs", "1", "--max-seconds", "none", "--incident", "inc-42",
     )  # fmt: skip
@@ -64,7 +58,7 @@ def test_train_harden_evaluate_promote_rollback(
     assert [h["epoch"] for h in manifest.metrics["history"]] == [0, 1]
     assert store.production() == standard, "harden must not promote"
 
-    code, out, _ = _run(
+    code, out, _ = run_cli(
         capsys, *cfg, "evaluate", "--model", hardened, "--attack", "pgd", "--eps", "0.1",
         "--steps", "2", "--restarts", "2", "--n", "40", "--json",
     )  # fmt: skip
@@ -76,19 +70,19 @@ def test_train_harden_evaluate_promote_rollback(
     )  # fmt: skip
     assert result["ci95"][0] <= result["accuracy"] <= result["ci95"][1]
 
-    code, out, _ = _run(capsys, *cfg, "models", "list", "--json")
+    code, out, _ = run_cli(capsys, *cfg, "models", "list", "--json")
     rows = json.loads(out)
     assert [(r["version"], r["production"]) for r in rows] == [
         (standard, True),
         (hardened, False),
     ]
-    assert _run(capsys, *cfg, "models", "promote", hardened)[0] == 0
+    assert run_cli(capsys, *cfg, "models", "promote", hardened)[0] == 0
     assert store.production() == hardened
-    code, out, _ = _run(capsys, *cfg, "models", "rollback")
+    code, out, _ = run_cli(capsys, *cfg, "models", "rollback")
     assert code == 0 and out.strip() == standard
     assert store.production() == standard
 
-    code, out, _ = _run(capsys, *cfg, "models", "list")
+    code, out, _ = run_cli(capsys, *cfg, "models", "list")
     assert code == 0 and f"* {standard}" in out
 
 
@@ -100,8 +94,8 @@ def test_harden_warns_when_the_learning_rate_is_of_the_other_optimizers_scale(
     cfg.remediation.lr = 3e-3
     old = tmp_path / "old.yaml"
     old.write_text(dump_config(cfg))
-    assert _run(capsys, "--config", str(old), "train", "--epochs", "1")[0] == 0
-    code, out, err = _run(
+    assert run_cli(capsys, "--config", str(old), "train", "--epochs", "1")[0] == 0
+    code, out, err = run_cli(
         capsys, "--config", str(old), "harden", "--from", "production", "--epochs", "1"
     )
     assert code == 0, err
@@ -119,11 +113,11 @@ def test_a_divergent_recipe_registers_nothing_and_says_why_in_one_line(
     cfg.remediation.lr = 5.0
     wild = tmp_path / "wild.yaml"
     wild.write_text(dump_config(cfg))
-    assert _run(capsys, "--config", str(wild), "train", "--epochs", "1")[0] == 0
+    assert run_cli(capsys, "--config", str(wild), "train", "--epochs", "1")[0] == 0
     store = ModelStore(tmp_path / "store")
     versions, production = [m.version for m in store.list()], store.production()
     pointer = store.pointer_path.read_bytes()
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "--config", str(wild), "harden", "--from", "production", "--epochs", "2"
     )
     assert code == 2 and out == ""
@@ -139,7 +133,7 @@ def test_models_average_registers_the_mean_of_the_weights(
     config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     cfg = ["--config", str(config_path)]
-    first = _run(capsys, *cfg, "train", "--epochs", "1")[1].strip().splitlines()[-1]
+    first = run_cli(capsys, *cfg, "train", "--epochs", "1")[1].strip().splitlines()[-1]
     store = ModelStore(tmp_path / "store")
     model, _ = store.load(first)
     with torch.no_grad():
@@ -148,7 +142,7 @@ def test_models_average_registers_the_mean_of_the_weights(
     second = store.register(
         model, architecture="cnn", parent=first, recipe={}, metrics={}, split={}, provenance={}
     )
-    code, out, err = _run(capsys, *cfg, "models", "average", first, second)
+    code, out, err = run_cli(capsys, *cfg, "models", "average", first, second)
     assert code == 0, err
     soup = out.strip().splitlines()[-1]
     averaged, soup_manifest = store.load(soup)
@@ -170,7 +164,7 @@ def test_models_average_registers_the_mean_of_the_weights(
         ([first, wide], "cannot average different architectures"),
         ([first, "v0099"], "unknown model version 'v0099'"),
     ]:
-        code, _, err = _run(capsys, *cfg, "models", "average", *argv)
+        code, _, err = run_cli(capsys, *cfg, "models", "average", *argv)
         assert code == 2 and message in err, err
     assert [m.version for m in store.list()] == versions_before, "a refused average wrote"
 
@@ -180,9 +174,9 @@ def test_export_torchscript_computes_the_same_logits(
     config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     cfg = ["--config", str(config_path)]
-    assert _run(capsys, *cfg, "train", "--epochs", "1")[0] == 0
+    assert run_cli(capsys, *cfg, "train", "--epochs", "1")[0] == 0
     target = tmp_path / "model.pt"
-    code, _, _ = _run(
+    code, _, _ = run_cli(
         capsys, *cfg, "models", "export", "production", "--format", "torchscript", str(target)
     )
     assert code == 0
@@ -192,7 +186,7 @@ def test_export_torchscript_computes_the_same_logits(
     import onnx  # in the test extra: this part must run, not skip
 
     onnx_path = tmp_path / "model.onnx"
-    code, _, _ = _run(capsys, *cfg, "models", "export", "production", "--format", "onnx",
+    code, _, _ = run_cli(capsys, *cfg, "models", "export", "production", "--format", "onnx",
                       str(onnx_path))  # fmt: skip
     assert code == 0
     onnx.checker.check_model(onnx.load(str(onnx_path)))
@@ -202,16 +196,16 @@ def test_user_errors_exit_2_with_a_clear_message(
     config_path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     cfg = ["--config", str(config_path)]
-    code, _, err = _run(capsys, *cfg, "evaluate", "--model", "production", "--json")
+    code, _, err = run_cli(capsys, *cfg, "evaluate", "--model", "production", "--json")
     assert code == 2 and "robustloop train" in err
-    assert _run(capsys, *cfg, "train", "--epochs", "1")[0] == 0
-    code, _, err = _run(capsys, *cfg, "harden", "--from", "v0099")
+    assert run_cli(capsys, *cfg, "train", "--epochs", "1")[0] == 0
+    code, _, err = run_cli(capsys, *cfg, "harden", "--from", "v0099")
     assert code == 2 and "unknown model version 'v0099'" in err
-    code, _, err = _run(capsys, *cfg, "models", "rollback")
+    code, _, err = run_cli(capsys, *cfg, "models", "rollback")
     assert code == 2 and "nothing to roll back" in err
     for bad in ("soon", "0", "-5"):  # a clock is a positive number of seconds, or none
         with pytest.raises(SystemExit) as info:
-            _run(capsys, *cfg, "harden", "--max-seconds", bad)
+            run_cli(capsys, *cfg, "harden", "--max-seconds", bad)
         assert info.value.code == 2 and "--max-seconds" in capsys.readouterr().err
     assert len(ModelStore(tmp_path / "store").list()) == 1, "a refused harden registered nothing"
 
@@ -220,9 +214,9 @@ def test_user_errors_exit_2_with_a_clear_message(
     assert version is not None
     weights = store.versions_dir / version / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
-    code, _, err = _run(capsys, *cfg, "evaluate", "--model", version, "--json")
+    code, _, err = run_cli(capsys, *cfg, "evaluate", "--model", version, "--json")
     assert code == 2 and "refusing to load" in err
-    code, _, err = _run(capsys, *cfg, "models", "export", version, str(tmp_path / "x.pt"))
+    code, _, err = run_cli(capsys, *cfg, "models", "export", version, str(tmp_path / "x.pt"))
     assert code == 2 and "refusing to load" in err
     assert not (tmp_path / "x.pt").exists()
 
@@ -232,9 +226,9 @@ def test_missing_data_and_bad_config_exit_2(
 ) -> None:
     path = tmp_path / "robustloop.yaml"
     path.write_text(f"data:\n  root: {tmp_path / 'nothing'}\nstore:\n  path: {tmp_path / 's'}\n")
-    code, out, err = _run(capsys, "--config", str(path), "train")
+    code, out, err = run_cli(capsys, "--config", str(path), "train")
     assert code == 2 and "dataset-fashion-mnist" in err and str(tmp_path / "nothing") in err
     assert out == "" and not (tmp_path / "s").exists(), "a failed train must write nothing"
     path.write_text("remediation:\n  method: magic\n")
-    code, _, err = _run(capsys, "--config", str(path), "harden")
+    code, _, err = run_cli(capsys, "--config", str(path), "harden")
     assert code == 2 and "remediation.method" in err

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 import training.device
-from robustloop.cli import main
 from robustloop.config import RobustloopConfig, dump_config
 from tests.conftest import DATASET_ROOT
+from tests.support import run_cli
 from training import DeviceError, ModelStore, build_model, model_device, resolve_device
 
 needs_data = pytest.mark.skipif(not DATASET_ROOT.is_dir(), reason=f"{DATASET_ROOT} absent")
@@ -85,12 +85,6 @@ def _config(tmp_path: Path, **device: str) -> Path:
     return path
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @needs_data
 @pytest.mark.parametrize(
     "command",
@@ -119,7 +113,7 @@ def test_cuda_where_torch_sees_no_gpu_is_refused_in_one_line_and_changes_nothing
     )  # fmt: skip
     versions = [m.version for m in store.list()]
     flag = ["--device", "cuda"] if where == "flag" else []
-    code, out, err = _run(capsys, "--config", str(config), *command, *flag)
+    code, out, err = run_cli(capsys, "--config", str(config), *command, *flag)
     assert code == 2, (out, err)
     lines = [line for line in err.splitlines() if not line.startswith("20")]  # log lines
     assert lines == [
@@ -137,19 +131,19 @@ def test_every_command_places_its_model_on_the_resolved_device(
     the server answers a request, THEN each put its models on the GPU (the recorded moves), and
     the hardened version's recipe names the device and bf16 (auto on a bf16-capable GPU)."""
     cfg = ["--config", str(_config(tmp_path))]
-    code, out, err = _run(capsys, *cfg, "train")
+    code, out, err = run_cli(capsys, *cfg, "train")
     assert code == 0, err
     assert seen_gpu == ["Sequential"], "train builds the model on the GPU"
-    code, out, err = _run(capsys, *cfg, "harden", "--from", "production")
+    code, out, err = run_cli(capsys, *cfg, "harden", "--from", "production")
     assert code == 0, err
     hardened = out.strip().splitlines()[-1]
     recipe = ModelStore(tmp_path / "store").manifest(hardened).recipe
     assert (recipe["device"], recipe["precision"]) == ("cuda", "bf16")
     assert seen_gpu == ["Sequential"] * 2, "harden loads the base onto the GPU"
-    code, out, err = _run(capsys, *cfg, "evaluate", "--model", hardened, "--n", "20", "--json")
+    code, out, err = run_cli(capsys, *cfg, "evaluate", "--model", hardened, "--n", "20", "--json")
     assert code == 0 and json.loads(out)["n"] == 20, err
     assert len(seen_gpu) == 3
-    code, out, err = _run(capsys, *cfg, "gate", "--candidate", hardened, "--json")
+    code, out, err = run_cli(capsys, *cfg, "gate", "--candidate", hardened, "--json")
     assert code in (0, 1), err  # passed or rejected: judged
     assert len(seen_gpu) == 5, "the gate loads candidate and baseline onto the GPU"
 

@@ -274,6 +274,11 @@ def test_max_seconds_stops_cleanly_with_a_checked_model(
     assert "check_pgd_accuracy" in result.best
 
 
+def _assert_weights(model: nn.Module, state: dict[str, torch.Tensor], why: str) -> None:
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), f"{why} ({key} differs)"
+
+
 def _train_with_fake_checks(
     splits: Splits,
     standard: nn.Module,
@@ -309,8 +314,7 @@ def test_collapse_guard_keeps_the_best_checkpoint_and_stops(
     assert result.history[-1]["catastrophic_overfitting"] is True
     assert result.stopped_early
     assert result.best is result.history[2]
-    for key, value in result.model.state_dict().items():
-        assert torch.equal(value, states[2][key]), "the epoch-2 checkpoint must be kept"
+    _assert_weights(result.model, states[2], "the epoch-2 checkpoint must be kept")
 
 
 def test_the_latest_checkpoint_within_the_checks_noise_of_the_best_is_kept(
@@ -324,8 +328,7 @@ def test_the_latest_checkpoint_within_the_checks_noise_of_the_best_is_kept(
     assert check_noise(0.6, 100) == pytest.approx(0.098, abs=1e-3)
     assert len(result.history) == 4 and not result.stopped_early
     assert result.best is result.history[2]
-    for key, value in result.model.state_dict().items():
-        assert torch.equal(value, states[2][key]), "the epoch-2 checkpoint must be kept"
+    _assert_weights(result.model, states[2], "the epoch-2 checkpoint must be kept")
 
 
 def test_the_starting_weights_are_handed_back_when_no_epoch_beats_them(
@@ -338,8 +341,7 @@ def test_the_starting_weights_are_handed_back_when_no_epoch_beats_them(
     result, states = _train_with_fake_checks(splits, standard, monkeypatch, checks, 512)
     assert result.best is result.history[0] and result.best["epoch"] == 0
     assert not torch.equal(states[1]["0.weight"], start["0.weight"]), "epoch 1 did train"
-    for key, value in result.model.state_dict().items():
-        assert torch.equal(value, start[key]), key
+    _assert_weights(result.model, start, "the starting weights must be kept")
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,8 @@ class EpochResult:
     """One pass over the data: step reached, images seen, mean loss and accuracy, clock stop.
 
     ``diverged`` is set when a mini-batch's loss was not finite: the epoch stopped there,
-    before that batch's update, and ``lr`` is the learning rate of that step (else of the last).
+    before that batch's update; ``loss`` is then that batch's, ``samples`` those before it, and
+    ``lr`` the learning rate of that step (else of the last).
     """
 
     step: int
@@ -185,9 +186,8 @@ def train_epoch(
                 logits = model(inputs)
                 loss = nn.functional.cross_entropy(logits.float(), labels)
             value = float(loss.detach())
-            if not math.isfinite(value):
-                mean = loss_sum / seen if seen else value
-                return EpochResult(step, seen, mean, hits / max(seen, 1), True, rate, True)
+            if not math.isfinite(value):  # the loss is that batch's, the samples those before
+                return EpochResult(step, seen, value, hits / max(seen, 1), True, rate, True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
