@@ -14,6 +14,7 @@ from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
 from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
 from training.device import DeviceError, model_device, resolve_device
 from training.evaluate import EvalResult, evaluate
+from training.harden import Hardened, harden
 from training.models import ARCHITECTURES, average_weights, build_model
 from training.store import (
     Manifest,
@@ -36,6 +37,7 @@ __all__ = [
     "DeviceError",
     "EvalResult",
     "FashionMNIST",
+    "Hardened",
     "Manifest",
     "ModelStore",
     "Splits",
@@ -48,6 +50,7 @@ __all__ = [
     "average_weights",
     "build_model",
     "evaluate",
+    "harden",
     "learning_rate_warning",
     "load_fashion_mnist",
     "make_attack",

@@ -1,8 +1,8 @@
-"""Bridge from the ``harden`` step to the training component's ``robustloop harden``.
+"""Bridge from the ``harden`` step to the training component's hardening use case.
 
-The step overrides the remediation recipe with the workflow's parameters and calls the same
-function the command runs (:func:`robustloop.commands.training.harden_version`), so that the
-workflow and a user typing ``robustloop harden`` train in exactly the same way.
+The step overrides the remediation recipe with the workflow's parameters and calls
+:func:`training.harden`, the function ``robustloop harden`` calls too, so that the workflow
+and a user typing ``robustloop harden`` train in exactly the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from robustloop.config import RobustloopConfig
 
 
 class HardenError(SystemExit):
-    """Hardening failed (unknown base, tampered weights, missing data, bad recipe)."""
+    """Hardening failed (unknown base, tampered weights, missing data, bad recipe, no such
+    device, or a run that diverged)."""
 
 
 def harden_candidate(cfg: RobustloopConfig, *, base: str, incident: str) -> str:
@@ -20,12 +21,12 @@ def harden_candidate(cfg: RobustloopConfig, *, base: str, incident: str) -> str:
     Raises:
         HardenError: hardening failed; the message says why.
     """
-    from robustloop.cli import CommandError
-    from robustloop.commands.training import harden_version
+    import training
 
+    failures = (training.DatasetError, training.StoreError, training.TrainingDiverged, ValueError)
     try:
-        version, _parent = harden_version(cfg, base=base, incident=incident)
-    except CommandError as exc:
+        hardened = training.harden(cfg, base=base, incident=incident)
+    except failures as exc:
         raise HardenError(f"robustloop step failed: harden: {exc}") from None
-    print(version)
-    return version
+    print(hardened.version)
+    return hardened.version

@@ -282,104 +282,29 @@ def _harden(args: argparse.Namespace) -> int:
 
 
 def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) -> tuple[str, str]:
-    """Adversarially train from ``base`` with ``cfg.remediation``; register, do not promote.
-
-    The one implementation behind ``robustloop harden`` and the workflow's ``harden`` step.
+    """``training.harden`` for the CLI: warnings on stderr, errors as one line.
 
     Returns:
         (new version id, parent version id).
 
     Raises:
         robustloop.cli.CommandError: unknown base, tampered weights, missing data, bad recipe,
-            or a run that diverged (nothing is registered then).
+            an unusable device, or a run that diverged (nothing is registered then).
     """
-    import torch
+    from training import harden
 
-    from training import (
-        DEFAULT_LR,
-        adversarial_train,
-        build_model,
-        learning_rate_warning,
-        make_splits,
-        use_bf16,
-    )
-
-    device = _setup_torch(cfg)
-    rc = cfg.remediation
-    lr = rc.lr if rc.lr is not None else DEFAULT_LR[rc.optimizer]
-    warning = learning_rate_warning(rc.optimizer, lr)
-    if warning:
-        print(f"robustloop: warning: {warning}", file=sys.stderr)
-    method, eps, step_size, steps = rc.method, rc.eps, rc.step_size, rc.steps
-    epochs, max_seconds, warm_start = rc.epochs, rc.max_seconds, rc.warm_start
-    bf16 = use_bf16(rc.precision, device)
+    _setup_torch(cfg)
     try:
-        store = _store(cfg)
-        base_model, base_manifest = store.load(base, device)
-        splits = make_splits(cfg.data)
-        if warm_start:
-            model = base_model
-        else:
-            torch.manual_seed(cfg.training.seed)
-            model = build_model(base_manifest.architecture).to(device)
-        result = adversarial_train(
-            model,
-            splits.train,
-            method=method,
-            eps=eps,
-            step_size=step_size,
-            steps=steps,
-            epochs=epochs,
-            batch_size=rc.batch_size,
-            lr=lr,
-            optimizer=rc.optimizer,
-            warmup=rc.warmup,
-            seed=cfg.training.seed,
-            max_seconds=max_seconds,
-            check_size=rc.check_size,
+        hardened = harden(
+            cfg,
+            base=base,
+            incident=incident,
             progress=_progress(),
-            bf16=bf16,
-        )
-        version = store.register(
-            result.model,
-            architecture=base_manifest.architecture,
-            parent=base_manifest.version,
-            recipe={
-                "method": method,
-                "eps": eps,
-                "step_size": step_size,
-                "steps": steps if method == "pgd" else 1,
-                "epochs": epochs,
-                "max_seconds": max_seconds,
-                "batch_size": rc.batch_size,
-                "optimizer": rc.optimizer,
-                "lr": lr,
-                "warmup": rc.warmup,
-                "seed": cfg.training.seed,
-                "warm_start": warm_start,
-                "check_size": rc.check_size,
-                "precision": "bf16" if bf16 else "fp32",
-                "device": device.type,
-            },
-            metrics={
-                "eval_clean_accuracy": _clean_accuracy(result.model, cfg),
-                "train_seconds": result.seconds,
-                "stopped_early": result.stopped_early,
-                "best_check": result.best,
-                "history": result.history,
-            },
-            split=splits.describe(),
-            provenance={"command": "harden", "incident": incident, "base": base},
+            warn=lambda text: print(f"robustloop: warning: {text}", file=sys.stderr),
         )
     except _errors() as exc:
         raise _fail(exc) from None
-    if result.best is not None and result.best["epoch"] == 0:
-        print(
-            f"robustloop: warning: no epoch beat {base_manifest.version} on the PGD check; "
-            f"{version} keeps its weights (the gate will reject it)",
-            file=sys.stderr,
-        )
-    return version, base_manifest.version
+    return hardened.version, hardened.parent
 
 
 def _evaluate(args: argparse.Namespace) -> int:
