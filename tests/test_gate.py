@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from robustloop.config import GateConfig
+from robustloop.config import GateConfig, RobustloopConfig
 from workflows._stats import (
     PairedCounts,
     mcnemar_midp,
@@ -18,7 +18,7 @@ from workflows._stats import (
     paired_difference_interval,
     two_proportion_p_worse,
 )
-from workflows.gate import GateError, decide, pack_bits, unpack_bits
+from workflows.gate import GateError, decide, gate_eps, pack_bits, unpack_bits
 
 
 def _outcomes(n: int, accuracy: float, rng: random.Random) -> list[bool]:
@@ -170,3 +170,15 @@ def test_two_proportion_test_flags_only_a_real_drop() -> None:
     assert two_proportion_p_worse(60, 100, 90, 100) < 0.001
     assert two_proportion_p_worse(90, 100, 60, 100) > 0.99
     assert two_proportion_p_worse(0, 0, 90, 100) == 1.0
+
+
+def test_gate_eps_has_one_order_for_the_command_and_the_workflow() -> None:
+    """A person's --eps, then gate.eps, then the eps trained against (the workflow's
+    parameter), then remediation.eps."""
+    cfg = RobustloopConfig()
+    cfg.remediation.eps = 0.1
+    assert gate_eps(cfg) == 0.1
+    assert gate_eps(cfg, trained=0.08) == 0.08
+    cfg.gate.eps = 0.12
+    assert gate_eps(cfg, trained=0.08) == 0.12, "the policy's eps beats the training eps"
+    assert gate_eps(cfg, override=0.05, trained=0.08) == 0.05, "a person's --eps beats both"

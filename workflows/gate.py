@@ -54,8 +54,29 @@ def unpack_bits(text: str, n: int) -> list[bool]:
     return [bool(number >> i & 1) for i in range(n)]
 
 
+def gate_eps(
+    cfg: RobustloopConfig, *, override: float | None = None, trained: float | None = None
+) -> float:
+    """The eps the gate attacks at: one rule for the command and the workflow.
+
+    A person's explicit ``override`` (``robustloop gate --eps``) first; then the policy's
+    ``gate.eps``; else the eps the candidate was trained against (``trained``, the workflow's
+    ``eps`` parameter, else ``remediation.eps``).
+    """
+    if override is not None:
+        return float(override)
+    if cfg.gate.eps is not None:
+        return float(cfg.gate.eps)
+    return float(trained if trained is not None else cfg.remediation.eps)
+
+
 def evaluate_pair(
-    cfg: RobustloopConfig, candidate: str, baseline: str = "production", eps: float | None = None
+    cfg: RobustloopConfig,
+    candidate: str,
+    baseline: str = "production",
+    eps: float | None = None,
+    *,
+    trained_eps: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate candidate and baseline on the held-out split, clean and under PGD with restarts.
 
@@ -63,7 +84,8 @@ def evaluate_pair(
         cfg: the config (data split, store, gate attack settings).
         candidate: version id of the candidate.
         baseline: version id or ``production`` (resolved now; the resolved id is recorded).
-        eps: attack radius; default ``gate.eps``, else ``remediation.eps``.
+        eps: attack radius chosen by a person; else :func:`gate_eps`'s rule, with
+            ``trained_eps`` (the workflow's parameter) for the candidate's training eps.
 
     Returns:
         A JSON-serialisable evaluation: attack settings, and per model its version, clean and
@@ -99,7 +121,7 @@ def evaluate_pair(
         raise GateError(str(exc)) from None
     if candidate == baseline:
         raise GateError(f"the candidate {candidate} is the baseline itself; nothing to judge")
-    eps = float(eps if eps is not None else (cfg.gate.eps or cfg.remediation.eps))
+    eps = gate_eps(cfg, override=eps, trained=trained_eps)
     n = min(cfg.gate.n, cfg.data.eval_size)
     splits = training.make_splits(cfg.data)
     result: dict[str, Any] = {
@@ -256,6 +278,7 @@ __all__ = [
     "GateError",
     "decide",
     "evaluate_pair",
+    "gate_eps",
     "pack_bits",
     "run_gate",
     "unpack_bits",

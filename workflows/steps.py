@@ -158,9 +158,9 @@ def evaluate(
 
     cfg = _setup()
     _check_model(cfg, model)
-    gate_eps = cfg.gate.eps if cfg.gate.eps is not None else _float("eps", eps)
+    trained = _float("eps", eps)
     try:
-        evaluation = evaluate_pair(cfg, candidate, "production", gate_eps)
+        evaluation = evaluate_pair(cfg, candidate, "production", trained_eps=trained)
     except GateError as exc:
         raise StepError(str(exc)) from None
     for role in ("candidate", "baseline"):
