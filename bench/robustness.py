@@ -1,7 +1,7 @@
 """Robustness of the standard and the hardened model on the official Fashion-MNIST test set.
 
 Clean, FGSM and PGD-k (with restarts) accuracy at each eps, with Wilson 95 % intervals, for two
-versions of a model store, and the issue's goals checked:
+versions of a model store, and the robustness goals checked:
 
 * hardened model at eps 0.1: clean >= 0.86 and PGD >= 0.78 (the published PGD-AT result for a
   small CNN on Fashion-MNIST is 88.5 % clean, 78.5 % robust);

@@ -16,8 +16,8 @@ the model again about simplified copies of the input:
   also smooths away natural noise, so it reacts to drift as much as to attacks: it is off by
   default (docs/alerts.md has the measurements).
 
-None of them proves anything about one request (see DESIGN.md, "Signals"): the server exports
-their distributions as Prometheus histograms and the alert rules compare windows.
+None of them proves anything about one request (docs/serving.md measures how little): the
+server exports their distributions as Prometheus histograms and the alert rules compare windows.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ gate) at a steady rate, and for a fraction of its requests sends the true labels
 feedback endpoint, as a canary client would. Modes:
 
 - ``clean``: the images as they are;
-- ``fgsm`` / ``pgd``: a white-box, adaptive attacker (the threat model of DESIGN.md). It reads
-  the version the server says it serves (metadata endpoint, and each response's
+- ``fgsm`` / ``pgd``: a white-box, adaptive attacker (the threat model robustloop defends
+  against). It reads the version the server says it serves (metadata endpoint, and each response's
   ``model_version``), loads those very weights from the model store, and crafts every request
   against that model; after a rollout it attacks the new version, not the old one;
 - ``noise``: natural drift, Gaussian noise with standard deviation ``eps`` (default

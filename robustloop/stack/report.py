@@ -4,7 +4,7 @@ The timeline is what the scenario driver saw, once a second: the accuracy of the
 client sent in that second (from the traffic log), the entropy and squeeze levels Prometheus
 computed, the alerts firing, the workflow step; plus the events that mark the loop's stages
 (attack start, alert firing, alert at the receiver, workflow start, gate decision, promotion,
-hardened model serving). The summary reduces it to the figures the issue asks for — the live
+hardened model serving). The summary reduces it to the figures that judge the loop — the live
 counterpart of the paper's figures 4 and 5 (accuracy collapse under FGSM, recovery after
 adversarial training).
 """
@@ -214,7 +214,7 @@ def summarise(
     workflow: dict[str, Any] | None = None,
     remediation_started: bool = False,
 ) -> dict[str, Any]:
-    """Reduce a timeline to the issue's figures.
+    """Reduce a timeline to the figures that judge the loop.
 
     - ``accuracy_before``: the clean phase.
     - ``accuracy_under_attack``: the attack phase while the undefended model still serves
