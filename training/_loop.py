@@ -83,7 +83,7 @@ def cosine_lr(
         # counted at the end of the step: the first step gets a small rate, not 0
         by_progress = (fraction + 1 / max(total, 1)) / warmup
         by_steps = (step + 1) / min(WARMUP_MIN_STEPS, max(total, 1))
-        factor = min(factor, max(by_progress, 0.0), by_steps)
+        factor = min(factor, by_progress, by_steps)
     return base * factor
 
 
