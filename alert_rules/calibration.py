@@ -1,7 +1,9 @@
 """Thresholds for a chosen false-alarm rate, from the clean distribution of a signal.
 
-Pure Python (``statistics``), no torch: ``robustloop calibrate`` measures the per-image values on
-the held-out eval split and hands them here.
+Pure Python (``statistics``), no torch: the model server's signals are measured on the held-out
+eval split (:func:`serving.signals.measure_clean_signals`) and handed here;
+:func:`calibrate_alerts` turns them into a new ``alerts`` section and
+:func:`rewrite_alerts_section` writes that section into the user's config file.
 
 The statistics (also in docs/alerts.md):
 
@@ -29,7 +31,10 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from alert_rules._spec import duration_seconds
+from robustloop.config import AlertsConfig, RobustloopConfig, dump_config
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -264,12 +269,141 @@ def check_threshold(
     return CheckedThreshold(threshold, final, hours, raised=True)
 
 
+class MeasuredSignals(Protocol):
+    """Per-image signals of a model on clean images, and its accuracy on them."""
+
+    @property
+    def entropy(self) -> Sequence[float]: ...
+    @property
+    def squeeze(self) -> Sequence[float]: ...
+    @property
+    def accuracy(self) -> float: ...
+
+
+def calibrate_alerts(
+    cfg: RobustloopConfig, signals: MeasuredSignals, version: str
+) -> tuple[AlertsConfig, dict[str, Any]]:
+    """New ``alerts`` section with calibrated thresholds, and the record of how they were set.
+
+    The entropy and squeeze thresholds become ``relative``: the clean baseline plus the shift
+    of :func:`alert_rules.calibration.window_threshold`. The canary accuracy keeps its mode and
+    threshold; its baseline becomes the clean eval accuracy (used where its mode is relative).
+    A disabled signal, or the squeeze score when the server scores no images
+    (``serving.squeeze_fraction: 0``), keeps its settings.
+
+    Raises:
+        CalibrationError: too few images, or a target false-alarm rate that cannot be met.
+    """
+    a = cfg.alerts
+    rates = {
+        "entropy": a.expected_rate,
+        "squeeze": a.expected_rate * cfg.serving.squeeze_fraction,
+    }
+    updates: dict[str, Any] = {}
+    record: dict[str, Any] = {
+        "version": version,
+        "false_alarms_per_hour": a.false_alarms_per_hour,
+        "expected_rate": a.expected_rate,
+        "squeeze_fraction": cfg.serving.squeeze_fraction,
+        "clean_accuracy": signals.accuracy,
+        "signals": {},
+    }
+    for name, values in (("entropy", signals.entropy), ("squeeze", signals.squeeze)):
+        current = getattr(a, name)
+        if not current.enabled or rates[name] == 0:
+            why = "disabled" if not current.enabled else "serving.squeeze_fraction is 0"
+            record["signals"][name] = {"skipped": why}
+            continue
+        result = window_threshold(
+            SignalStats.of(values),
+            window_seconds=duration_seconds(current.window),
+            samples_per_second=rates[name],
+            false_alarms_per_hour=a.false_alarms_per_hour,
+        )
+        checked = check_threshold(
+            values,
+            result,
+            window_seconds=max(1, round(duration_seconds(current.window))),
+            for_seconds=round(duration_seconds(current.for_)),
+        )
+        delta = round(checked.threshold - result.baseline, 4)
+        updates[name] = current.model_copy(
+            update={"mode": "relative", "baseline": result.baseline, "threshold": delta}
+        )
+        record["signals"][name] = {
+            "window": current.window,
+            "for": current.for_,
+            **result.to_dict(),
+            "simulation": asdict(checked),
+            "threshold": checked.threshold,
+            "delta": delta,
+            "gaussian_threshold": result.threshold,
+        }
+    updates["canary_accuracy"] = a.canary_accuracy.model_copy(
+        update={"baseline": round(signals.accuracy, 4)}
+    )
+    updates["calibrated_version"] = version
+    new = AlertsConfig.model_validate({**a.model_dump(by_alias=True), **_dumped(updates)})
+    return new, record
+
+
+def _dumped(updates: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v.model_dump(by_alias=True) if hasattr(v, "model_dump") else v)
+        for k, v in updates.items()
+    }
+
+
+def _alerts_block(lines: list[str]) -> tuple[int, int] | None:
+    """[start, end) of the top-level ``alerts:`` block, comments before the next key excluded."""
+    start = next((i for i, line in enumerate(lines) if line.startswith("alerts:")), None)
+    if start is None:
+        return None
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i] and not lines[i][0].isspace() and not lines[i].startswith("#")
+        ),
+        len(lines),
+    )
+    while end > start + 1 and lines[end - 1].startswith("#"):
+        end -= 1
+    return start, end
+
+
+def rewrite_alerts_section(text: str | None, cfg: RobustloopConfig) -> str:
+    """The config file ``text`` with its ``alerts`` section replaced by ``cfg.alerts``.
+
+    Every other line (other sections, comments) is kept byte for byte. A file without an
+    ``alerts`` section gets one appended; no file (``None``) becomes the full commented config.
+    """
+    full = dump_config(cfg)
+    if text is None:
+        return full
+    full_lines = full.splitlines()
+    block = _alerts_block(full_lines)
+    assert block is not None  # dump_config always writes the section
+    new_block = full_lines[block[0] : block[1]]
+    lines = text.splitlines()
+    found = _alerts_block(lines)
+    if found is None:
+        description = full_lines[block[0] - 1]
+        out = [*lines, description, *new_block]
+    else:
+        out = lines[: found[0]] + new_block + lines[found[1] :]
+    return "\n".join(out) + "\n"
+
+
 __all__ = [
     "CalibrationError",
     "CheckedThreshold",
+    "MeasuredSignals",
     "SignalStats",
     "WindowThreshold",
+    "calibrate_alerts",
     "check_threshold",
+    "rewrite_alerts_section",
     "simulate_false_alarms",
     "window_threshold",
 ]

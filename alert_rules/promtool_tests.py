@@ -34,7 +34,7 @@ from alert_rules._spec import (
     build,
     duration_seconds,
 )
-from alert_rules.render import generated_header
+from alert_rules._yaml import generated_header
 from robustloop.config import RobustloopConfig
 
 _GRID = 64  # signal levels are multiples of 1/64: every counter value is exact in binary

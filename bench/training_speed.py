@@ -50,8 +50,8 @@ import torch
 from _machine import machine_header
 from torch import nn
 
-from robustloop.config import METHODS, RobustloopConfig, dump_config, load_config
-from training import ModelStore, build_model, make_splits, use_bf16
+from robustloop.config import RobustloopConfig, dump_config, load_config
+from training import METHODS, ModelStore, build_model, make_splits, use_bf16
 from training.adversarial import make_optimizer, make_training_attack
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -27,7 +27,6 @@ sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
@@ -48,9 +47,9 @@ FIXTURE = _HERE.parent / "tests" / "fixtures" / "alertmanager_firing.json"
 
 def _serve(variant: str, db_path: str, port_queue: Any) -> None:
     """Child process: serve one variant on a free port until killed."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from flask import Flask, jsonify, request
-    from werkzeug.serving import make_server
+
+    from robustloop.httpserver import HttpServer
 
     if variant == "flask-floor":
         app = Flask("floor")
@@ -73,9 +72,10 @@ def _serve(variant: str, db_path: str, port_queue: Any) -> None:
         if variant == "receiver-no-fsync":
             # Benchmark only: what durability costs. The receiver always runs with FULL.
             receiver_of(app).outbox._conn.execute("PRAGMA synchronous=OFF")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    port_queue.put(server.server_port)
-    server.serve_forever()
+    server = HttpServer(app, name=variant)  # what both services run on
+    port_queue.put(server.port)
+    server.start()
+    threading.Event().wait()  # until the parent kills this process
 
 
 def _payloads(n: int, offset: int) -> list[bytes]:

@@ -15,11 +15,8 @@ from pathlib import Path
 
 from robustloop import __version__
 from robustloop.commands import COMMAND_MODULES
-from robustloop.config import ConfigError, load_config
-
-
-class CommandError(Exception):
-    """A command failed for a reason the user can fix; printed without a traceback."""
+from robustloop.commands.base import CommandError
+from robustloop.config import ConfigError, load_config, override
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "needs_config", True):
             args.cfg = load_config(args.config)
             if getattr(args, "device", None) is not None:  # --device of this command
-                args.cfg.device = args.device
+                args.cfg = override(args.cfg, {"device": args.device})
         result = args.handler(args)
     except (ConfigError, CommandError) as exc:
         print(f"robustloop: error: {exc}", file=sys.stderr)

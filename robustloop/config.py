@@ -3,7 +3,7 @@
 Every component reads its section from here; alert rules, the Alertmanager config, the Helm
 chart's copies and the workflow's default parameters are generated from it. Every field has a
 default and a description: ``robustloop init`` writes the defaults, the CLI's ``--help`` and the
-README's config table are generated from the descriptions.
+config table in docs/configuration.md are generated from the descriptions.
 
 This module imports pydantic and yaml only (the webhook image loads it and has no torch).
 """
@@ -11,25 +11,58 @@ This module imports pydantic and yaml only (the webhook image loads it and has n
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path("robustloop.yaml")
 
+# The names a user may write in the file. The components own what the names mean, each with its
+# own registry (training.METHODS, training.OPTIMIZERS, training.DEVICES); tests/test_config.py
+# checks that each registry and its type here name the same choices. The CLI offers these as
+# choices without importing torch.
 Method = Literal["pgd", "fgsm-rs", "fgsm-prior"]
-"""Adversarial training methods by name (training.adversarial implements them)."""
-METHODS: tuple[str, ...] = get_args(Method)
-
+"""Adversarial training methods by name."""
 Device = Literal["auto", "cpu", "cuda"]
-"""Where models train, are attacked, evaluated and served (``training.device``)."""
-DEVICES: tuple[str, ...] = get_args(Device)
-
+"""Where models train, are attacked, evaluated and served."""
 Optimizer = Literal["sgd", "adam"]
-"""Optimizers of adversarial training by name (training.adversarial builds them)."""
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+"""Optimizers of adversarial training by name."""
+Precision = Literal["auto", "fp32", "bf16"]
+"""Arithmetic of adversarial training."""
+
+
+def choices(names: Any) -> tuple[str, ...]:
+    """The choices of a ``Literal`` type above, e.g. ``choices(Method)``."""
+    return tuple(get_args(names))
+
+
+Eps = Annotated[float, Field(gt=0, le=1)]
+"""An L-inf radius in pixel units: pixels are in [0, 1], so a radius is in (0, 1]. The one rule
+for every eps, in the file, on the command line and in workflow parameters (:func:`check_eps`)."""
+_EPS = TypeAdapter(Eps)
+
+
+def check_eps(value: float) -> float:
+    """``value`` if it is a valid eps (:data:`Eps`).
+
+    Raises:
+        ValueError: it is not; the message states the rule.
+    """
+    try:
+        return float(_EPS.validate_python(value))
+    except ValidationError:
+        raise ValueError(f"eps must be in (0, 1] (pixels are in [0, 1]), got {value}") from None
+
+
+def attack_eps(config: RobustloopConfig) -> float:
+    """The eps a simulated attacker uses by default: ``stack.attack_eps``, else the eps the
+    model is hardened against (``remediation.eps``)."""
+    if config.stack.attack_eps is not None:
+        return config.stack.attack_eps
+    return config.remediation.eps
 
 
 class ConfigError(Exception):
@@ -107,7 +140,7 @@ class RemediationConfig(_Section):
         "2020): no slower than fgsm-rs, and in the one-minute remediation a point more "
         "PGD-20 accuracy under sgd (5 under adam).",
     )
-    eps: float = Field(0.1, gt=0, le=1, description="L-inf radius trained against.")
+    eps: Eps = Field(0.1, description="L-inf radius trained against.")
     step_size: float | None = Field(
         None,
         gt=0,
@@ -157,7 +190,7 @@ class RemediationConfig(_Section):
         "for the same samples at the same samples per second; 3 to 5 points more PGD-20 "
         "accuracy from one epoch, docs/training.md).",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto",
         description="bf16: craft the examples and run the forward pass under bfloat16 "
         "autocast (weights stay float32); auto = bf16 where the device computes it natively "
@@ -171,7 +204,7 @@ class GateConfig(_Section):
     restarts: int = Field(
         1, ge=1, description="PGD random starts of the gate's attack (1 = one random start)."
     )
-    eps: float | None = Field(None, gt=0, le=1, description="Gate eps; null = the remediation eps.")
+    eps: Eps | None = Field(None, description="Gate eps; null = the remediation eps.")
     n: int = Field(
         500, ge=100, description="Held-out eval images the gate judges on (<= data.eval_size)."
     )
@@ -244,6 +277,13 @@ class ServingConfig(_Section):
         description="torch CPU threads of the model server; 0 = torch's default (one per core). "
         "A request is a small batch that one thread serves as fast; more threads per request "
         "compete with concurrent requests and with training on the same machine.",
+    )
+    http_threads: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Requests the model server handles at once (threads of its one process: "
+        "the feedback map and the metrics live in it).",
     )
     reload_interval_seconds: float = Field(
         1.0, gt=0, description="How often the server checks the production pointer."
@@ -476,8 +516,8 @@ class StackConfig(_Section):
     clean_seconds: float = Field(
         30.0, gt=0, description="Demo: seconds of clean traffic before the attack."
     )
-    attack_eps: float | None = Field(
-        None, gt=0, le=1, description="Demo: FGSM eps of the attack; null = remediation.eps."
+    attack_eps: Eps | None = Field(
+        None, description="Demo: FGSM eps of the attack; null = remediation.eps."
     )
     timeout_seconds: float = Field(
         600.0, gt=0, description="Demo: give up if not recovered this long after attack start."
@@ -565,17 +605,53 @@ def load_config(path: Path | str | None = None) -> RobustloopConfig:
     try:
         return RobustloopConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path} is invalid: {problems}") from None
+        raise ConfigError(f"{path} is invalid: {_problems(exc)}") from None
+
+
+def override(config: RobustloopConfig, changes: Mapping[str, Any]) -> RobustloopConfig:
+    """A new config: ``config`` with ``changes`` applied and validated; ``config`` is untouched.
+
+    The one way command-line flags and workflow parameters change the config, so that they obey
+    the same rules (ranges, choices) as the file, and a shared config is never mutated.
+
+    Args:
+        config: the config in force.
+        changes: nested like the file, e.g. ``{"remediation": {"eps": 0.05}, "device": "cpu"}``.
+
+    Raises:
+        ConfigError: a change is invalid; the message names each offending field and value.
+    """
+    merged = _merge(config.model_dump(by_alias=True), changes)
+    try:
+        return RobustloopConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {_problems(exc)}") from None
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
+        if not isinstance(err["input"], dict)
+        else f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        for err in exc.errors()
+    )
 
 
 def dump_config(config: RobustloopConfig) -> str:
     """Render a config as YAML with field descriptions as comments above each key."""
     lines = [
         "# robustloop configuration. Every key is optional; these are the defaults.",
-        "# Reference: README.md, section 'Configuration'.",
+        "# Reference: docs/configuration.md.",
     ]
     _dump_section(config, lines, indent=0)
     return "\n".join(lines) + "\n"
@@ -605,7 +681,7 @@ def _dump_section(section: BaseModel, lines: list[str], indent: int) -> None:
 
 
 def iter_fields(section: BaseModel | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, description) of every leaf field: the README's config table."""
+    """(dotted key, default, description) of every leaf field: docs/configuration.md's table."""
     section = RobustloopConfig() if section is None else section
     rows: list[tuple[str, str, str]] = []
     for name, field in type(section).model_fields.items():

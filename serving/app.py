@@ -78,12 +78,6 @@ def _state() -> ServingState:
     return get_state(current_app)
 
 
-def set_threads(config: RobustloopConfig) -> None:
-    """Apply ``serving.threads`` to this process (entry points call it; tests need not)."""
-    if config.serving.threads:
-        torch.set_num_threads(config.serving.threads)
-
-
 def create_app(
     config: RobustloopConfig,
     *,

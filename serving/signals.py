@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from training.device import model_device
 
 #: Buckets of ``robustloop_prediction_entropy`` (normalised entropy, in [0, 1]).
 ENTROPY_BUCKETS: tuple[float, ...] = (
@@ -208,6 +211,48 @@ def squeeze_score(
         return distances.abs().sum(dim=2).max(dim=0).values
 
 
+@dataclass(frozen=True)
+class CleanSignals:
+    """Per-image signals of a model on clean images, and its accuracy on them."""
+
+    entropy: list[float]
+    squeeze: list[float]
+    accuracy: float
+
+
+def measure_clean_signals(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    squeezers: Sequence[str] = DEFAULT_SQUEEZERS,
+    batch: int = 500,
+) -> CleanSignals:
+    """Entropy and squeeze score of every image, computed as the server computes them.
+
+    What alert calibration (:func:`alert_rules.calibration.calibrate_alerts`) starts from.
+
+    Args:
+        model: the classifier (eval mode), returning logits; the images follow its device.
+        images: float tensor [N, C, H, W] in [0, 1].
+        labels: int tensor [N].
+        squeezers: the server's ``serving.squeezers``.
+        batch: images per forward pass.
+    """
+    device = model_device(model)
+    entropy: list[float] = []
+    squeeze: list[float] = []
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch):
+            x = images[start : start + batch].to(device)
+            probs = torch.softmax(model(x), dim=1)
+            entropy += normalised_entropy(probs).tolist()
+            squeeze += squeeze_score(model, x, squeezers=squeezers, probs=probs).tolist()
+            y = labels[start : start + batch].to(device)
+            correct += int((probs.argmax(dim=1) == y).sum())
+    return CleanSignals(entropy, squeeze, correct / max(1, images.shape[0]))
+
+
 __all__ = [
     "DEFAULT_SQUEEZERS",
     "DEFAULT_SQUEEZE_BITS",
@@ -216,7 +261,9 @@ __all__ = [
     "MAX_PROBABILITY_BUCKETS",
     "SQUEEZERS",
     "SQUEEZE_BUCKETS",
+    "CleanSignals",
     "max_probability",
+    "measure_clean_signals",
     "median_filter_2x2",
     "normalised_entropy",
     "reduce_bit_depth",

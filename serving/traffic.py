@@ -21,6 +21,7 @@ when none were answered).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -36,14 +37,13 @@ import requests
 import torch
 from torch import nn
 
-from robustloop.config import RobustloopConfig
+from robustloop.config import RobustloopConfig, attack_eps, check_eps
 from serving.reload import Store
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["clean", "fgsm", "pgd", "noise"]
 MODES: tuple[str, ...] = ("clean", "fgsm", "pgd", "noise")
-DEFAULT_EPS = 0.1
 DEFAULT_NOISE_SIGMA = 0.3
 """Gaussian noise that costs an undefended CNN about as much accuracy as FGSM at eps 0.05
 (0.83 -> 0.60 and 0.59 in bench/detection.py)."""
@@ -79,17 +79,22 @@ class TrafficOptions:
             raise TrafficError("rate and duration must be > 0 and batch >= 1")
         if not 0.0 <= self.feedback_fraction <= 1.0:
             raise TrafficError(f"feedback fraction must be in [0, 1], got {self.feedback_fraction}")
-        if self.eps is not None and not 0.0 < self.eps <= 1.0:
-            raise TrafficError(f"eps must be in (0, 1], got {self.eps}")
+        if self.eps is not None and self.mode != "noise":
+            try:
+                check_eps(self.eps)
+            except ValueError as exc:
+                raise TrafficError(str(exc)) from None
+        if self.eps is not None and self.mode == "noise" and not 0.0 < self.eps <= 1.0:
+            raise TrafficError(f"noise standard deviation must be in (0, 1], got {self.eps}")
         if self.requests is not None and self.requests < 1:
             raise TrafficError(f"requests must be >= 1, got {self.requests}")
 
-    @property
-    def strength(self) -> float:
-        """Attack radius (fgsm, pgd) or noise standard deviation (noise)."""
+    def strength(self, config: RobustloopConfig) -> float:
+        """Attack radius (fgsm, pgd; default :func:`robustloop.config.attack_eps`) or noise
+        standard deviation (noise; default :data:`DEFAULT_NOISE_SIGMA`)."""
         if self.eps is not None:
             return self.eps
-        return DEFAULT_NOISE_SIGMA if self.mode == "noise" else DEFAULT_EPS
+        return DEFAULT_NOISE_SIGMA if self.mode == "noise" else attack_eps(config)
 
 
 @dataclass
@@ -236,6 +241,7 @@ def run_traffic(
         The run's totals. Failed requests are counted as errors and the run goes on (the server
         may be restarting); they never end it.
     """
+    options = dataclasses.replace(options, eps=options.strength(config))  # resolved once
     if data is None:
         from training import make_splits
 
@@ -249,7 +255,9 @@ def run_traffic(
             from training import ModelStore
 
             store = ModelStore(config.store.path)
-        attacker = AdaptiveAttacker(store, options.mode, options.strength, options.pgd_steps)
+        attacker = AdaptiveAttacker(
+            store, options.mode, options.strength(config), options.pgd_steps
+        )
     client = ServerClient(options.url, config.model.name)
     rng = random.Random(options.seed)
     noise_gen = torch.Generator().manual_seed(options.seed)
@@ -324,7 +332,8 @@ def _send_one(
             return version
         images = attacker.craft(images, labels, version)
     elif options.mode == "noise":
-        images = add_noise(images, options.strength, noise_gen)
+        assert options.eps is not None  # resolved by run_traffic
+        images = add_noise(images, options.eps, noise_gen)
     window.sent += 1
     try:
         predicted, ids, answered_by = client.infer(images)
@@ -388,7 +397,6 @@ def open_log(path: Path | None) -> IO[str]:
 
 
 __all__ = [
-    "DEFAULT_EPS",
     "DEFAULT_NOISE_SIGMA",
     "MODES",
     "AdaptiveAttacker",

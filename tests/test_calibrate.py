@@ -1,4 +1,5 @@
-"""``robustloop calibrate``: the statistics, their Monte Carlo check, and the command end to end."""
+"""Calibrating the alert thresholds: the statistics, their Monte Carlo check, and
+``robustloop calibrate`` end to end."""
 
 from __future__ import annotations
 
@@ -16,19 +17,17 @@ import yaml
 from alert_rules.calibration import (
     CalibrationError,
     SignalStats,
+    calibrate_alerts,
     check_threshold,
+    rewrite_alerts_section,
     simulate_false_alarms,
     window_threshold,
 )
 from robustloop.cli import main
-from robustloop.commands.alerts import (
-    ANNOTATION_KEY,
-    CleanSignals,
-    calibrate_alerts,
-    rewrite_alerts_section,
-)
 from robustloop.config import RobustloopConfig, dump_config, load_config
+from serving.signals import CleanSignals
 from tests.conftest import DATASET_ROOT
+from workflows.calibrate import ANNOTATION_KEY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -352,7 +351,7 @@ def test_in_a_cluster_the_promote_step_publishes_the_recalibrated_rules(
             API_ENV: kube.url,
         }.items():
             monkeypatch.setenv(name, value)
-        recalibrate(version)
+        recalibrate(load_config(config), version)
     published = kube.objects[("robustloop", "rl-robustloop")]["spec"]["groups"]
     cfg = load_config(config)
     assert cfg.alerts.calibrated_version == version

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from robustloop.cli import main
 from robustloop.config import ConfigError, RobustloopConfig, iter_fields, load_config
@@ -51,3 +52,40 @@ def test_bad_config_gives_a_clear_error(tmp_path: Path, text: str, fragment: str
 def test_missing_config_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="robustloop init"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_file_and_the_components_name_the_same_choices() -> None:
+    """The config names what a user may write; training owns what each name means."""
+    import training
+    from robustloop.config import Device, Method, Optimizer, Precision, choices
+
+    assert choices(Method) == training.METHODS
+    assert choices(Optimizer) == training.OPTIMIZERS
+    assert choices(Device) == training.DEVICES
+    assert choices(Precision) == training.PRECISIONS
+
+
+def test_override_returns_a_new_checked_config_and_leaves_the_shared_one_alone() -> None:
+    from robustloop.config import override
+
+    shared = RobustloopConfig()
+    changed = override(shared, {"remediation": {"eps": 0.05, "epochs": 2}, "device": "cpu"})
+    assert (changed.remediation.eps, changed.remediation.epochs, changed.device) == (0.05, 2, "cpu")
+    assert shared == RobustloopConfig()
+    with pytest.raises(ConfigError, match=r"remediation.eps: .*less than or equal to 1 \(got 2\)"):
+        override(shared, {"remediation": {"eps": 2}})
+    with pytest.raises(ConfigError, match=r"remediation\.nonsense"):
+        override(shared, {"remediation": {"nonsense": 1}})
+    assert shared == RobustloopConfig()
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.01, float("nan")])
+def test_one_rule_for_eps_in_the_file_and_everywhere_else(value: float) -> None:
+    from robustloop.config import check_eps
+
+    with pytest.raises(ValueError, match=r"eps must be in \(0, 1\]"):
+        check_eps(value)
+    for section in ("remediation", "gate"):
+        with pytest.raises(ValidationError):
+            RobustloopConfig.model_validate({section: {"eps": value}})
+    assert check_eps(1.0) == 1.0

@@ -2,8 +2,9 @@
 
 No Docker engine runs here, so the images are never built in the tests. What the builds rely on is
 checked instead: the torch pins and the packages the Dockerfiles copy agree with pyproject.toml,
-the build context keeps what they copy, and the receiver image's command really runs without
-torch, with the config file the chart gives it.
+the build context keeps what they copy, the receiver image's command really runs without torch,
+with the config file the chart gives it, and the server pod's `robustloop serve` serves, follows
+the store and stops cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -68,9 +69,17 @@ def test_server_image_pins_the_same_torch_as_pyproject() -> None:
     assert f"ARG TORCHVISION_VERSION={_pin('torchvision')}\n" in text
 
 
-def test_server_image_installs_the_gunicorn_the_chart_runs() -> None:
-    (spec,) = [r for r in PYPROJECT["project"]["optional-dependencies"]["test"] if "gunicorn" in r]
-    assert f'"{spec}"' in DOCKERFILES["server"].read_text(encoding="utf-8")
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[ ;]", requirement)[0].lower() for requirement in requirements}
+
+
+def test_both_images_get_waitress_from_pyproject_and_no_gunicorn() -> None:
+    """Both servers run waitress (robustloop.httpserver): the server image installs the
+    project's dependencies, the receiver image its `webhook` extra; gunicorn is gone."""
+    assert "waitress" in _names(PYPROJECT["project"]["dependencies"])
+    assert "waitress" in _names(PYPROJECT["project"]["optional-dependencies"]["webhook"])
+    for image, dockerfile in DOCKERFILES.items():
+        assert "gunicorn" not in dockerfile.read_text(encoding="utf-8"), image
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
@@ -97,8 +106,7 @@ def test_build_context_keeps_what_the_images_copy() -> None:
 
 
 def test_receiver_image_installs_no_torch() -> None:
-    extra = PYPROJECT["project"]["optional-dependencies"]["webhook"]
-    names = {re.split(r"[<>=!~\[ ;]", requirement)[0].lower() for requirement in extra}
+    names = _names(PYPROJECT["project"]["optional-dependencies"]["webhook"])
     assert not names & {"torch", "torchvision"}, "the receiver image must not install torch"
     text = DOCKERFILES["receiver"].read_text(encoding="utf-8")
     assert "['optional-dependencies']['webhook']" in text
@@ -226,8 +234,9 @@ def receiver_without_torch(
     env = {"ROBUSTLOOP_WEBHOOK_TOKEN": "s3cret-token-of-the-test"}
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-c", WITHOUT_TORCH, *args]
-    with _pod_process(command, env, tmp_path, f"{url}/healthz"):
+    with _pod_process(command, env, tmp_path, f"{url}/healthz") as process:
         yield url
+    assert process.returncode == 0, "SIGTERM (as kubelet sends it) must stop the receiver cleanly"
 
 
 def test_receiver_runs_without_torch_on_the_charts_config(receiver_without_torch: str) -> None:
@@ -255,9 +264,10 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     container = _pod_container(chart_objects, "server")
     binary = Path(sys.executable).parent / container["command"][0]
     assert binary.is_file(), f"{container['command'][0]} is not installed beside python"
+    args = list(container["args"])
+    config_file = tmp_path / "robustloop.yaml"
+    args[-1] = str(config_file)
     port = free_port()
-    args = [f"--bind=127.0.0.1:{port}" if a.startswith("--bind=") else a for a in container["args"]]
-    assert args != container["args"], "the server's arguments have no --bind= to redirect"
     claim = tmp_path / "claim"
     claim.mkdir()
     mount = next(m for m in container["volumeMounts"] if m["name"] == "store")["mountPath"]
@@ -265,7 +275,8 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     config = chart_config
     config["store"]["path"] = str(claim / store_path.relative_to(mount))
     config["serving"]["reload_interval_seconds"] = 0.2
-    config_file = tmp_path / "robustloop.yaml"
+    config["serving"]["host"] = "127.0.0.1"
+    config["serving"]["port"] = port
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     env_names = {e["name"] for e in container["env"]}
     assert "ROBUSTLOOP_CONFIG" in env_names
@@ -273,7 +284,7 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     live = url + container["livenessProbe"]["httpGet"]["path"]
     ready = url + container["readinessProbe"]["httpGet"]["path"]
     env = {"ROBUSTLOOP_CONFIG": str(config_file)}
-    with _pod_process([str(binary), *args], env, tmp_path, live):
+    with _pod_process([str(binary), *args], env, tmp_path, live) as process:
         assert requests.get(live, timeout=5).status_code == 200
         assert requests.get(ready, timeout=5).status_code == 503
         # stands in for the chart's bootstrap Job, which trains the first model
@@ -285,3 +296,20 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
         metrics = requests.get(f"{url}/metrics", timeout=5)
         assert metrics.status_code == 200
         assert f'version="{version}"' in metrics.text
+    assert process.returncode == 0, "SIGTERM (as kubelet sends it) must stop the server cleanly"
+
+
+def test_server_pod_runs_robustloop_serve_on_the_charts_config(
+    chart_objects: list[dict[str, Any]], chart_config: dict[str, Any]
+) -> None:
+    """One way to serve: `robustloop serve` (waitress), listening where the config says, which
+    the chart sets to all interfaces and the container's port."""
+    container = _pod_container(chart_objects, "server")
+    assert container["command"] == ["robustloop"]
+    config_file = f"{container['workingDir']}/robustloop.yaml"
+    assert container["args"] == ["serve", "--config", config_file]
+    (http,) = [p for p in container["ports"] if p["name"] == "http"]
+    assert chart_config["serving"]["host"] == "0.0.0.0"
+    assert chart_config["serving"]["port"] == http["containerPort"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ROBUSTLOOP_CONFIG"] == config_file

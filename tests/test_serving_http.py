@@ -1,14 +1,11 @@
-"""The server over real HTTP: body limits with and without Content-Length, keep-alive after an
-error, and the documented gunicorn command."""
+"""Both servers over real HTTP (waitress, robustloop.httpserver): the model server's body limits
+with and without Content-Length, keep-alive after an error, the cap on huge uploads, and a busy
+port answered with a clear error by the model server and the webhook receiver alike."""
 
 from __future__ import annotations
 
+import http.client
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +13,16 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry
 
+from robustloop.cli import main
 from robustloop.config import RobustloopConfig, dump_config
+from robustloop.httpserver import AddressInUse, body_cap
 from serving import RunningServer, create_app, get_state
 from tests.support import register_model
 from training import ModelStore
+from webhook import ReceiverServer
+from webhook import create_app as create_receiver_app
+from webhook import serve as serve_receiver
+from webhook.errors import ConfigurationError
 
 MODEL = "fashion-cnn"
 LIMIT = 64 * 1024
@@ -51,7 +54,7 @@ def chunked(data: bytes, size: int = 8192) -> Iterator[bytes]:
 def test_body_limit_holds_with_and_without_content_length(server: RunningServer) -> None:
     url = f"{server.url}/v2/models/{MODEL}/infer"
     small, large = body(2), body(40)
-    assert len(small) < LIMIT < len(large)
+    assert len(small) < LIMIT < len(large) < body_cap(LIMIT)
     headers = {"Content-Type": "application/json"}
     with requests.Session() as session:
         for data in (large, chunked(large)):
@@ -65,44 +68,79 @@ def test_body_limit_holds_with_and_without_content_length(server: RunningServer)
         assert len(response.json()["outputs"][2]["data"]) == 2
 
 
-def test_documented_gunicorn_command_serves_the_app(
-    small_config: RobustloopConfig, tmp_path: Path, port: int
-) -> None:
-    version = register_model(ModelStore(small_config.store.path))
-    config_path = tmp_path / "robustloop.yaml"
-    config_path.write_text(dump_config(small_config))
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    if not gunicorn.exists():
-        pytest.skip(f"gunicorn is not installed next to {sys.executable} (pip install gunicorn)")
-    command = [
-        str(gunicorn), "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{port}",
-        "--control-socket", str(tmp_path / "gunicorn.ctl"), "serving.wsgi:make_app()",
-    ]  # fmt: skip
-    env = {**os.environ, "ROBUSTLOOP_CONFIG": str(config_path)}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def test_a_huge_upload_is_refused_before_its_body_is_read(server: RunningServer) -> None:
+    """Past the server's cap the 413 comes from waitress, on the headers alone; the server
+    closes that connection and serves the next one."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                ready = requests.get(f"{url}/v2/health/ready", timeout=5)
-                if ready.status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # the worker is still importing torch and loading the model
-            assert proc.poll() is None, "gunicorn exited early"
-            assert time.monotonic() < deadline, "gunicorn did not become ready within 120s"
-            time.sleep(0.2)
-        response = requests.post(f"{url}/v2/models/{MODEL}/infer", data=body(1), timeout=30)
-        assert response.status_code == 200
-        assert response.json()["model_version"] == version
-        assert (
-            "robustloop_inference_samples_total" in requests.get(f"{url}/metrics", timeout=5).text
-        )
+        connection.putrequest("POST", f"/v2/models/{MODEL}/infer")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(body_cap(LIMIT) + 1))
+        connection.endheaders()  # and not one byte of the body
+        response = connection.getresponse()
+        assert response.status == 413
+        assert response.getheader("Connection", "").lower() == "close"
+        response.read()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        connection.close()
+    ready = requests.get(f"{server.url}/v2/health/ready", timeout=30)
+    assert ready.status_code == 200
+
+
+def test_the_model_server_on_a_busy_port_is_a_clear_error(
+    server: RunningServer, small_config: RobustloopConfig
+) -> None:
+    app = create_app(small_config, registry=CollectorRegistry(), watch=False)
+    with pytest.raises(AddressInUse) as caught:
+        RunningServer(app, "127.0.0.1", server.port)
+    message = str(caught.value)
+    assert f"127.0.0.1:{server.port}" in message
+    assert "in use" in message and "--port" in message
+    assert isinstance(caught.value, OSError)
+    # the server already there is unharmed
+    assert requests.get(f"{server.url}/v2/health/live", timeout=30).status_code == 200
+
+
+def test_robustloop_serve_on_a_busy_port_exits_2_with_the_reason(
+    server: RunningServer,
+    small_config: RobustloopConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config_path = tmp_path / "robustloop.yaml"
+    config_path.write_text(dump_config(small_config), encoding="utf-8")
+    argv = ["serve", "--config", str(config_path), "--host", "127.0.0.1"]
+    assert main([*argv, "--port", str(server.port)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{server.port}" in err
+    assert "in use" in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def receiver_config(small_config: RobustloopConfig) -> RobustloopConfig:
+    small_config.webhook.auth = "none"
+    return small_config
+
+
+def test_the_receiver_on_a_busy_port_is_a_clear_error(
+    server: RunningServer, receiver_config: RobustloopConfig
+) -> None:
+    app = create_receiver_app(receiver_config, registry=CollectorRegistry(), start_dispatcher=False)
+    try:
+        with pytest.raises(AddressInUse) as caught:
+            ReceiverServer(app, "127.0.0.1", server.port)
+        message = str(caught.value)
+        assert f"127.0.0.1:{server.port}" in message
+        assert "in use" in message and "--port" in message
+    finally:
+        with ReceiverServer(app) as receiver:  # the same app still serves on a free port
+            assert requests.get(f"{receiver.url}/healthz", timeout=30).status_code == 200
+
+
+def test_robustloop_webhook_on_a_busy_port_is_a_configuration_error(
+    server: RunningServer, receiver_config: RobustloopConfig
+) -> None:
+    """``robustloop webhook`` prints ConfigurationError as one line and exits 2."""
+    with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{server.port}: port .* in use"):
+        serve_receiver(receiver_config, host="127.0.0.1", port=server.port)

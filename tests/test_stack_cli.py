@@ -55,7 +55,7 @@ def test_demo_rejects_an_unknown_scenario(
         ("--timeout", "0", "must be above zero"),
         ("--clean-seconds", "-5", "must be above zero"),
         ("--rate", "fast", "is not a number"),
-        ("--eps", "1.5", "eps must be at most 1"),
+        ("--eps", "1.5", "eps must be in (0, 1]"),
     ],
 )
 def test_demo_rejects_bad_numbers_before_starting_anything(

@@ -244,7 +244,7 @@ def test_the_guard_step_recalibrates_after_a_rollback_only(
 
     monkeypatch.setattr(workflows.guard, "watch", decide)
     calls: list[str] = []
-    monkeypatch.setattr(steps, "recalibrate", calls.append)
+    monkeypatch.setattr(steps, "recalibrate", lambda cfg, version: calls.append(version))
     result = steps.guard(model=small_config.model.name, version="v2", previous="v1", workflow="w")
     assert result[0] == action
     assert calls == recalibrated

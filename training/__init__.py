@@ -4,6 +4,8 @@ and the model store. Serving and the workflow steps use these public names only.
 
 from training.adversarial import (
     DEFAULT_LR,
+    METHODS,
+    OPTIMIZERS,
     PRECISIONS,
     TrainingDiverged,
     adversarial_train,
@@ -12,7 +14,7 @@ from training.adversarial import (
 )
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
 from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
-from training.device import DeviceError, model_device, resolve_device
+from training.device import DEVICES, DeviceError, model_device, resolve_device, use_threads
 from training.evaluate import EvalResult, evaluate
 from training.harden import Hardened, harden
 from training.models import ARCHITECTURES, average_weights, build_model
@@ -24,12 +26,16 @@ from training.store import (
     UnknownVersionError,
 )
 from training.train import TrainResult, train_standard
+from training.versions import average_versions, train_baseline
 
 __all__ = [
     "ARCHITECTURES",
     "ATTACKS",
     "DEFAULT_LR",
+    "DEVICES",
     "FGSM",
+    "METHODS",
+    "OPTIMIZERS",
     "PGD",
     "PRECISIONS",
     "Attack",
@@ -47,6 +53,7 @@ __all__ = [
     "TrainingDiverged",
     "UnknownVersionError",
     "adversarial_train",
+    "average_versions",
     "average_weights",
     "build_model",
     "evaluate",
@@ -57,6 +64,8 @@ __all__ = [
     "make_splits",
     "model_device",
     "resolve_device",
+    "train_baseline",
     "train_standard",
     "use_bf16",
+    "use_threads",
 ]

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from robustloop.config import METHODS, OPTIMIZERS, Method, Optimizer
+from robustloop.config import Method, Optimizer
 from training._loop import Deadline, Perturb, log_epoch, steps_per_epoch, train_epoch, validate
 from training.attacks import FGSM, PGD, Attack
 from training.device import native_bf16
@@ -89,6 +89,11 @@ CHECK_STEPS = 10
 """PGD steps of the per-epoch check."""
 
 
+METHODS: tuple[str, ...] = ("pgd", "fgsm-rs", "fgsm-prior")
+"""Adversarial training methods by name (``remediation.method``): :func:`make_training_attack`."""
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+"""Optimizers of adversarial training by name (``remediation.optimizer``), see
+:func:`make_optimizer`."""
 DEFAULT_LR: dict[str, float] = {"sgd": 0.1, "adam": 3e-3}
 """Peak learning rate of each optimizer when the recipe names none (docs/training.md: SGD
 measured best at 0.15 to 0.2 and diverged at 0.3; 0.1 keeps a factor of three from that)."""

@@ -13,7 +13,10 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from robustloop.config import DEVICES, Device
+from robustloop.config import Device
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+"""Devices by name (the ``device`` key and ``--device``): :func:`resolve_device`."""
 
 
 class DeviceError(ValueError):
@@ -53,6 +56,14 @@ def resolve_device(name: Device | str) -> torch.device:
     return torch.device("cpu")
 
 
+def use_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads for this process; None or 0 keeps torch's default (one per
+    core). The one place robustloop sets them (``training.threads`` for the training, evaluation
+    and calibration commands and steps, ``serving.threads`` for the model server)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of ``model``'s parameters (the CPU for a model without any)."""
     for param in model.parameters():
@@ -86,4 +97,5 @@ __all__ = [
     "model_device",
     "native_bf16",
     "resolve_device",
+    "use_threads",
 ]

@@ -42,7 +42,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from robustloop._atomic import atomic_write_json, fsync_dir, write_bytes_durably
+from robustloop.atomic import atomic_write_json, fsync_dir, write_bytes_durably
 from training.models import ARCHITECTURES, build_model
 
 _ID = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")

@@ -1,72 +1,63 @@
-"""Serving the receiver over HTTP: a threaded WSGI server around :func:`create_app`.
+"""Serving the receiver over HTTP: :class:`robustloop.httpserver.HttpServer` (waitress) around
+:func:`create_app`.
 
-Alertmanager sends a handful of deliveries a minute; Werkzeug's threaded server is enough and
-keeps the receiver one process (one dispatcher thread). ``robustloop webhook`` runs
+Alertmanager sends a handful of deliveries a minute; a few request threads are plenty, and the
+receiver stays one process (one dispatcher thread, one SQLite writer). ``robustloop webhook`` runs
 :func:`serve`; tests start a :class:`ReceiverServer` on a free port and always stop it.
 """
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from robustloop.config import RobustloopConfig
-from webhook.app import create_app, receiver_of
+from robustloop.httpserver import BindError, HttpServer, body_cap, serve_until_signal
+from webhook.app import Receiver, create_app, receiver_of
+from webhook.errors import ConfigurationError
 
-log = logging.getLogger(__name__)
+THREADS = 4
+"""Request threads: deliveries are few, and each waits on one SQLite writer anyway."""
 
 
-class ReceiverServer:
+class ReceiverServer(HttpServer):
     """A receiver app served on ``host:port`` from a background thread.
 
     Args:
         app: an app made by :func:`create_app`; closed (dispatcher, outbox) by :meth:`stop`.
         host: bind address.
         port: port; 0 picks a free one (see :attr:`port`).
+
+    Raises:
+        robustloop.httpserver.AddressInUse: the port is taken (an :class:`OSError`); the app is
+            left open, the caller closes it.
+        robustloop.httpserver.BindError: the address cannot be bound for another reason.
     """
 
+    receiver: Receiver
+    """The app's :class:`webhook.Receiver` (dispatcher, outbox, submitter)."""
+
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = app
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
-        self.host = host
-        self.port = int(self._server.server_port)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="webhook-http",
-            daemon=True,
+        self.receiver = receiver_of(app)
+        limit = self.receiver.config.webhook.max_body_bytes
+        super().__init__(
+            app,
+            host,
+            port,
+            name="webhook",
+            threads=THREADS,
+            max_request_body_size=body_cap(limit),
         )
 
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:9095``."""
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> ReceiverServer:
-        """Serve from a background thread."""
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        """Stop serving, then stop the dispatcher and close the outbox."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(10)
-        self._server.server_close()
-        receiver_of(self.app).close()
-
-    def __enter__(self) -> ReceiverServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """Stop serving, then stop the dispatcher and close the outbox (safe to call twice)."""
+        try:
+            super().stop()
+        finally:
+            self.receiver.close()
 
 
 def serve(
@@ -78,25 +69,23 @@ def serve(
     """Run the receiver until SIGINT or SIGTERM; prints ``listening on <url>`` once ready.
 
     Raises:
-        webhook.errors.ConfigurationError: the receiver cannot start as configured.
+        webhook.errors.ConfigurationError: the receiver cannot start as configured, or cannot
+            listen on its address (a busy port, say).
     """
     app = create_app(config, config_path=config_path)
     settings = config.webhook
-    server = ReceiverServer(
-        app,
-        host if host is not None else settings.host,
-        port if port is not None else settings.port,
-    )
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        del frame
-        log.info("signal %d: stopping the receiver", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
+        server = ReceiverServer(
+            app,
+            host if host is not None else settings.host,
+            port if port is not None else settings.port,
+        )
+    except BindError as exc:
+        receiver_of(app).close()
+        raise ConfigurationError(str(exc)) from None
+
+    def announce(stopping: threading.Event) -> None:
+        del stopping
         auth = "bearer token" if settings.auth == "bearer" else "NO authentication"
         print(
             f"robustloop webhook: listening on {server.url}/api/v1/alerts "
@@ -104,12 +93,10 @@ def serve(
             f"{', DRY RUN' if settings.dry_run else ''})",
             flush=True,
         )
-        while not stop.wait(1.0):
-            pass
+
+    try:
+        serve_until_signal(server, announce)
     finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sys.stdout.flush()
 
 

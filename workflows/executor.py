@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from robustloop._atomic import atomic_write_json
+from robustloop.atomic import atomic_write_json
 from workflows._argo import (
     ExpressionError,
     depends_tasks,

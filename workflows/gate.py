@@ -95,12 +95,8 @@ def evaluate_pair(
         GateError: there is no production model to compare with, the candidate is it, or
             ``device`` names a device this machine lacks.
     """
-    import torch
-
     import training
 
-    if cfg.training.threads:
-        torch.set_num_threads(cfg.training.threads)
     try:
         device = training.resolve_device(cfg.device)
     except training.DeviceError as exc:

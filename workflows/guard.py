@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from robustloop._atomic import atomic_write_json
+from robustloop.atomic import atomic_write_json
 from robustloop.config import RobustloopConfig
 from workflows._stats import two_proportion_p_worse
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from hera.workflows import DAG, Parameter, Task, WorkflowTemplate
 from hera.workflows import models as m
 
-from robustloop.config import METHODS, RobustloopConfig
+from robustloop.config import Method, RobustloopConfig, choices
 from workflows import steps
 from workflows.contract import (
     GATE_TASK,
@@ -39,6 +39,8 @@ from workflows.contract import (
     TEMPLATE_NAME,
     parameters_for,
 )
+
+METHODS = choices(Method)
 
 IMAGE = steps.IMAGE
 STORE_CLAIM = "robustloop-store"

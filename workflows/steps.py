@@ -16,8 +16,6 @@ at runtime.
 import json
 import logging
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from typing import Annotated, Any
 from hera.workflows import Env, Parameter, Resources, RetryStrategy, RunnerScriptConstructor, script
 from hera.workflows import models as m
 
-from robustloop.config import ConfigError, RobustloopConfig, load_config
+from robustloop.config import ConfigError, RobustloopConfig, load_config, override
 
 log = logging.getLogger("workflows.steps")
 
@@ -85,10 +83,10 @@ def _setup() -> RobustloopConfig:
         cfg = load_config(os.environ.get(CONFIG_ENV))
     except ConfigError as exc:
         raise StepError(str(exc)) from None
-    if cfg.training.threads:
-        import torch
+    if cfg.training.threads:  # torch only for the steps that need it
+        from training.device import use_threads
 
-        torch.set_num_threads(cfg.training.threads)
+        use_threads(cfg.training.threads)
     return cfg
 
 
@@ -131,13 +129,16 @@ def harden(
     cfg = _setup()
     _check_model(cfg, model)
     seconds = _float("max-seconds", max_seconds)
+    recipe = {
+        "method": method,
+        "eps": _float("eps", eps),
+        "steps": _int("steps", steps),
+        "epochs": _int("epochs", epochs),
+        "max_seconds": seconds if seconds > 0 else None,
+    }
     try:
-        cfg.remediation.method = method  # type: ignore[assignment]
-        cfg.remediation.eps = _float("eps", eps)
-        cfg.remediation.steps = _int("steps", steps)
-        cfg.remediation.epochs = _int("epochs", epochs)
-        cfg.remediation.max_seconds = seconds if seconds > 0 else None
-    except ValueError as exc:  # pydantic's validation of the assignment
+        cfg = override(cfg, {"remediation": recipe})
+    except ConfigError as exc:
         raise StepError(f"invalid remediation parameter: {exc}") from None
     version = harden_candidate(cfg, base=base_version, incident=incident_id)
     log.info("harden: candidate %s from %s for incident %s", version, base_version, incident_id)
@@ -230,28 +231,20 @@ def promote(
     store.annotate(candidate, PROMOTION_ANNOTATION, provenance)
     store.promote(candidate, provenance=provenance)
     log.info("promote: production is now %s (was %s)", candidate, baseline)
-    recalibrate(candidate)
+    recalibrate(cfg, candidate)
     return candidate
 
 
-def _has_command(name: str) -> bool:
-    """Whether this build's ``robustloop`` CLI has a sub-command ``name``."""
-    import argparse
+def recalibrate(cfg: RobustloopConfig, version: str) -> None:
+    """Fit the label-free alert thresholds to ``version`` so that the alerts judge it.
 
-    from robustloop.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return name in action.choices
-    return False
-
-
-def recalibrate(version: str) -> None:
-    """Run ``robustloop calibrate --model VERSION`` so the label-free alerts judge the new model.
-
-    In a cluster (the chart sets :data:`alert_rules.cluster.RULE_ENV` and ``NAMESPACE_ENV``) the
-    rules are rendered into a scratch folder and published to the release's PrometheusRule,
-    which is what the cluster's Prometheus evaluates.
+    The thresholds are recorded with the version in the store. Where the step's config file is
+    writable (the local executor), they are written into it and the rules rendered into
+    ``<stack.run_dir>/alert_rules``, which the local stack's Prometheus reads. A pod's config is
+    a read-only ConfigMap: there, in a cluster (the chart sets
+    :data:`alert_rules.cluster.RULE_ENV` and ``NAMESPACE_ENV``), the rules are rendered into a
+    scratch folder and published to the release's PrometheusRule, which the cluster's
+    Prometheus evaluates.
 
     Raises:
         StepError: calibration or publication failed (production already points at the new
@@ -259,45 +252,34 @@ def recalibrate(version: str) -> None:
     """
     from alert_rules import RULES_FILE
     from alert_rules.cluster import PublishError, publish_rules, target_from_env
+    from workflows.calibrate import CalibrateError, calibrate_version
 
-    if not _has_command("calibrate"):
-        log.warning(
-            "recalibrate: `robustloop calibrate` is not available in this build; the alert "
-            "thresholds were NOT recalibrated for %s",
-            version,
-        )
-        return
     try:
         target = target_from_env()
     except PublishError as exc:
         raise StepError(
             f"{version} is promoted but the alert rules cannot be published: {exc}"
         ) from None
-    command = [sys.executable, "-m", "robustloop", "calibrate", "--model", version]
     config = os.environ.get(CONFIG_ENV)
+    writable = config is not None and os.access(config, os.W_OK)
+    if config is not None and not writable:
+        log.info("recalibrate: %s is read-only; the thresholds go to the store", config)
     with tempfile.TemporaryDirectory(prefix="robustloop-calibrate-") as tmp:
-        rules_out = Path(tmp) / "alert_rules"
-        rules_elsewhere = target is not None  # the cluster's rules live in an API object
-        if config is not None and not os.access(config, os.W_OK):
-            # A pod's config is a read-only ConfigMap: calibrate a copy; the thresholds are
-            # recorded with the version in the store (shared volume) and, in a cluster,
-            # published to the PrometheusRule below.
-            log.warning("recalibrate: %s is read-only; calibrating a copy of it", config)
-            copy = Path(tmp) / "robustloop.yaml"
-            shutil.copyfile(config, copy)
-            config = os.fspath(copy)
-            rules_elsewhere = True
-        if rules_elsewhere:
-            command += ["--rules-out", os.fspath(rules_out)]
-        if config:
-            command += ["--config", config]
-        log.info("recalibrate: %s", " ".join(command[1:]))
-        done = subprocess.run(command, check=False)
-        if done.returncode != 0:
-            raise StepError(
-                f"{version} is promoted but `robustloop calibrate --model {version}` failed "
-                f"(exit {done.returncode}); the alert thresholds are stale until it is rerun"
+        local = writable and target is None
+        rules_out = cfg.stack.run_dir / "alert_rules" if local else Path(tmp)
+        try:
+            calibrate_version(
+                cfg,
+                version,
+                config_path=Path(config) if writable and config else None,
+                rules_out=rules_out,
             )
+        except CalibrateError as exc:
+            raise StepError(
+                f"{version} is promoted but its alert thresholds could not be recalibrated "
+                f"({exc}); they are stale until `robustloop calibrate --model {version}` runs"
+            ) from None
+        log.info("recalibrate: thresholds fitted to %s; rules in %s", version, rules_out)
         if target is not None:
             namespace, name = target
             try:
@@ -335,7 +317,7 @@ def guard(
     if result.action == CAP_REACHED:
         raise StepError(result.reason)
     if result.action == ROLLBACK:
-        recalibrate(previous)
+        recalibrate(cfg, previous)
     return result.action, json.dumps(result.as_dict(), sort_keys=True)
 
 

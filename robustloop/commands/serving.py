@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from robustloop.commands._options import add_device_option
+from robustloop.commands.base import add_device_option
 
 log = logging.getLogger("robustloop.serve")
 
@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
         description="Serve the store's production model over the Open Inference Protocol v2 "
         "REST API with Prometheus metrics at /metrics; new production versions are loaded "
         "and swapped in without downtime. Prints 'serving <model> <version> on <url>' once "
-        "ready. For production use gunicorn: see docs/serving.md.",
+        "ready (waitress, serving.http_threads requests at once; docs/serving.md).",
     )
     p.add_argument("--host", default=None, help="bind address (default: serving.host)")
     p.add_argument(
@@ -71,16 +71,14 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from serving import RunningServer, create_app, get_state
-    from serving.app import set_threads
+    from training.device import use_threads
 
     cfg = args.cfg
-    set_threads(cfg)
+    use_threads(cfg.serving.threads)
     host = args.host if args.host is not None else cfg.serving.host
     port = args.port if args.port is not None else cfg.serving.port
-    if not args.verbose:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     from training import DeviceError
 
     try:
@@ -89,10 +87,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     state = get_state(app)
     try:
-        server = RunningServer(app, host, port)
-    except OSError as exc:
+        server = RunningServer(app, host, port, threads=cfg.serving.http_threads)
+    except OSError as exc:  # robustloop.httpserver.BindError says what and where
         state.close()
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise CommandError(str(exc)) from None
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -126,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _traffic(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from serving.traffic import TrafficError, TrafficOptions, open_log, run_traffic
 
     cfg = args.cfg
@@ -145,13 +143,11 @@ def _traffic(args: argparse.Namespace) -> int:
         )
     except TrafficError as exc:
         raise CommandError(str(exc)) from None
-    import torch
-
-    from training import DatasetError
+    from training import DatasetError, use_threads
 
     if args.threads < 1:
         raise CommandError(f"--threads must be at least 1 (got {args.threads})")
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     out = open_log(args.log)
     started = time.monotonic()
     try:

@@ -10,7 +10,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from robustloop.config import RobustloopConfig
+from robustloop.commands.base import eps_option
+from robustloop.config import RobustloopConfig, override
 
 QUICK_HELP = (
     "short CI variant: a small data slice (6000 training, 500 eval and traffic images), two "
@@ -27,14 +28,6 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
-    return value
-
-
-def _eps(text: str) -> float:
-    """argparse type: an L-inf radius in (0, 1]."""
-    value = _positive(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: eps must be at most 1 (inputs are in [0, 1])")
     return value
 
 
@@ -68,7 +61,7 @@ def register(sub: Any) -> None:
     p.add_argument("--clean-seconds", type=_positive, default=None, help="stack.clean_seconds")
     p.add_argument("--timeout", type=_positive, default=None, help="stack.timeout_seconds")
     p.add_argument("--drift-seconds", type=_positive, default=None, help="stack.drift_seconds")
-    p.add_argument("--eps", type=_eps, default=None, help="attack eps (stack.attack_eps)")
+    p.add_argument("--eps", type=eps_option, default=None, help="attack eps (stack.attack_eps)")
     p.add_argument("--rate", type=_positive, default=None, help="requests per second")
     p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.set_defaults(handler=_demo)
@@ -111,8 +104,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _prepare(args: argparse.Namespace) -> RobustloopConfig:
     cfg: RobustloopConfig = args.cfg
     if args.run_dir is not None:
-        cfg = cfg.model_copy(deep=True)
-        cfg.stack.run_dir = args.run_dir
+        cfg = override(cfg, {"stack": {"run_dir": args.run_dir}})
     if getattr(args, "quick", False):
         cfg = quick_config(cfg)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -124,7 +116,7 @@ def _echo(line: str) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from robustloop.stack import LocalStack, StackError
 
     cfg = _prepare(args)
@@ -139,7 +131,7 @@ def _up(args: argparse.Namespace) -> int:
             while True:
                 changed = stack.poll()
                 if changed:
-                    _echo(f"production is now {changed}: thresholds recalibrated, rules reloaded")
+                    _echo(f"production is now {changed}")
                 time.sleep(1)
     except StackError as exc:
         raise CommandError(str(exc)) from None
@@ -149,7 +141,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from robustloop.stack import LocalStack, ScenarioOptions, ScenarioRunner, StackError
 
     cfg = _prepare(args)

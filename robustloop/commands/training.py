@@ -21,12 +21,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustloop.commands._options import add_device_option
-from robustloop.config import DEFAULT_CONFIG_PATH, METHODS, RobustloopConfig, dump_config
+from robustloop.commands.base import add_device_option, eps_option
+from robustloop.config import (
+    DEFAULT_CONFIG_PATH,
+    Method,
+    RobustloopConfig,
+    choices,
+    dump_config,
+    override,
+)
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from training import ModelStore
 
@@ -53,8 +59,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--from", dest="base", default="production", help="VERSION or production (default)"
     )
-    p.add_argument("--method", choices=METHODS, help="default: remediation.method")
-    p.add_argument("--eps", type=_eps, help="L-inf radius (default: remediation.eps)")
+    p.add_argument("--method", choices=choices(Method), help="default: remediation.method")
+    p.add_argument("--eps", type=eps_option, help="L-inf radius (default: remediation.eps)")
     p.add_argument("--step-size", type=_positive_float, help="attack step size")
     p.add_argument("--steps", type=_positive_int, help="PGD steps (default: remediation.steps)")
     p.add_argument("--epochs", type=_positive_int, help="default: remediation.epochs")
@@ -75,7 +81,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="accuracy of a version on the held-out eval split")
     p.add_argument("--model", default="production", help="VERSION or production (default)")
     p.add_argument("--attack", choices=["none", "fgsm", "pgd"], default="none")
-    p.add_argument("--eps", type=_eps, default=None, help="default: remediation.eps")
+    p.add_argument("--eps", type=eps_option, default=None, help="default: remediation.eps")
     p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=_positive_int, default=1, help="PGD restarts (default 1)")
     p.add_argument("--n", type=_positive_int, default=None, help="images (default: all)")
@@ -146,13 +152,6 @@ def _seconds_or_none(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"seconds > 0 or 'none', got {text!r}") from None
 
 
-def _eps(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (pixels are in [0, 1]): {value}")
-    return value
-
-
 # -- shared helpers ------------------------------------------------------------------------
 
 
@@ -164,12 +163,9 @@ def _store(cfg: RobustloopConfig) -> ModelStore:
 
 def _setup_torch(cfg: RobustloopConfig) -> torch.device:
     """Apply ``training.threads``; the resolved ``device`` (a user error if unusable)."""
-    import torch
+    from training import DeviceError, resolve_device, use_threads
 
-    from training import DeviceError, resolve_device
-
-    if cfg.training.threads:
-        torch.set_num_threads(cfg.training.threads)
+    use_threads(cfg.training.threads)
     try:
         return resolve_device(cfg.device)
     except DeviceError as exc:
@@ -187,22 +183,16 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 def _fail(exc: Exception) -> Exception:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
 
     return CommandError(str(exc))
-
-
-def _clean_accuracy(model: nn.Module, cfg: RobustloopConfig) -> float:
-    from training import evaluate, make_splits
-
-    return evaluate(model, make_splits(cfg.data).eval, attack="none").accuracy
 
 
 # -- handlers ------------------------------------------------------------------------------
 
 
 def _init(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
 
     path = Path(args.config) if args.config else DEFAULT_CONFIG_PATH
     if path.exists() and not args.force:
@@ -213,98 +203,54 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from training import build_model, make_splits, train_standard
+    from training import ModelStore, train_baseline
 
     cfg: RobustloopConfig = args.cfg
-    device = _setup_torch(cfg)
-    tc = cfg.training
-    epochs = args.epochs or tc.epochs
+    if args.epochs:
+        cfg = override(cfg, {"training": {"epochs": args.epochs}})
+    _setup_torch(cfg)
     try:
-        store = _store(cfg)
-        splits = make_splits(cfg.data)
-        torch.manual_seed(tc.seed)
-        model = build_model(cfg.model.architecture).to(device)
-        result = train_standard(
-            model,
-            splits.train,
-            epochs=epochs,
-            batch_size=tc.batch_size,
-            lr=tc.lr,
-            seed=tc.seed,
-            max_seconds=args.max_seconds,
-            progress=_progress(),
-        )
-        version = store.register(
-            result.model,
-            architecture=cfg.model.architecture,
-            parent=None,
-            recipe={
-                "method": "standard",
-                "epochs": epochs,
-                "batch_size": tc.batch_size,
-                "lr": tc.lr,
-                "seed": tc.seed,
-                "optimizer": "adam, cosine decay",
-            },
-            metrics={
-                "eval_clean_accuracy": _clean_accuracy(result.model, cfg),
-                "train_seconds": result.seconds,
-                "stopped_early": result.stopped_early,
-                "history": result.history,
-            },
-            split=splits.describe(),
-            provenance={"command": "train"},
-        )
+        version = train_baseline(cfg, max_seconds=args.max_seconds, progress=_progress())
     except _errors() as exc:
         raise _fail(exc) from None
-    print(f"registered {version} (production: {store.production()})", file=sys.stderr)
+    production = ModelStore(cfg.store.path).production()
+    print(f"registered {version} (production: {production})", file=sys.stderr)
     print(version)
     return 0
 
 
 def _harden(args: argparse.Namespace) -> int:
-    cfg: RobustloopConfig = args.cfg
-    rc = cfg.remediation  # the flags (range-checked by argparse) override the recipe
-    rc.method = args.method or rc.method
-    rc.eps = args.eps if args.eps is not None else rc.eps
-    rc.step_size = args.step_size if args.step_size is not None else rc.step_size
-    rc.steps = args.steps or rc.steps
-    rc.epochs = args.epochs or rc.epochs
-    if args.max_seconds is not None:
-        rc.max_seconds = None if args.max_seconds == NO_CLOCK else args.max_seconds
-    rc.warm_start = rc.warm_start and not args.scratch
-    version, parent = harden_version(cfg, base=args.base, incident=args.incident)
-    print(f"registered {version} (parent {parent}; not promoted)", file=sys.stderr)
-    print(version)
-    return 0
-
-
-def harden_version(cfg: RobustloopConfig, *, base: str, incident: str | None) -> tuple[str, str]:
-    """``training.harden`` for the CLI: warnings on stderr, errors as one line.
-
-    Returns:
-        (new version id, parent version id).
-
-    Raises:
-        robustloop.cli.CommandError: unknown base, tampered weights, missing data, bad recipe,
-            an unusable device, or a run that diverged (nothing is registered then).
-    """
     from training import harden
 
+    flags = {
+        "method": args.method,
+        "eps": args.eps,
+        "step_size": args.step_size,
+        "steps": args.steps,
+        "epochs": args.epochs,
+    }
+    changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if args.max_seconds is not None:
+        changes["max_seconds"] = None if args.max_seconds == NO_CLOCK else args.max_seconds
+    if args.scratch:
+        changes["warm_start"] = False
+    cfg = override(args.cfg, {"remediation": changes})  # checked as the file is checked
     _setup_torch(cfg)
     try:
         hardened = harden(
             cfg,
-            base=base,
-            incident=incident,
+            base=args.base,
+            incident=args.incident,
             progress=_progress(),
             warn=lambda text: print(f"robustloop: warning: {text}", file=sys.stderr),
         )
     except _errors() as exc:
         raise _fail(exc) from None
-    return hardened.version, hardened.parent
+    print(
+        f"registered {hardened.version} (parent {hardened.parent}; not promoted)", file=sys.stderr
+    )
+    print(hardened.version)
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -397,32 +343,18 @@ def _models_rollback(args: argparse.Namespace) -> int:
 
 
 def _models_average(args: argparse.Namespace) -> int:
-    from training import average_weights, make_splits
+    from training import average_versions
 
     cfg: RobustloopConfig = args.cfg
     _setup_torch(cfg)
     try:
-        if len(args.versions) < 2:
-            raise ValueError(f"averaging needs at least two versions, got {args.versions}")
-        store = _store(cfg)
-        loaded = [store.load(version) for version in args.versions]
-        sources = [manifest.version for _, manifest in loaded]
-        architectures = {manifest.architecture for _, manifest in loaded}
-        if len(architectures) > 1:
-            raise ValueError(f"cannot average different architectures: {sorted(architectures)}")
-        soup = average_weights([model for model, _ in loaded])
-        version = store.register(
-            soup,
-            architecture=architectures.pop(),
-            parent=sources[0],
-            recipe={"method": "average", "sources": sources},
-            metrics={"eval_clean_accuracy": _clean_accuracy(soup, cfg)},
-            split=make_splits(cfg.data).describe(),
-            provenance={"command": "models average", "sources": sources},
-        )
+        version = average_versions(cfg, args.versions)
     except _errors() as exc:
         raise _fail(exc) from None
-    print(f"registered {version} (average of {', '.join(sources)}; not promoted)", file=sys.stderr)
+    print(
+        f"registered {version} (average of {', '.join(args.versions)}; not promoted)",
+        file=sys.stderr,
+    )
     print(version)
     return 0
 

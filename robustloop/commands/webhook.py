@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from webhook.errors import ConfigurationError
     from webhook.server import serve
 

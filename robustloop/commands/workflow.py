@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robustloop.commands._options import add_device_option
+from robustloop.commands.base import add_device_option
 from robustloop.config import DEFAULT_CONFIG_PATH
 
 
@@ -87,7 +87,7 @@ def register(sub: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from workflows.remediation import GOLDEN_PATH, render_yaml
 
     text = render_yaml(args.cfg)
@@ -109,7 +109,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from workflows.executor import EXIT_EXISTS, ExecutorError, RunExists, parse_params, run_local
     from workflows.remediation import ParameterError, parameter_defaults, validate_parameters
 
@@ -146,7 +146,7 @@ def _runs_list(args: argparse.Namespace) -> int:
 
 
 def _runs_show(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from workflows.runs import RunNotFound, format_show, load_run
 
     try:
@@ -166,7 +166,7 @@ def _runs_show(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from robustloop.cli import CommandError
+    from robustloop.commands.base import CommandError
     from workflows.gate import GateError, run_gate
 
     try:

@@ -4,22 +4,20 @@
 the run folder (:mod:`robustloop.stack.run_folder`), trains a baseline if the store has no
 production model, starts the four processes under a :class:`~robustloop.stack.supervisor.
 Supervisor`, waits until each answers its readiness endpoint, and from then on watches two
-things once a second (:meth:`LocalStack.poll`): that no process has died, and whether the
-production model changed — after a promotion the thresholds are recalibrated for the new model
-(``robustloop calibrate``), the rules re-rendered into the run folder and Prometheus reloaded
-(``POST /-/reload``), so that the rules judge the model that serves.
+things once a second (:meth:`LocalStack.poll`): that no process has died, and whether the rules
+file changed. The stack calibrates the alert thresholds once, at start, for the model about to
+serve. After that the remediation workflow owns them: its promote step (and its guard step after
+a rollback) recalibrates for the version it put into production and renders the rules into the
+run folder, and the stack only asks Prometheus to reload them (``POST /-/reload``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -32,9 +30,8 @@ from robustloop.stack.run_folder import (
     RunFolderBusy,
     lock_run_folder,
     prepare_run_folder,
-    render_rules_file,
 )
-from robustloop.stack.supervisor import TAG_ENV, StackError, Supervisor, find_binary
+from robustloop.stack.supervisor import StackError, Supervisor, find_binary
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +104,6 @@ class LocalStack:
         echo: where progress lines go (the CLI prints them).
         train_baseline: train a baseline when the store has no production model (else fail).
         from_baseline: first point production back at the undefended baseline (the demo).
-        calibration_grace_s: after a promotion, how long to wait for the workflow's own
-            calibration before calibrating here.
     """
 
     def __init__(
@@ -118,7 +113,6 @@ class LocalStack:
         *,
         train_baseline: bool = True,
         from_baseline: bool = False,
-        calibration_grace_s: float = 90.0,
     ) -> None:
         self.cfg = cfg
         self.from_baseline = from_baseline
@@ -128,14 +122,8 @@ class LocalStack:
         self._folder: RunFolder | None = None
         self.production: str | None = None
         self.rules_reloads = 0
-        self._recal_lock = threading.Lock()
-        self._recal_thread: threading.Thread | None = None
-        self._recal_again = False
-        self._recal_error: StackError | None = None
-        self._calibrate_proc: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
+        self._rules_loaded: bytes | None = None
         self._lock_fd: int | None = None
-        self.calibration_grace_s = calibration_grace_s
 
     @property
     def folder(self) -> RunFolder:
@@ -176,7 +164,8 @@ class LocalStack:
         if folder.config.alerts.calibrated_version != self.production:
             # Thresholds judge one model: fit them to the one about to serve.
             self.echo(f"calibrating the alert thresholds for {self.production}")
-            self._calibrate()
+            self.calibrate()
+        self._rules_loaded = self._rules_signature()  # what Prometheus reads when it starts
         timeout = self.cfg.stack.ready_timeout_seconds
         sup = self.supervisor
         children = [
@@ -281,131 +270,63 @@ class LocalStack:
         }
 
     def poll(self) -> str | None:
-        """Check the stack once: every process alive; rules follow the production model.
-
-        A production change starts a recalibration in the background (calibrating takes
-        seconds, and the demo must keep observing meanwhile); :meth:`wait_recalibrated` waits
-        for it.
+        """Check the stack once: every process alive; Prometheus holds the current rules.
 
         Returns:
             The new production version if it changed since the last poll, else None.
 
         Raises:
-            StackError: a process died, or the last recalibration could not reload Prometheus.
+            StackError: a process died, or Prometheus refused the new rules.
         """
         self.supervisor.check_alive()
-        self._raise_recalibration_error()
+        rules = self._rules_signature()
+        if rules != self._rules_loaded:
+            self.reload_prometheus()
+            self._rules_loaded = rules
+            calibrated = self._calibrated_version()
+            self.echo(f"alert rules reloaded (thresholds calibrated for {calibrated})")
         current = production_version(self.folder.config)
         if current is None or current == self.production:
             return None
-        previous, self.production = self.production, current
-        log.info(
-            "production changed %s -> %s: recalibrating and reloading rules", previous, current
-        )
-        with self._recal_lock:
-            if self._recal_thread is not None and self._recal_thread.is_alive():
-                self._recal_again = True
-            else:
-                self._recal_thread = threading.Thread(
-                    target=self._recalibrate_loop, name="recalibrate", daemon=True
-                )
-                self._recal_thread.start()
+        log.info("production changed %s -> %s", self.production, current)
+        self.production = current
         return current
 
-    def wait_recalibrated(self, timeout: float | None = None) -> None:
-        """Wait for a running recalibration to end.
-
-        Raises:
-            StackError: it failed, or did not end within ``timeout``.
-        """
-        thread = self._recal_thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                raise StackError(f"recalibration still running after {timeout} s")
-        self._raise_recalibration_error()
-
-    def _raise_recalibration_error(self) -> None:
-        error, self._recal_error = self._recal_error, None
-        if error is not None:
-            raise error
-
-    def _recalibrate_loop(self) -> None:
-        """Recalibrate until no production change arrived meanwhile; keep the error for poll."""
+    def _rules_signature(self) -> bytes | None:
         try:
-            while True:
-                if self._wait_for_workflow_calibration():
-                    self._render_rules()
-                    self.reload_prometheus()
-                    self.echo(f"rules follow {self.production} (calibrated by the workflow)")
-                elif self._stopping.is_set():
-                    return
-                else:
-                    self.recalibrate()
-                with self._recal_lock:
-                    if not self._recal_again:
-                        return
-                    self._recal_again = False
-        except StackError as exc:
-            self._recal_error = exc
+            return hashlib.sha256(self.folder.rules_path.read_bytes()).digest()
+        except FileNotFoundError:
+            return None
 
-    def _wait_for_workflow_calibration(self) -> bool:
-        """Wait up to the grace period for the run config to be calibrated for production.
+    def _calibrated_version(self) -> str | None:
+        try:
+            return load_config(self.folder.config_path).alerts.calibrated_version
+        except ConfigError:  # being replaced right now: the next poll reads it
+            return None
 
-        The remediation workflow runs ``robustloop calibrate`` itself, on this same config, in
-        its promote step and in the guard step after a rollback; calibrating again here would
-        only race with it. A change made by hand gets no such step: then the grace period ends
-        and the stack calibrates.
+    def calibrate(self) -> None:
+        """Fit the thresholds to the production model and render the rules into the run folder
+        (what ``robustloop calibrate`` does; the workflow does it after each promotion).
+
+        A failed calibration keeps the previous thresholds, and says so: old rules are better
+        than none.
         """
-        deadline = time.monotonic() + self.calibration_grace_s
-        while True:
-            try:
-                cfg = load_config(self.folder.config_path)
-            except ConfigError:
-                cfg = None  # being rewritten right now; read it again in a moment
-            if cfg is not None and cfg.alerts.calibrated_version == self.production:
-                return True
-            if time.monotonic() >= deadline or self._stopping.wait(0.5):
-                return False
+        from training import use_threads
+        from workflows.calibrate import CalibrateError, calibrate_version
 
-    def _render_rules(self) -> None:
-        cfg = load_config(self.folder.config_path)
-        self.folder.rules_path.write_text(render_rules_file(cfg), encoding="utf-8")
-
-    def recalibrate(self) -> None:
-        """Recalibrate the thresholds for the production model, re-render the rules, reload.
-
-        ``robustloop calibrate`` rewrites the thresholds in the run folder's config; the rules
-        file is rendered from that config and Prometheus reloads it. A failed calibration keeps
-        the previous thresholds (and says so), since old rules are better than none.
-
-        Raises:
-            StackError: Prometheus refused to reload (the rules are invalid).
-        """
-        self._calibrate()
-        self.reload_prometheus()
-        self.echo(f"rules recalibrated for {self.production} and reloaded")
-
-    def _calibrate(self) -> None:
-        """Run ``robustloop calibrate`` on the run folder's config and re-render the rules."""
         folder = self.folder
-        with open(folder.logs / "calibrate.log", "ab") as out:
-            proc = subprocess.Popen(
-                robustloop_argv(folder.config_path, "calibrate"),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, TAG_ENV: self.supervisor.tag},
+        use_threads(self.cfg.training.threads)
+        try:
+            calibrate_version(
+                load_config(folder.config_path),
+                self.production or "production",
+                config_path=folder.config_path,
+                rules_out=folder.rules_path.parent,
             )
-            self._calibrate_proc = proc
-            returncode = proc.wait()
-        if returncode != 0:
+        except CalibrateError as exc:
             self.echo(
-                f"calibration for {self.production} failed (exit {returncode}, see "
-                f"{folder.logs / 'calibrate.log'}); keeping the previous thresholds"
+                f"calibration for {self.production} failed ({exc}); keeping the previous thresholds"
             )
-        self._render_rules()
 
     def reload_prometheus(self) -> None:
         """Ask Prometheus to reread its config and rules (it runs with --web.enable-lifecycle).
@@ -423,12 +344,6 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every process (safe to call twice, and after a failed start)."""
-        self._stopping.set()
-        proc = self._calibrate_proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
         self.supervisor.stop_all()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the run folder's lock

@@ -7,12 +7,14 @@ that a user can read exactly what ran, rerun a piece by hand, and delete it all 
   and every piece of state (webhook outbox, local runs) moved into the folder;
 - ``webhook-token``: a fresh random bearer token, mode 0600, read by the receiver and by
   Alertmanager (``credentials_file``), never printed;
-- ``prometheus.yml``, ``rules.yaml``, ``alertmanager.yml``: Prometheus scrapes the model server at
-  ``stack.scrape_interval``, evaluates the rules that :mod:`alert_rules` renders from the config,
-  and sends to the local Alertmanager, which delivers to the receiver.
+- ``prometheus.yml``, ``alert_rules/robustloop.rules.yaml``, ``alertmanager.yml``: Prometheus
+  scrapes the model server at ``stack.scrape_interval``, evaluates the rules that
+  :mod:`alert_rules` renders from the config, and sends to the local Alertmanager, which delivers
+  to the receiver.
 
-The rules are rendered again (:func:`render_rules_file`) whenever the production model changes,
-because ``robustloop calibrate`` rewrites thresholds for each promoted model.
+The rules file is where calibration renders the rules by default (``<stack.run_dir>/alert_rules``):
+after a promotion the workflow recalibrates for the new model and re-renders it there, and the
+stack reloads Prometheus.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from robustloop.config import RobustloopConfig, dump_config
 CONFIG_NAME = "robustloop.yaml"
 TOKEN_NAME = "webhook-token"
 PROMETHEUS_NAME = "prometheus.yml"
-RULES_NAME = "rules.yaml"
+RULES_DIR = "alert_rules"
 ALERTMANAGER_NAME = "alertmanager.yml"
 LOCALHOST = "127.0.0.1"
 
@@ -93,7 +95,9 @@ class RunFolder:
 
     @property
     def rules_path(self) -> Path:
-        return self.root / RULES_NAME
+        from alert_rules import RULES_FILE
+
+        return self.root / RULES_DIR / RULES_FILE
 
     @property
     def alertmanager_config(self) -> Path:
@@ -293,6 +297,7 @@ def prepare_run_folder(
     folder = RunFolder(root=root, ports=ports, config=run_cfg)
     _write_private(folder.token_path, secrets.token_urlsafe(32) + "\n")
     folder.config_path.write_text(dump_config(run_cfg), encoding="utf-8")
+    folder.rules_path.parent.mkdir(exist_ok=True)
     folder.rules_path.write_text(render_rules_file(run_cfg), encoding="utf-8")
     folder.prometheus_config.write_text(
         render_prometheus_config(run_cfg, ports, folder.rules_path), encoding="utf-8"

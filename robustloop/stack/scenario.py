@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 import requests
 from prometheus_api_client import PrometheusApiClientException
 
-from robustloop.config import RobustloopConfig
+from robustloop.config import RobustloopConfig, attack_eps
 from robustloop.stack import report as rp
 from robustloop.stack.local import Echo, LocalStack, robustloop_argv
 from robustloop.stack.observe import (
@@ -72,7 +72,7 @@ class ScenarioOptions:
             scenario=scenario,
             clean_seconds=s.clean_seconds,
             attack_seconds=s.timeout_seconds if scenario == "attack" else s.drift_seconds,
-            eps=s.attack_eps if s.attack_eps is not None else cfg.remediation.eps,
+            eps=attack_eps(cfg),
             rate=s.traffic_rate,
             feedback_fraction=s.feedback_fraction,
             recovered_accuracy=s.recovered_accuracy,

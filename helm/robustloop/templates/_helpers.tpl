@@ -95,7 +95,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "robustloop.configYaml" -}}
 {{- $owned := dict
   "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
-  "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port))
+  "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port) "http_threads" (int .Values.server.threads))
   "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3")
   "submitter" (dict "kind" "argo" "runs_dir" "/tmp/robustloop-runs" "argo" (dict
       "host" .Values.argo.serverUrl

@@ -1,0 +1,153 @@
+"""Fit the label-free alert thresholds to one model version.
+
+The use case behind ``robustloop calibrate`` and behind the workflow's recalibration after a
+promotion or a rollback (:func:`workflows.steps.recalibrate`): measure the model's entropy and
+squeeze score on the held-out eval split (:func:`serving.signals.measure_clean_signals`), choose
+thresholds for the configured false-alarm rate (:func:`alert_rules.calibration.calibrate_alerts`),
+record them with the version in the store, write them into the config file's ``alerts`` section
+(every other line is kept), and render the rules. torch is imported when it runs, not on import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alert_rules import GenerationError, render_promtool_tests, write_generated
+from alert_rules.calibration import CalibrationError, calibrate_alerts, rewrite_alerts_section
+from robustloop.atomic import atomic_write_text
+from robustloop.config import RobustloopConfig
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_KEY = "alerts-calibration"
+"""Store annotation under which a calibration is recorded with its model version."""
+
+MIN_IMAGES = 30
+"""Fewer clean images than this cannot estimate a signal's spread."""
+
+
+class CalibrateError(Exception):
+    """The calibration cannot be made or saved; the message says why and what is stale."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a calibration chose, and where it was written.
+
+    Attributes:
+        version: the model version the thresholds judge.
+        config: the config with the new ``alerts`` section.
+        record: how each threshold was set (also the store annotation).
+        promtool_tests: whether the promtool tests could be generated (an alert that can
+            never fire with these thresholds has none; the rules are rendered without them).
+        written: the files written (none for a dry run).
+    """
+
+    version: str
+    config: RobustloopConfig
+    record: dict[str, Any]
+    promtool_tests: bool
+    written: list[Path] = field(default_factory=list)
+
+
+def calibrate_version(
+    cfg: RobustloopConfig,
+    model: str = "production",
+    *,
+    config_path: Path | None,
+    rules_out: Path | None,
+    n: int | None = None,
+    dry_run: bool = False,
+) -> Calibration:
+    """Calibrate the thresholds for ``model`` and save them.
+
+    Args:
+        cfg: the config in force.
+        model: a version id or ``production``.
+        config_path: the config file whose ``alerts`` section is rewritten (created when
+            missing); None writes no config (a pod's config is a read-only ConfigMap: there the
+            thresholds live in the store's annotation and in the published rules).
+        rules_out: folder the rules, Alertmanager config and promtool tests are rendered into;
+            None renders nothing.
+        n: eval images to use (default: the whole eval split); at least :data:`MIN_IMAGES`.
+        dry_run: measure and choose, write nothing.
+
+    Raises:
+        CalibrateError: unknown version, no data, too few images, a target that cannot be met,
+            or a file or the store that cannot be written (the message says what is stale).
+    """
+    import training
+    from serving.signals import measure_clean_signals
+
+    if n is not None and n < MIN_IMAGES:
+        raise CalibrateError(f"--n must be at least {MIN_IMAGES} (got {n})")
+    try:
+        store = training.ModelStore(cfg.store.path)
+        version = store.resolve(model)
+        net, _ = store.load(version, device=training.resolve_device(cfg.device))
+        images, labels = training.make_splits(cfg.data).eval.tensors
+    except (training.StoreError, training.DatasetError, training.DeviceError) as exc:
+        raise CalibrateError(str(exc)) from None
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    signals = measure_clean_signals(net, images, labels, cfg.serving.squeezers)
+    try:
+        alerts, record = calibrate_alerts(cfg, signals, version)
+    except CalibrationError as exc:
+        raise CalibrateError(str(exc)) from None
+    new_cfg = cfg.model_copy(update={"alerts": alerts})
+    new_text = None
+    if config_path is not None:
+        old_text = config_path.read_text(encoding="utf-8") if config_path.exists() else None
+        new_text = rewrite_alerts_section(old_text, new_cfg)
+        if RobustloopConfig.model_validate(yaml.safe_load(new_text)) != new_cfg:
+            raise CalibrateError(
+                f"cannot rewrite the alerts section of {config_path} safely (its layout is "
+                "unusual); write these thresholds by hand: "
+                + json.dumps(alerts.model_dump(mode="json", by_alias=True))
+            )
+    tests = True
+    try:
+        render_promtool_tests(new_cfg)
+    except GenerationError as exc:
+        tests = False
+        log.warning(
+            "an alert can never fire with these thresholds (%s); rendering the rules without "
+            "their promtool tests",
+            exc,
+        )
+    result = Calibration(version, new_cfg, record, tests)
+    if dry_run:
+        return result
+    try:
+        store.annotate(version, ANNOTATION_KEY, record)
+    except (training.StoreError, OSError) as exc:
+        raise CalibrateError(f"cannot record the calibration in the store: {exc}") from None
+    if config_path is not None and new_text is not None:
+        try:
+            atomic_write_text(config_path, new_text)
+        except OSError as exc:
+            raise CalibrateError(
+                f"cannot write {config_path}: {exc.strerror}; the thresholds are recorded as "
+                f"annotation {ANNOTATION_KEY!r} of {version} in the store; copy them into the "
+                "config by hand"
+            ) from None
+        result.written.append(config_path)
+    if rules_out is not None:
+        try:
+            result.written.extend(write_generated(new_cfg, rules_out, tests=tests))
+        except OSError as exc:
+            raise CalibrateError(
+                f"the thresholds for {version} are saved, but the rules cannot be rendered into "
+                f"{rules_out}: {exc.strerror}; run `robustloop rules render --out DIR`"
+            ) from None
+    return result
+
+
+__all__ = ["ANNOTATION_KEY", "MIN_IMAGES", "CalibrateError", "Calibration", "calibrate_version"]
