@@ -76,10 +76,25 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    format: Literal["fashion-mnist", "imagefolder", "npz"] = Field(
+        "fashion-mnist",
+        description="fashion-mnist: the four IDX files; imagefolder: root/train/<class>/* and "
+        "root/test/<class>/* (PNG or JPEG); npz: one file with x_train, y_train, x_test, y_test "
+        "and optionally class_names.",
+    )
     root: Path = Field(
         Path("/usr/share/datasets/fashion-mnist"),
-        description="Folder of Fashion-MNIST IDX files (gzipped or not), as installed by the "
-        "Debian package dataset-fashion-mnist; torchvision's FashionMNIST/raw layout works too.",
+        description="Folder (fashion-mnist, imagefolder) or .npz file. The default is where the "
+        "Debian package dataset-fashion-mnist installs the IDX files.",
+    )
+    image_size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = Field(
+        None,
+        description="[H, W]: imagefolder images are resized to it; null = as stored (all one "
+        "size).",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None,
+        description="1 or 3: imagefolder images are converted to it; null = as stored.",
     )
     seed: int = Field(0, description="Seed of the deterministic train/eval/traffic split.")
     eval_size: int = Field(
@@ -96,7 +111,14 @@ class DataConfig(_Section):
     train_limit: int | None = Field(
         None,
         ge=100,
-        description="Use only the first N training images (after shuffling); null = all 60k.",
+        description="Use only the first N training images (after shuffling); null = all.",
+    )
+
+
+class Normalization(_Section):
+    mean: list[float] = Field(..., min_length=1, description="Per-channel mean.")
+    std: list[Annotated[float, Field(gt=0)]] = Field(
+        ..., min_length=1, description="Per-channel standard deviation (> 0)."
     )
 
 
@@ -107,10 +129,22 @@ class ModelConfig(_Section):
         description="Served model name (the OIP v2 model name, the `model` label on every metric "
         "and alert, the Argo mutex key).",
     )
-    architecture: Literal["cnn", "wide-cnn"] = Field(
+    architecture: str = Field(
         "cnn",
-        description="cnn: the paper's reference CNN (conv32, conv64, fc128, fc10); "
-        "wide-cnn: the same shape with twice the width.",
+        pattern=r"^(cnn|wide-cnn|torchvision:\w+|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="cnn: the paper's reference CNN (conv32, conv64, fc128, fc K); wide-cnn: "
+        "twice the width; torchvision:NAME (e.g. torchvision:resnet18); or "
+        "package.module:function, your factory, called with in_channels, num_classes and "
+        "image_size (this imports and runs your code).",
+    )
+    python_path: list[str] = Field(
+        default_factory=list,
+        description="Folders put on sys.path before a package.module:function is imported.",
+    )
+    normalize: Normalization | None = Field(
+        None,
+        description="{mean: [...], std: [...]}, one value per channel, applied inside the model "
+        "(inputs, attacks and eps stay pixels in [0, 1]); null = none.",
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,6 @@ import torch
 
 from serving.errors import BadRequest
 
-IMAGE_SHAPE = (1, 28, 28)
-PIXELS = 28 * 28
 DATATYPES = ("FP32", "UINT8")
 
 
@@ -32,12 +31,15 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
-def decode_infer_request(payload: Any, max_batch: int) -> tuple[torch.Tensor, str | None]:
-    """Images of an OIP v2 infer request, as float32 [N, 1, 28, 28] in [0, 1], and its id.
+def decode_infer_request(
+    payload: Any, max_batch: int, image_shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, str | None]:
+    """Images of an OIP v2 infer request, as float32 [N, C, H, W] in [0, 1], and its id.
 
     Accepts one input tensor of datatype FP32 (values in [0, 1]) or UINT8 (integers in
-    [0, 255]) and shape [N, 1, 28, 28] or [N, 784], with ``data`` flat (row-major) or nested
-    to match the shape, and 1 <= N <= ``max_batch``.
+    [0, 255]) and shape [N, C, H, W] or [N, C*H*W] for the served model's ``image_shape``
+    (C, H, W), with ``data`` flat (row-major) or nested to match the shape, and
+    1 <= N <= ``max_batch``.
 
     Raises:
         BadRequest: anything else, with a message saying what was wrong.
@@ -63,7 +65,7 @@ def decode_infer_request(payload: Any, max_batch: int) -> tuple[torch.Tensor, st
         raise BadRequest(
             f"inputs[0].datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}"
         )
-    shape = _check_shape(tensor["shape"], max_batch)
+    shape = _check_shape(tensor["shape"], max_batch, image_shape)
     array = _to_array(tensor["data"], datatype)
     expected = math.prod(shape)
     if array.size != expected:
@@ -89,21 +91,24 @@ def decode_infer_request(payload: Any, max_batch: int) -> tuple[torch.Tensor, st
                 f"UINT8 pixel values must be in [0, 255], got values in [{low}, {high}]"
             )
         images = torch.from_numpy(array.astype(np.float32)) / 255.0
-    return images.reshape(shape[0], *IMAGE_SHAPE), request_id
+    return images.reshape(shape[0], *image_shape), request_id
 
 
-def _check_shape(shape: Any, max_batch: int) -> list[int]:
+def _check_shape(shape: Any, max_batch: int, image_shape: tuple[int, int, int]) -> list[int]:
+    pixels = math.prod(image_shape)
     valid = (
         isinstance(shape, list)
         and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
         and (
-            (len(shape) == 4 and tuple(shape[1:]) == IMAGE_SHAPE)
-            or (len(shape) == 2 and shape[1] == PIXELS)
+            (len(shape) == 4 and tuple(shape[1:]) == tuple(image_shape))
+            or (len(shape) == 2 and shape[1] == pixels)
         )
     )
     if not valid:
+        c, h, w = image_shape
         raise BadRequest(
-            f"inputs[0].shape must be [N, 1, 28, 28] or [N, 784], got {json.dumps(shape)}"
+            f"inputs[0].shape must be [N, {c}, {h}, {w}] or [N, {pixels}] for this model, "
+            f"got {_shape_text(shape)}"
         )
     n = shape[0]
     if n < 1:
@@ -111,6 +116,13 @@ def _check_shape(shape: Any, max_batch: int) -> list[int]:
     if n > max_batch:
         raise BadRequest(f"batch size {n} is over this server's limit of {max_batch}; split it")
     return list(shape)
+
+
+def _shape_text(shape: Any) -> str:
+    try:
+        return json.dumps(shape)[:200]
+    except (TypeError, ValueError):  # not JSON-able (cannot happen for parsed JSON)
+        return repr(shape)[:200]
 
 
 def _to_array(data: Any, datatype: str) -> np.ndarray:
@@ -139,13 +151,17 @@ def _json_type(value: Any) -> str:
     return "a number"
 
 
-def decode_feedback(payload: Any, max_entries: int) -> tuple[list[str], list[int]]:
+def decode_feedback(
+    payload: Any, max_entries: int, num_classes: int | None = None
+) -> tuple[list[str], list[int]]:
     """The ``ids`` and integer ``labels`` of a feedback request, checked for shape and type.
 
     Raises:
         BadRequest: not an object, lists missing or of different lengths, a non-string id, a
-            label that is not an integer in [0, 9], or more entries than the server keeps.
+            label that is not an integer in [0, num_classes - 1] (any class index while no
+            model is served), or more entries than the server keeps.
     """
+    bound = num_classes if num_classes is not None else sys.maxsize
     if not isinstance(payload, dict):
         raise BadRequest(f"feedback must be a JSON object, got {_json_type(payload)}")
     ids, labels = payload.get("ids"), payload.get("labels")
@@ -159,8 +175,9 @@ def decode_feedback(payload: Any, max_entries: int) -> tuple[list[str], list[int
         if not isinstance(i, str):
             raise BadRequest(f"every id must be a string from an infer response, got {i!r}")
     for label in labels:
-        if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= 9):
-            raise BadRequest(f"every label must be an integer class in [0, 9], got {label!r}")
+        if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label < bound):
+            top = f"[0, {bound - 1}]" if num_classes is not None else "0 or above"
+            raise BadRequest(f"every label must be an integer class in {top}, got {label!r}")
     return ids, labels
 
 

@@ -5,9 +5,11 @@ Endpoints (as KServe and Triton speak them, plus feedback and metrics):
 - ``GET /v2/health/live``, ``GET /v2/health/ready`` (ready once a model version has loaded),
   ``GET /v2`` (server metadata), ``GET /v2/models/{name}`` (model metadata; ``versions[0]`` is the
   version served now), ``GET /v2/models/{name}/ready``;
-- ``POST /v2/models/{name}/infer``: one FP32 or UINT8 tensor of shape [N, 1, 28, 28] or [N, 784];
-  the response holds ``probabilities`` [N, 10], ``predicted_class`` [N] and ``sample_ids`` [N]
-  (one id per image, to send ground truth for later);
+- ``POST /v2/models/{name}/infer``: one FP32 or UINT8 tensor of shape [N, C, H, W] or
+  [N, C*H*W], the served version's input shape (its manifest's spec, also in the model
+  metadata); the response holds ``probabilities`` [N, K], ``predicted_class`` [N],
+  ``predicted_label`` [N] (class names) and ``sample_ids`` [N] (one id per image, to send ground
+  truth for later);
 - ``POST /v2/models/{name}/feedback`` with ``{"ids": [...], "labels": [...]}``;
 - ``GET /metrics``: Prometheus text format (see :mod:`serving.metrics`).
 
@@ -42,7 +44,6 @@ from training import model_device, resolve_device
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "robustloop_serving"
-NUM_CLASSES = 10
 
 bp = Blueprint("oip_v2", __name__)
 
@@ -232,13 +233,18 @@ def model_metadata(name: str) -> Response:
         name=name,
         versions=[served.version],
         platform="pytorch",
-        inputs=[{"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        inputs=[{"name": "images", "datatype": "FP32", "shape": [-1, *served.spec.input_shape]}],
         outputs=[
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, NUM_CLASSES]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, served.spec.num_classes]},
             {"name": "predicted_class", "datatype": "INT64", "shape": [-1]},
+            {"name": "predicted_label", "datatype": "BYTES", "shape": [-1]},
             {"name": "sample_ids", "datatype": "BYTES", "shape": [-1]},
         ],
-        parameters={"sha256": served.sha256, "architecture": served.architecture},
+        parameters={
+            "sha256": served.sha256,
+            "architecture": served.architecture,
+            "class_names": list(served.spec.class_names),
+        },
     )
 
 
@@ -259,7 +265,9 @@ def infer(name: str) -> Response:
         if served is None:
             raise NotReady(f"model {name!r} has no version loaded yet; promote one in the store")
         payload = parse_json(_read_body(state))
-        images, request_id = decode_infer_request(payload, state.config.serving.max_batch)
+        images, request_id = decode_infer_request(
+            payload, state.config.serving.max_batch, served.spec.input_shape
+        )
         body = _classify(state, served, images, request_id)
         code = 200
     except ServingError as exc:
@@ -297,6 +305,12 @@ def _classify(
                 "data": probs.reshape(-1).tolist(),
             },
             {"name": "predicted_class", "datatype": "INT64", "shape": [n], "data": predicted},
+            {
+                "name": "predicted_label",
+                "datatype": "BYTES",
+                "shape": [n],
+                "data": [served.spec.class_names[i] for i in predicted],
+            },
             {"name": "sample_ids", "datatype": "BYTES", "shape": [n], "data": ids},
         ],
     }
@@ -324,7 +338,9 @@ def _observe_signals(
 def feedback(name: str) -> Response:
     state = _check_name(name)
     payload = parse_json(_read_body(state))
-    ids, labels = decode_feedback(payload, state.config.serving.feedback_max_entries)
+    served = state.watcher.current  # its classes bound the labels
+    num_classes = served.spec.num_classes if served is not None else None
+    ids, labels = decode_feedback(payload, state.config.serving.feedback_max_entries, num_classes)
     counts = {"correct": 0, "wrong": 0, "unknown": 0}
     for sample_id, label in zip(ids, labels, strict=True):
         pending = state.feedback.take(sample_id)

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from training.models import ModelSpec
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 30.0
@@ -41,7 +43,12 @@ class ServedModel:
     model: nn.Module
     version: str
     sha256: str
-    architecture: str
+    spec: ModelSpec
+    """What the model takes and answers (input shape, class names), from its manifest."""
+
+    @property
+    def architecture(self) -> str:
+        return self.spec.architecture
 
 
 class ModelWatcher:
@@ -116,7 +123,7 @@ class ModelWatcher:
                 model=model,
                 version=str(manifest.version),
                 sha256=str(manifest.sha256),
-                architecture=str(manifest.architecture),
+                spec=manifest.spec,
             )
             self._failed.pop(wanted, None)
             self._current = new

@@ -186,7 +186,7 @@ def squeeze_score(
 
     Args:
         model: the classifier, returning logits; used in inference mode and not modified.
-        images: shape [N, 1, 28, 28] (any [N, C, H, W]), values in [0, 1].
+        images: shape [N, C, H, W], values in [0, 1].
         squeezers: names from :data:`SQUEEZERS`, at least one.
         bits: bit depth of the bit-depth squeezer.
         probs: the softmax of ``images`` if already computed (saves one forward pass).

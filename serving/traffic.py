@@ -1,4 +1,4 @@
-"""Traffic generator: clean, attacked or noisy Fashion-MNIST requests to the model server.
+"""Traffic generator: clean, attacked or noisy requests of the traffic split to the model server.
 
 ``robustloop traffic`` streams images of the *traffic* split (never seen in training or by the
 gate) at a steady rate, and for a fraction of its requests sends the true labels back through the

@@ -161,7 +161,7 @@ def test_models_average_registers_the_mean_of_the_weights(
     versions_before = [m.version for m in store.list()]
     for argv, message in [
         ([first], "at least two versions"),
-        ([first, wide], "cannot average different architectures"),
+        ([first, wide], "cannot average models of different architectures"),
         ([first, "v0099"], "unknown model version 'v0099'"),
     ]:
         code, _, err = run_cli(capsys, *cfg, "models", "average", *argv)

@@ -279,3 +279,90 @@ def test_readme_links_to_the_configuration_table() -> None:
     text = README.read_text(encoding="utf-8")
     assert f"]({TABLE_PAGE.as_posix()})" in text
     assert "config-table:begin" not in text, "the table lives in docs/configuration.md"
+
+
+# -- "Protect your own model": the five steps, run as a user runs them --------------------------
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def test_the_own_model_steps_run_from_a_folder_of_images_and_a_pt_file(tmp_path: Path) -> None:
+    """GIVEN a user's ImageFolder, factory module and state_dict in a folder, WHEN the README's
+    five commands run there (with its YAML merged into the config after step 1), THEN each
+    succeeds and the last one brings the loop up on the user's model."""
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests.support import FACTORY, write_imagefolder
+
+    section = _section(README.read_text(encoding="utf-8"), "Protect your own model")
+    blocks = _code_blocks(section)
+    (steps,) = [b for b in blocks if b.language == "sh"]
+    (settings,) = [b for b in blocks if b.language in {"yaml", "yml"}]
+    lines = [line.split("#")[0].strip() for line in steps.text.splitlines()]
+    commands = [shlex.split(line) for line in lines if line]
+    assert len(commands) == 5 and all(c[0] == "robustloop" for c in commands)
+
+    write_imagefolder(tmp_path / "my-images", {"train": 30, "test": 20})
+    (tmp_path / "mymodel.py").write_text(FACTORY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mymodel  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save(
+        mymodel.build(in_channels=3, num_classes=10, image_size=(32, 32)).state_dict(),
+        tmp_path / "my_model.pt",
+    )
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    *finite, up = commands
+    for index, argv in enumerate(finite):
+        done = run(argv)
+        assert done.returncode == 0, f"step {index + 1} {argv}: {done.stderr[-2000:]}"
+        if index == 0:  # step 1 wrote the config; the user sets data and model as shown
+            config = tmp_path / "my.yaml"
+            doc = yaml.safe_load(config.read_text())
+            for key, value in yaml.safe_load(settings.text).items():
+                doc[key].update(value)
+            config.write_text(yaml.safe_dump(doc))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *up],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("robustloop stack up"):
+                break
+        assert any(line.startswith("robustloop stack up") for line in seen), "".join(seen)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(seen)

@@ -2,63 +2,17 @@
 
 from __future__ import annotations
 
-import queue
 import re
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 import requests
 
 from robustloop.config import RobustloopConfig, dump_config
-from tests.support import register_model
+from tests.support import Serve, register_model
 from training import ModelStore
-
-ANNOUNCE = re.compile(r"^serving (\S+) (\S+) on (http://\S+)$")
-
-
-class Serve:
-    """A `robustloop serve` subprocess whose stdout lines arrive on a queue; always stopped."""
-
-    def __init__(self, config_path: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "robustloop", "--config", str(config_path), "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None
-        stdout = self.proc.stdout
-        threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.put(line)
-
-    def announced(self, timeout: float = 120.0) -> re.Match[str]:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no announcement within {timeout:.0f}s") from None
-        match = ANNOUNCE.match(line.strip())
-        assert match, f"unexpected first line: {line!r}"
-        return match
-
-    def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return self.proc.returncode, err
 
 
 @pytest.fixture

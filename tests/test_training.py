@@ -92,7 +92,9 @@ def _copy(model: nn.Module) -> nn.Module:
 def test_every_architecture_maps_images_to_ten_logits() -> None:
     for name in ARCHITECTURES:
         assert build_model(name)(torch.rand(3, 1, 28, 28)).shape == (3, 10)
-    with pytest.raises(ValueError, match=r"choose one of \['cnn', 'wide-cnn'\]"):
+    with pytest.raises(
+        ValueError, match=r"choose one of cnn, wide-cnn, torchvision:NAME or package"
+    ):
         build_model("resnet")
 
 

@@ -13,11 +13,28 @@ from training.adversarial import (
     use_bf16,
 )
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
-from training.data import DatasetError, FashionMNIST, Splits, load_fashion_mnist, make_splits
+from training.data import (
+    DatasetError,
+    FashionMNIST,
+    ImageData,
+    Splits,
+    check_fits,
+    load_fashion_mnist,
+    load_images,
+    make_splits,
+)
 from training.device import DEVICES, DeviceError, model_device, resolve_device, use_threads
 from training.evaluate import EvalResult, evaluate
 from training.harden import Hardened, harden
-from training.models import ARCHITECTURES, average_weights, build_model
+from training.models import (
+    ARCHITECTURES,
+    ModelSpec,
+    ModelSpecError,
+    average_weights,
+    build_model,
+    load_weights,
+    unwrap,
+)
 from training.store import (
     Manifest,
     ModelStore,
@@ -26,7 +43,7 @@ from training.store import (
     UnknownVersionError,
 )
 from training.train import TrainResult, train_standard
-from training.versions import average_versions, train_baseline
+from training.versions import average_versions, import_weights, model_spec, train_baseline
 
 __all__ = [
     "ARCHITECTURES",
@@ -44,7 +61,10 @@ __all__ = [
     "EvalResult",
     "FashionMNIST",
     "Hardened",
+    "ImageData",
     "Manifest",
+    "ModelSpec",
+    "ModelSpecError",
     "ModelStore",
     "Splits",
     "StoreError",
@@ -56,16 +76,22 @@ __all__ = [
     "average_versions",
     "average_weights",
     "build_model",
+    "check_fits",
     "evaluate",
     "harden",
+    "import_weights",
     "learning_rate_warning",
     "load_fashion_mnist",
+    "load_images",
+    "load_weights",
     "make_attack",
     "make_splits",
     "model_device",
+    "model_spec",
     "resolve_device",
     "train_baseline",
     "train_standard",
+    "unwrap",
     "use_bf16",
     "use_threads",
 ]

@@ -1,11 +1,17 @@
-"""Fashion-MNIST from IDX files, and the deterministic train / eval / traffic splits.
+"""The datasets, and their deterministic train / eval / traffic splits.
 
-The dataset (Xiao, Rasul and Vollgraf 2017) is read from a folder of the four IDX files, gzipped
-or not, as the Debian package ``dataset-fashion-mnist`` installs them in
-``/usr/share/datasets/fashion-mnist``; torchvision's ``<root>/FashionMNIST/raw`` layout works too.
+``data.format`` picks the reader:
 
-The splits: *train* is the official training set (optionally capped by ``train_limit``); *eval*
-and *traffic* are disjoint slices of the official test set chosen by ``seed``. Only the gate and
+- ``fashion-mnist`` (the default): Fashion-MNIST (Xiao, Rasul and Vollgraf 2017) from a folder of
+  the four IDX files, gzipped or not, as the Debian package ``dataset-fashion-mnist`` installs
+  them in ``/usr/share/datasets/fashion-mnist``; torchvision's ``<root>/FashionMNIST/raw``
+  layout works too.
+- ``imagefolder``: ``root/train/<class>/*`` and ``root/test/<class>/*`` (PNG or JPEG).
+- ``npz``: one file holding ``x_train``, ``y_train``, ``x_test``, ``y_test`` (and optionally
+  ``class_names``). The two readers are in :mod:`training._images`.
+
+The splits: *train* is the dataset's training part (optionally capped by ``train_limit``);
+*eval* and *traffic* are disjoint slices of its test part chosen by ``seed``. Only the gate and
 benchmarks look at *eval*; *traffic* is what clients send to the server. Every model records
 :meth:`Splits.describe` in its manifest, so one can tell which images it may have seen.
 """
@@ -24,22 +30,13 @@ from torch.utils.data import TensorDataset
 
 from robustloop.config import DataConfig
 from training._idx import IdxFormatError, parse_idx, read_bytes
+from training._images import ImageFormatError, RawImages, read_imagefolder, read_npz
+from training.models import FASHION_CLASSES, ModelSpec
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 TRAIN_SIZE = 60_000
 TEST_SIZE = 10_000
-CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+CLASSES = FASHION_CLASSES
 """Fashion-MNIST's class names, by label."""
 
 _FILES = {
@@ -140,8 +137,85 @@ def _load_cached(root: Path, key: tuple[tuple[str, int, int], ...]) -> FashionMN
 
 
 @dataclass(frozen=True, eq=False)
+class ImageData:
+    """A dataset's two parts, whatever its format (shared, do not modify in place).
+
+    Attributes:
+        train_images: uint8 ``[N, C, H, W]``.
+        train_labels: int64 ``[N]`` in ``0..K-1``.
+        test_images: uint8 ``[M, C, H, W]``.
+        test_labels: int64 ``[M]`` in ``0..K-1``.
+        classes: the K class names, by label.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+
+
+def load_images(data_cfg: DataConfig) -> ImageData:
+    """The dataset that ``data.format`` and ``data.root`` name (cached in-process).
+
+    Raises:
+        DatasetError: the files are missing or do not hold a dataset of that format; the
+            message names the path or key and the fix.
+    """
+    root = Path(data_cfg.root)
+    if data_cfg.format == "fashion-mnist":
+        fashion = load_fashion_mnist(root)
+        return _fashion_images(fashion)
+    size = tuple(data_cfg.image_size) if data_cfg.image_size is not None else None
+    return _load_files(data_cfg.format, root, size, data_cfg.channels, _signature(root))
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_images(data: FashionMNIST) -> ImageData:
+    return ImageData(
+        data.train_images.unsqueeze(1),
+        data.train_labels,
+        data.test_images.unsqueeze(1),
+        data.test_labels,
+        CLASSES,
+    )
+
+
+def _signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """Paths, sizes and modification times of the files under ``root`` (the cache's key)."""
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_files(
+    fmt: str,
+    root: Path,
+    image_size: tuple[int, ...] | None,
+    channels: int | None,
+    signature: tuple[tuple[str, int, int], ...],
+) -> ImageData:
+    del signature  # part of the cache key only
+    try:
+        if fmt == "imagefolder":
+            size = (image_size[0], image_size[1]) if image_size is not None else None
+            raw: RawImages = read_imagefolder(root, size, channels)
+        else:
+            raw = read_npz(root)
+    except ImageFormatError as exc:
+        raise DatasetError(str(exc)) from None
+    return ImageData(
+        torch.from_numpy(raw.train_images),
+        torch.from_numpy(raw.train_labels),
+        torch.from_numpy(raw.test_images),
+        torch.from_numpy(raw.test_labels),
+        raw.classes,
+    )
+
+
+@dataclass(frozen=True, eq=False)
 class Splits:
-    """The three splits as ``TensorDataset(images float32 [N,1,28,28] in [0,1], labels int64)``.
+    """The three splits as ``TensorDataset(images float32 [N, C, H, W] in [0, 1], labels int64)``.
 
     Attributes:
         train: training images (the official training set, capped by ``train_limit``).
@@ -151,6 +225,7 @@ class Splits:
         train_indices: indices into the official training set.
         eval_indices: indices into the official test set.
         traffic_indices: indices into the official test set.
+        classes: the class names, by label.
     """
 
     train: TensorDataset
@@ -160,6 +235,13 @@ class Splits:
     train_indices: torch.Tensor
     eval_indices: torch.Tensor
     traffic_indices: torch.Tensor
+    classes: tuple[str, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.train.tensors[0].shape[1:]
+        return (int(c), int(h), int(w))
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records: seed, sizes and a hash of the index lists."""
@@ -176,9 +258,30 @@ class Splits:
         }
 
 
+def check_fits(splits: Splits, spec: ModelSpec, what: str) -> None:
+    """The data must have the model's input shape and number of classes.
+
+    Raises:
+        DatasetError: it does not; the message gives both shapes.
+    """
+    if splits.image_shape != spec.input_shape or len(splits.classes) != spec.num_classes:
+        raise DatasetError(
+            f"the data ({_shape(splits.image_shape)} images, {len(splits.classes)} classes) does "
+            f"not fit {what} ({_shape(spec.input_shape)}, {spec.num_classes} classes); point "
+            "data at the dataset it was trained on"
+        )
+
+
+def _shape(chw: tuple[int, int, int]) -> str:
+    return "x".join(str(d) for d in chw)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[N, 28, 28]`` to float32 ``[N, 1, 28, 28]`` in [0, 1]."""
-    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+    """uint8 ``[N, C, H, W]`` (or ``[N, H, W]``, one channel) to float32 ``[N, C, H, W]`` in
+    [0, 1]."""
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    return images.to(torch.float32).div_(255.0)
 
 
 def make_splits(data_cfg: DataConfig) -> Splits:
@@ -189,18 +292,21 @@ def make_splits(data_cfg: DataConfig) -> Splits:
 
     Raises:
         DatasetError: the dataset is missing or corrupt, or ``eval_size + traffic_size``
-            exceeds the 10,000 test images.
+            exceeds its test images, or ``train_limit`` its training images.
     """
-    if data_cfg.eval_size + data_cfg.traffic_size > TEST_SIZE:
+    data = load_images(data_cfg)
+    test_size, train_size = len(data.test_labels), len(data.train_labels)
+    if data_cfg.eval_size + data_cfg.traffic_size > test_size:
         raise DatasetError(
             f"data.eval_size ({data_cfg.eval_size}) + data.traffic_size "
-            f"({data_cfg.traffic_size}) exceed the {TEST_SIZE} test images; lower one of them"
+            f"({data_cfg.traffic_size}) exceed the {test_size} test images of {data_cfg.root}; "
+            "lower one of them"
         )
-    if data_cfg.train_limit is not None and data_cfg.train_limit > TRAIN_SIZE:
+    if data_cfg.train_limit is not None and data_cfg.train_limit > train_size:
         raise DatasetError(
-            f"data.train_limit ({data_cfg.train_limit}) exceeds the {TRAIN_SIZE} training images"
+            f"data.train_limit ({data_cfg.train_limit}) exceeds the {train_size} training "
+            f"images of {data_cfg.root}"
         )
-    data = load_fashion_mnist(data_cfg.root)
     return _splits_cached(
         data, data_cfg.seed, data_cfg.eval_size, data_cfg.traffic_size, data_cfg.train_limit
     )
@@ -208,16 +314,17 @@ def make_splits(data_cfg: DataConfig) -> Splits:
 
 @functools.lru_cache(maxsize=4)
 def _splits_cached(
-    data: FashionMNIST, seed: int, eval_size: int, traffic_size: int, train_limit: int | None
+    data: ImageData, seed: int, eval_size: int, traffic_size: int, train_limit: int | None
 ) -> Splits:
-    test_perm = torch.randperm(TEST_SIZE, generator=torch.Generator().manual_seed(seed))
+    test_size, train_size = len(data.test_labels), len(data.train_labels)
+    test_perm = torch.randperm(test_size, generator=torch.Generator().manual_seed(seed))
     eval_idx = test_perm[:eval_size].sort().values
     traffic_idx = test_perm[eval_size : eval_size + traffic_size].sort().values
     if train_limit is None:
-        train_idx = torch.arange(TRAIN_SIZE)
+        train_idx = torch.arange(train_size)
     else:
         gen = torch.Generator().manual_seed(seed + 1)
-        train_idx = torch.randperm(TRAIN_SIZE, generator=gen)[:train_limit].sort().values
+        train_idx = torch.randperm(train_size, generator=gen)[:train_limit].sort().values
     return Splits(
         train=TensorDataset(to_float(data.train_images[train_idx]), data.train_labels[train_idx]),
         eval=TensorDataset(to_float(data.test_images[eval_idx]), data.test_labels[eval_idx]),
@@ -228,4 +335,5 @@ def _splits_cached(
         train_indices=train_idx,
         eval_indices=eval_idx,
         traffic_indices=traffic_idx,
+        classes=data.classes,
     )

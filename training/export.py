@@ -1,7 +1,8 @@
 """Export a model for other runtimes: TorchScript (always) and ONNX (when torch can write it).
 
-Both files take ``[N, 1, 28, 28]`` float32 inputs in [0, 1] and return logits ``[N, 10]``, with
-a dynamic batch dimension. The file appears atomically (written beside the target, renamed).
+Both files take float32 inputs ``[N, C, H, W]`` in [0, 1] (the version's input shape) and
+return logits ``[N, K]``, with a dynamic batch dimension. The file appears atomically (written
+beside the target, renamed).
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ class ExportError(Exception):
     """The model could not be exported in the requested format; the message says why."""
 
 
-def export_model(model: nn.Module, path: Path | str, fmt: str = "torchscript") -> Path:
-    """Write ``model`` to ``path`` in format ``fmt`` (``torchscript`` or ``onnx``).
+def export_model(
+    model: nn.Module,
+    path: Path | str,
+    fmt: str = "torchscript",
+    input_shape: tuple[int, int, int] = (1, 28, 28),
+) -> Path:
+    """Write ``model``, which takes images of ``input_shape`` (C, H, W), to ``path`` in format
+    ``fmt`` (``torchscript`` or ``onnx``).
 
     Raises:
         ExportError: unknown format, missing folder, or the exporter failed.
@@ -34,7 +41,7 @@ def export_model(model: nn.Module, path: Path | str, fmt: str = "torchscript") -
     if not path.parent.is_dir():
         raise ExportError(f"folder {path.parent} does not exist; create it first")
     model = model.eval()
-    example = torch.zeros(2, 1, 28, 28)
+    example = torch.zeros(2, *input_shape)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -16,7 +16,7 @@ import torch
 
 from robustloop.config import RobustloopConfig
 from training.adversarial import DEFAULT_LR, adversarial_train, learning_rate_warning, use_bf16
-from training.data import make_splits
+from training.data import check_fits, make_splits
 from training.device import resolve_device
 from training.evaluate import evaluate
 from training.models import build_model
@@ -68,11 +68,12 @@ def harden(
     store = ModelStore(cfg.store.path)
     base_model, base_manifest = store.load(base, device)
     splits = make_splits(cfg.data)
+    check_fits(splits, base_manifest.spec, base_manifest.version)
     if rc.warm_start:
         model = base_model
     else:
         torch.manual_seed(cfg.training.seed)
-        model = build_model(base_manifest.architecture).to(device)
+        model = build_model(base_manifest.spec).to(device)
     result = adversarial_train(
         model,
         splits.train,
@@ -93,7 +94,7 @@ def harden(
     )
     version = store.register(
         result.model,
-        architecture=base_manifest.architecture,
+        architecture=base_manifest.spec,
         parent=base_manifest.version,
         recipe={
             "method": rc.method,

@@ -43,7 +43,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from robustloop.atomic import atomic_write_json, fsync_dir, write_bytes_durably
-from training.models import ARCHITECTURES, build_model
+from training.models import ModelSpec, ModelSpecError, build_model, load_weights
 
 _ID = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -74,13 +74,16 @@ class Manifest:
     Attributes:
         version: the id, ``v<number>-<first 8 hex digits of sha256>``.
         parent: the version it was fine-tuned from, or None.
-        architecture: a name of :data:`training.models.ARCHITECTURES`.
+        architecture: the architecture spec (``cnn``, ``torchvision:resnet18``, ...).
         sha256: hex digest of the safetensors file.
         recipe: how it was trained (method, eps, epochs, ...).
         metrics: what was measured when it was registered.
         split: :meth:`training.data.Splits.describe` of the data it was trained on.
         created_at: ISO 8601 UTC time of registration.
         provenance: why it exists (command, incident id, workflow, ...).
+        model: :meth:`training.models.ModelSpec.to_dict`: architecture, input shape, classes
+            and normalization, enough to rebuild and serve it without the config (empty in
+            versions registered before specs existed: those are Fashion-MNIST CNNs).
     """
 
     version: str
@@ -92,6 +95,14 @@ class Manifest:
     split: dict[str, Any]
     created_at: str
     provenance: dict[str, Any]
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What the model is (:class:`training.models.ModelSpec`)."""
+        if not self.model:
+            return ModelSpec(architecture=self.architecture)
+        return ModelSpec.from_dict(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready dict."""
@@ -105,10 +116,10 @@ class Manifest:
             StoreError: a field is missing or has the wrong type.
         """
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n != "model"]
         if missing:
             raise StoreError(f"manifest lacks fields {missing}")
-        return cls(**{n: data[n] for n in names})
+        return cls(**{n: data[n] for n in names if n in data})
 
 
 def _sha256(data: bytes) -> str:
@@ -249,10 +260,10 @@ class ModelStore:
         data = self._verified_weights(manifest)
         try:
             state = st_load(data)
-            model = build_model(manifest.architecture)
-            model.load_state_dict(state, strict=True)
+            model = build_model(manifest.spec)
+            load_weights(model, state, f"the weights of {manifest.version}")
         except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise StoreError(f"cannot load weights of {manifest.version}: {exc}") from None
+            raise StoreError(f"cannot load {manifest.version}: {exc}") from None
         model.to(device).eval()
         return model, manifest
 
@@ -308,7 +319,7 @@ class ModelStore:
         self,
         model: nn.Module,
         *,
-        architecture: str,
+        architecture: str | ModelSpec,
         parent: str | None,
         recipe: dict[str, Any],
         metrics: dict[str, Any],
@@ -317,16 +328,15 @@ class ModelStore:
     ) -> str:
         """Store a new version and return its id; the first version ever becomes production.
 
-        Nothing is written when an argument is invalid.
+        ``architecture`` is the model's :class:`~training.models.ModelSpec`, or a built-in
+        architecture's name (Fashion-MNIST's shape). Nothing is written when an argument is
+        invalid.
 
         Raises:
             StoreError: unknown architecture, unknown parent, weights that do not fit the
                 architecture, or fields that are not JSON-serialisable.
         """
-        if architecture not in ARCHITECTURES:
-            raise StoreError(
-                f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}"
-            )
+        spec = architecture if isinstance(architecture, ModelSpec) else ModelSpec(architecture)
         for name, value in (
             ("recipe", recipe),
             ("metrics", metrics),
@@ -337,10 +347,10 @@ class ModelStore:
         parent_id = self.resolve(parent) if parent is not None else None
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         try:
-            build_model(architecture).load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise StoreError(f"weights do not fit architecture {architecture!r}: {exc}") from None
-        data = st_save(state, metadata={"architecture": architecture})
+            load_weights(build_model(spec), state, f"the model to register ({spec.architecture})")
+        except ModelSpecError as exc:
+            raise StoreError(str(exc)) from None
+        data = st_save(state, metadata={"architecture": spec.architecture})
         digest = _sha256(data)
 
         with self._lock():
@@ -351,13 +361,14 @@ class ModelStore:
             manifest = Manifest(
                 version=version,
                 parent=parent_id,
-                architecture=architecture,
+                architecture=spec.architecture,
                 sha256=digest,
                 recipe=recipe,
                 metrics=metrics,
                 split=split,
                 created_at=_now(),
                 provenance=provenance,
+                model=spec.to_dict(),
             )
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
             try:

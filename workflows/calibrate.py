@@ -90,8 +90,10 @@ def calibrate_version(
     try:
         store = training.ModelStore(cfg.store.path)
         version = store.resolve(model)
-        net, _ = store.load(version, device=training.resolve_device(cfg.device))
-        images, labels = training.make_splits(cfg.data).eval.tensors
+        net, manifest = store.load(version, device=training.resolve_device(cfg.device))
+        splits = training.make_splits(cfg.data)
+        training.check_fits(splits, manifest.spec, version)
+        images, labels = splits.eval.tensors
     except (training.StoreError, training.DatasetError, training.DeviceError) as exc:
         raise CalibrateError(str(exc)) from None
     if n is not None:

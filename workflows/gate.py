@@ -130,7 +130,11 @@ def evaluate_pair(
         },
     }
     for role, version in (("candidate", candidate), ("baseline", baseline)):
-        model, _manifest = store.load(version, device)
+        model, manifest = store.load(version, device)
+        try:
+            training.check_fits(splits, manifest.spec, version)
+        except training.DatasetError as exc:
+            raise GateError(str(exc)) from None
         clean = training.evaluate(model, splits.eval, attack="none", n=n)
         robust = training.evaluate(
             model,

@@ -120,6 +120,21 @@ def register(sub: Any) -> None:
     p.add_argument("path", type=Path)
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     p.set_defaults(handler=_models_export)
+    p = msub.add_parser(
+        "import",
+        help="register weights trained elsewhere (safetensors, or a .pt state_dict); prints "
+        "the new id",
+        description="Register a state_dict trained outside robustloop as a version of the "
+        "configured model: its architecture (--architecture, default model.architecture) is "
+        "built for the configured data's shape and classes, the weights must fit it exactly, "
+        "and the clean accuracy on the eval split is measured and recorded. A .pt file is read "
+        "with torch.load(weights_only=True): tensors only, never code.",
+    )
+    p.add_argument("weights", type=Path, metavar="WEIGHTS", help=".safetensors or .pt file")
+    p.add_argument("--architecture", default=None, help="default: model.architecture")
+    p.add_argument("--promote", action="store_true", help="also make it production")
+    add_device_option(p)
+    p.set_defaults(handler=_models_import)
 
 
 # -- argument types ------------------------------------------------------------------------
@@ -254,14 +269,16 @@ def _harden(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training import evaluate, make_splits
+    from training import check_fits, evaluate, make_splits
 
     cfg: RobustloopConfig = args.cfg
     device = _setup_torch(cfg)
     eps = args.eps if args.eps is not None else cfg.remediation.eps
     try:
         model, manifest = _store(cfg).load(args.model, device)
-        dataset = getattr(make_splits(cfg.data), args.split)
+        splits = make_splits(cfg.data)
+        check_fits(splits, manifest.spec, manifest.version)
+        dataset = getattr(splits, args.split)
         result = evaluate(
             model,
             dataset,
@@ -359,12 +376,31 @@ def _models_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_import(args: argparse.Namespace) -> int:
+    from training import ModelStore, import_weights
+
+    cfg: RobustloopConfig = args.cfg
+    if args.architecture is not None:
+        cfg = override(cfg, {"model": {"architecture": args.architecture}})
+    _setup_torch(cfg)
+    try:
+        version = import_weights(cfg, args.weights)
+        if args.promote:
+            ModelStore(cfg.store.path).promote(version, {"command": "models import"})
+    except _errors() as exc:
+        raise _fail(exc) from None
+    production = ModelStore(cfg.store.path).production()
+    print(f"registered {version} from {args.weights} (production: {production})", file=sys.stderr)
+    print(version)
+    return 0
+
+
 def _models_export(args: argparse.Namespace) -> int:
     from training.export import ExportError, export_model
 
     try:
         model, manifest = _store(args.cfg).load(args.version)
-        export_model(model, args.path, args.format)
+        export_model(model, args.path, args.format, manifest.spec.input_shape)
     except ExportError as exc:
         raise _fail(exc) from None
     except _errors() as exc:
