@@ -293,6 +293,14 @@ class ServingConfig(_Section):
         description="Fraction of requests on which the feature-squeezing score is computed "
         "(one extra forward pass per squeezer; bench/serving.py measures the overhead).",
     )
+    squeeze_bits: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Bit depth of the bit-depth squeezer. 2 suits Fashion-MNIST (docs/alerts.md); "
+        "a dataset with finer detail wants more (Xu et al. used 1 for MNIST, 5 for CIFAR-10): "
+        "calibrate and measure detection with your data.",
+    )
     squeezers: list[Squeezer] = Field(
         default_factory=lambda: _DEFAULT_SQUEEZERS.copy(),
         min_length=1,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serving._binary import HEADER, binary_input
 from serving.errors import BadRequest
 
 DATATYPES = ("FP32", "UINT8")
@@ -32,13 +33,14 @@ def parse_json(body: bytes) -> Any:
 
 
 def decode_infer_request(
-    payload: Any, max_batch: int, image_shape: tuple[int, int, int]
+    payload: Any, max_batch: int, image_shape: tuple[int, int, int], binary: bytes = b""
 ) -> tuple[torch.Tensor, str | None]:
     """Images of an OIP v2 infer request, as float32 [N, C, H, W] in [0, 1], and its id.
 
     Accepts one input tensor of datatype FP32 (values in [0, 1]) or UINT8 (integers in
     [0, 255]) and shape [N, C, H, W] or [N, C*H*W] for the served model's ``image_shape``
-    (C, H, W), with ``data`` flat (row-major) or nested to match the shape, and
+    (C, H, W), with ``data`` flat (row-major) or nested to match the shape, or with its values
+    in ``binary`` (the binary tensor data extension, :mod:`serving._binary`), and
     1 <= N <= ``max_batch``.
 
     Raises:
@@ -55,19 +57,29 @@ def decode_infer_request(
     tensor = inputs[0]
     if not isinstance(tensor, dict):
         raise BadRequest(f"inputs[0] must be an object, got {_json_type(tensor)}")
-    for key in ("shape", "datatype", "data"):
+    for key in ("shape", "datatype"):
         if key not in tensor:
             raise BadRequest(
                 f"inputs[0] has no '{key}'; an input needs name, shape, datatype and data"
             )
+    if "data" in tensor and binary:
+        raise BadRequest("inputs[0] has data, yet binary data follows the JSON header")
+    if "data" not in tensor and not binary:
+        raise BadRequest(
+            "inputs[0] has no 'data' (nor parameters.binary_data_size with binary data after "
+            f"the JSON header, {HEADER})"
+        )
     datatype = tensor["datatype"]
     if datatype not in DATATYPES:
         raise BadRequest(
             f"inputs[0].datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}"
         )
     shape = _check_shape(tensor["shape"], max_batch, image_shape)
-    array = _to_array(tensor["data"], datatype)
     expected = math.prod(shape)
+    if binary:
+        array = binary_input(tensor, binary, datatype, expected)
+    else:
+        array = _to_array(tensor["data"], datatype)
     if array.size != expected:
         raise BadRequest(
             f"inputs[0].data holds {array.size} values but shape {shape} needs {expected}"

@@ -19,6 +19,7 @@ bodies with their status in one place, :func:`_register_error_handlers`.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -33,6 +34,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from robustloop import __version__
 from robustloop.config import RobustloopConfig
+from serving._binary import BINARY_CONTENT_TYPE, HEADER, encode, split_body, wanted_binary
 from serving._decode import decode_feedback, decode_infer_request, parse_json
 from serving.errors import BadRequest, ModelNotFound, NotReady, PayloadTooLarge, ServingError
 from serving.feedback import FeedbackMap
@@ -42,6 +44,9 @@ from serving.signals import max_probability, normalised_entropy, squeeze_score
 from training import model_device, resolve_device
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = ["probabilities", "predicted_class", "predicted_label", "sample_ids"]
+"""The infer response's outputs, in order; a request may name a subset (``outputs``)."""
 
 EXTENSION_KEY = "robustloop_serving"
 
@@ -264,11 +269,13 @@ def infer(name: str) -> Response:
     try:
         if served is None:
             raise NotReady(f"model {name!r} has no version loaded yet; promote one in the store")
-        payload = parse_json(_read_body(state))
+        body = split_body(_read_body(state), request.headers.get(HEADER))
+        payload = parse_json(body.json)
         images, request_id = decode_infer_request(
-            payload, state.config.serving.max_batch, served.spec.input_shape
+            payload, state.config.serving.max_batch, served.spec.input_shape, body.binary
         )
-        body = _classify(state, served, images, request_id)
+        chosen, binary = wanted_binary(payload, OUTPUTS)
+        answer = _classify(state, served, images, request_id)
         code = 200
     except ServingError as exc:
         code = exc.status
@@ -278,7 +285,29 @@ def infer(name: str) -> Response:
             state.metrics.count_request(name, version, code)
     if state.instrument:
         state.metrics.bound(name, version).duration.observe(time.perf_counter() - started)
-    return jsonify(body)
+    return _respond(answer, chosen, binary)
+
+
+def _respond(answer: dict[str, Any], chosen: list[str], binary: set[str]) -> Response:
+    """The infer response with the ``chosen`` outputs; those in ``binary`` travel as raw bytes
+    after the JSON header (the binary tensor data extension)."""
+    by_name = {output["name"]: output for output in answer["outputs"]}
+    outputs, chunks = [], []
+    for name in chosen:
+        output = by_name[name]
+        if name in binary:
+            raw = encode(output["data"], output["datatype"])
+            output = {k: v for k, v in output.items() if k != "data"}
+            output["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        outputs.append(output)
+    answer = {**answer, "outputs": outputs}
+    if not chunks:
+        return jsonify(answer)
+    header = json.dumps(answer).encode()
+    response = Response(header + b"".join(chunks), content_type=BINARY_CONTENT_TYPE)
+    response.headers[HEADER] = str(len(header))
+    return response
 
 
 def _classify(
@@ -330,7 +359,9 @@ def _observe_signals(
         series.max_probability.observe(value)
     if state.rng.random() < state.config.serving.squeeze_fraction:
         squeezers = state.config.serving.squeezers
-        for value in squeeze_score(served.model, images, squeezers=squeezers, probs=probs).tolist():
+        bits = state.config.serving.squeeze_bits
+        scores = squeeze_score(served.model, images, squeezers=squeezers, probs=probs, bits=bits)
+        for value in scores.tolist():
             series.squeeze.observe(value)
 
 

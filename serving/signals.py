@@ -226,6 +226,7 @@ def measure_clean_signals(
     labels: Tensor,
     squeezers: Sequence[str] = DEFAULT_SQUEEZERS,
     batch: int = 500,
+    bits: int = DEFAULT_SQUEEZE_BITS,
 ) -> CleanSignals:
     """Entropy and squeeze score of every image, computed as the server computes them.
 
@@ -237,6 +238,7 @@ def measure_clean_signals(
         labels: int tensor [N].
         squeezers: the server's ``serving.squeezers``.
         batch: images per forward pass.
+        bits: the server's ``serving.squeeze_bits``.
     """
     device = model_device(model)
     entropy: list[float] = []
@@ -247,7 +249,7 @@ def measure_clean_signals(
             x = images[start : start + batch].to(device)
             probs = torch.softmax(model(x), dim=1)
             entropy += normalised_entropy(probs).tolist()
-            squeeze += squeeze_score(model, x, squeezers=squeezers, probs=probs).tolist()
+            squeeze += squeeze_score(model, x, squeezers=squeezers, probs=probs, bits=bits).tolist()
             y = labels[start : start + batch].to(device)
             correct += int((probs.argmax(dim=1) == y).sum())
     return CleanSignals(entropy, squeeze, correct / max(1, images.shape[0]))

@@ -28,6 +28,7 @@ from training.evaluate import EvalResult, evaluate
 from training.harden import Hardened, harden
 from training.models import (
     ARCHITECTURES,
+    FASHION_CLASSES,
     ModelSpec,
     ModelSpecError,
     average_weights,
@@ -50,6 +51,7 @@ __all__ = [
     "ATTACKS",
     "DEFAULT_LR",
     "DEVICES",
+    "FASHION_CLASSES",
     "FGSM",
     "METHODS",
     "OPTIMIZERS",

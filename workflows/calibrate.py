@@ -98,7 +98,10 @@ def calibrate_version(
         raise CalibrateError(str(exc)) from None
     if n is not None:
         images, labels = images[:n], labels[:n]
-    signals = measure_clean_signals(net, images, labels, cfg.serving.squeezers)
+    serving = cfg.serving
+    signals = measure_clean_signals(
+        net, images, labels, serving.squeezers, bits=serving.squeeze_bits
+    )
     try:
         alerts, record = calibrate_alerts(cfg, signals, version)
     except CalibrationError as exc:
