@@ -19,7 +19,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 demo: setup ## run the whole loop live on this machine (Prometheus, Alertmanager, server, receiver)
-	$(BIN)/robustloop demo
+	$(BIN)/robustloop demo --fresh
 
 test: setup ## run the test suite (installs what it needs first)
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""Robustness of the standard and the hardened model on the official Fashion-MNIST test set.
+"""Robustness of the standard and the hardened model on the whole test part of the dataset.
 
 Clean, FGSM and PGD-k (with restarts) accuracy at each eps, with Wilson 95 % intervals, for two
 versions of a model store, and the robustness goals checked:
@@ -41,7 +41,7 @@ from _machine import describe_machine, machine_header
 from torch.utils.data import TensorDataset
 
 from robustloop.config import load_config
-from training import ModelStore, evaluate, load_fashion_mnist
+from training import ModelStore, evaluate, load_images
 from training.data import to_float
 from training.evaluate import EvalResult, wilson_interval
 
@@ -94,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         "standard": _pick(store, args.standard, True, args.config),
         "hardened": _pick(store, args.hardened, False, args.config),
     }
-    data = load_fashion_mnist(cfg.data.root)
-    order = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(0))
-    idx = order[: args.n] if args.n < len(order) else torch.arange(len(data.test_labels))
+    data = load_images(cfg.data)  # the configured dataset's whole test part
+    total = len(data.test_labels)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(0))
+    idx = order[: args.n] if args.n < len(order) else torch.arange(total)
     test = TensorDataset(to_float(data.test_images[idx]), data.test_labels[idx])
-    scope = "the full test set" if len(idx) == 10_000 else "a seeded subset of the test set"
+    scope = "the full test set" if len(idx) == total else "a seeded subset of the test set"
     print(f"# {len(idx)} images ({scope}); PGD-{args.steps}, {args.restarts} restarts")
     for role, version in versions.items():
         print(f"# {role}: {version} ({store.manifest(version).recipe.get('method')})")

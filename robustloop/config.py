@@ -72,7 +72,7 @@ class ConfigError(Exception):
 class _Section(BaseModel):
     """Base of every section: unknown keys are errors (a typo must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -363,7 +363,9 @@ class SignalAlert(_Section):
         'may start a remediation; false = remediation="none", notify only.',
     )
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SignalAlert:
@@ -480,6 +482,11 @@ class WebhookConfig(_Section):
     allow_labels: dict[str, str] = Field(
         default_factory=lambda: {"remediation": "adversarial-training"},
         description="Only alerts carrying all these labels can start a remediation.",
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models this receiver may remediate: an alert's model label must name one "
+        "(each model has its own one-at-a-time slot and daily budget); empty = model.name only.",
     )
     cooldown_seconds: float = Field(
         300.0, ge=0, description="After a remediation of a model ends, ignore new incidents."
@@ -637,7 +644,7 @@ def load_config(path: Path | str | None = None) -> RobustloopConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        raw: Any = yaml.safe_load(text)
+        raw: Any = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if raw is None:
@@ -687,6 +694,22 @@ def _problems(exc: ValidationError) -> str:
         else f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
         for err in exc.errors()
     )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (a second ``webhook:``
+    block would otherwise silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def dump_config(config: RobustloopConfig) -> str:

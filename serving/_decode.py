@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustloop.jsonbody import BodyError, parse_json_body
 from serving._binary import HEADER, binary_input
 from serving.errors import BadRequest
 
@@ -21,15 +22,12 @@ DATATYPES = ("FP32", "UINT8")
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a request body as JSON; non-UTF-8 or malformed text is a :class:`BadRequest`."""
-    if not body:
-        raise BadRequest("empty request body; send a JSON object")
+    """Parse a request body as strict JSON (:mod:`robustloop.jsonbody`); anything else is a
+    :class:`BadRequest`."""
     try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise BadRequest("request body is not UTF-8 text; send JSON") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+        return parse_json_body(body)
+    except BodyError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def decode_infer_request(

@@ -34,9 +34,17 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from robustloop import __version__
 from robustloop.config import RobustloopConfig
+from robustloop.jsonbody import content_type_problem
 from serving._binary import BINARY_CONTENT_TYPE, HEADER, encode, split_body, wanted_binary
 from serving._decode import decode_feedback, decode_infer_request, parse_json
-from serving.errors import BadRequest, ModelNotFound, NotReady, PayloadTooLarge, ServingError
+from serving.errors import (
+    BadRequest,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServingError,
+    UnsupportedMediaType,
+)
 from serving.feedback import FeedbackMap
 from serving.metrics import ServingMetrics
 from serving.reload import ModelWatcher, ServedModel, Store
@@ -180,6 +188,14 @@ def _check_name(name: str) -> ServingState:
     return state
 
 
+def _check_content_type(*, binary_ok: bool) -> None:
+    """JSON, or octet-stream for a body with binary tensors; 415 otherwise."""
+    also = (BINARY_CONTENT_TYPE,) if binary_ok else ()
+    problem = content_type_problem(request.headers.get("Content-Type"), also=also)
+    if problem is not None:
+        raise UnsupportedMediaType(problem)
+
+
 def _read_body(state: ServingState) -> bytes:
     """The request body, refusing more than ``serving.max_body_bytes`` with a 413.
 
@@ -269,7 +285,9 @@ def infer(name: str) -> Response:
     try:
         if served is None:
             raise NotReady(f"model {name!r} has no version loaded yet; promote one in the store")
-        body = split_body(_read_body(state), request.headers.get(HEADER))
+        binary_header = request.headers.get(HEADER)
+        _check_content_type(binary_ok=binary_header is not None)
+        body = split_body(_read_body(state), binary_header)
         payload = parse_json(body.json)
         images, request_id = decode_infer_request(
             payload, state.config.serving.max_batch, served.spec.input_shape, body.binary
@@ -368,6 +386,7 @@ def _observe_signals(
 @bp.post("/v2/models/<name>/feedback")
 def feedback(name: str) -> Response:
     state = _check_name(name)
+    _check_content_type(binary_ok=False)
     payload = parse_json(_read_body(state))
     served = state.watcher.current  # its classes bound the labels
     num_classes = served.spec.num_classes if served is not None else None

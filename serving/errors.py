@@ -36,6 +36,12 @@ class PayloadTooLarge(ServingError):
     status = 413
 
 
+class UnsupportedMediaType(ServingError):
+    """The body's Content-Type is neither JSON nor, with the binary extension, octet-stream."""
+
+    status = 415
+
+
 class NotReady(ServingError):
     """No model is loaded yet (the store has no production version, or it failed to load)."""
 

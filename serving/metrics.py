@@ -100,13 +100,13 @@ class ServingMetrics:
         self._bound: dict[tuple[str, str], VersionMetrics] = {}
         self._requests: dict[tuple[str, str, int], Any] = {}
 
-    def count_request(self, model: str, version: str, code: int) -> None:
+    def count_request(self, model: str, version: str, code: int, amount: int = 1) -> None:
         """Count one infer request answered with HTTP status ``code``."""
         key = (model, version, code)
         child = self._requests.get(key)
         if child is None:
             child = self._requests[key] = self.requests.labels(model, version, str(code))
-        child.inc()
+        child.inc(amount)
 
     def bound(self, model: str, version: str) -> VersionMetrics:
         """The series of ``model`` at ``version`` (cached; a dict read under the GIL)."""
@@ -129,6 +129,12 @@ class ServingMetrics:
             self.model_info.remove(*self._info)
         self._info = (model, version, sha256)
         self.model_info.labels(model, version, sha256).set(1)
+        # Every series of the new version exists from the start, at zero, so that rate() and
+        # increase() see its first increments (client_python's advice for labelled metrics).
+        self.bound(model, version)
+        for outcome in ("correct", "wrong"):
+            self.feedback.labels(model, version, outcome)
+        self.count_request(model, version, 200, amount=0)
 
 
 __all__ = ["LABELS", "ServingMetrics", "VersionMetrics"]

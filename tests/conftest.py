@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,7 @@ def small_config(tmp_path: Path) -> RobustloopConfig:
     cfg.store.path = tmp_path / "store"
     cfg.webhook.db_path = tmp_path / "webhook.sqlite3"
     cfg.stack.run_dir = tmp_path / "run"
+    cfg.submitter.runs_dir = tmp_path / "runs"
     return cfg
 
 
@@ -86,3 +88,45 @@ def _torch_threads() -> Iterator[None]:
         return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture
+def dry_receiver(small_config: RobustloopConfig, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A receiver over real HTTP with a token and ``dry_run`` (nothing is ever submitted):
+    its URL and its :class:`webhook.Receiver`. It must still be ready when the test ends."""
+    import requests
+    from prometheus_client import CollectorRegistry
+
+    from tests.webhook_support import TOKEN
+    from webhook import ReceiverServer, create_app, receiver_of
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN, encoding="utf-8")
+    small_config.webhook.token_file = token_file
+    small_config.webhook.dry_run = True
+    app = create_app(small_config, registry=CollectorRegistry())
+    with ReceiverServer(app) as server:
+        yield server.url, receiver_of(app)
+        assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+@pytest.fixture
+def served_model(small_config: RobustloopConfig) -> Iterator[str]:
+    """The model server over real HTTP, serving an untrained reference CNN: its URL. It must
+    still be ready when the test ends."""
+    import requests
+    from prometheus_client import CollectorRegistry
+
+    from serving import RunningServer, create_app, get_state
+    from tests.support import register_model
+    from training import ModelStore
+
+    register_model(ModelStore(small_config.store.path))
+    app = create_app(small_config, registry=CollectorRegistry())
+    try:
+        with RunningServer(app) as server:
+            yield server.url
+            ready = requests.get(f"{server.url}/v2/health/ready", timeout=10)
+            assert ready.status_code == 200
+    finally:
+        get_state(app).close()

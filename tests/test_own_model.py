@@ -315,13 +315,13 @@ def test_the_digits_script_writes_a_second_real_dataset_that_robustloop_reads(
     from tests.conftest import REPO_ROOT
 
     out = tmp_path / "digits"
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "digits-imagefolder.py"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+
+    def write() -> subprocess.CompletedProcess[str]:
+        script = REPO_ROOT / "scripts" / "digits-imagefolder.py"
+        argv = [sys.executable, str(script), str(out)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+    done = write()
     assert done.returncode == 0, done.stderr
     assert sum(1 for _ in (out / "train").rglob("*.png")) == 1297
     assert sum(1 for _ in (out / "test").rglob("*.png")) == 500
@@ -329,11 +329,5 @@ def test_the_digits_script_writes_a_second_real_dataset_that_robustloop_reads(
     assert splits.image_shape == (1, 8, 8)
     assert splits.classes == tuple(str(d) for d in range(10))
     assert len(splits.eval) == len(splits.traffic) == 250
-    again = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "digits-imagefolder.py"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    again = write()
     assert again.returncode == 2 and "exists" in again.stderr  # never overwrites

@@ -270,7 +270,7 @@ BAD_INPUTS = [
     (_tensor([1, 784], "FP32", [*GOOD_PIXELS[:-1], 1.5]), "must be in [0, 1]"),
     (_tensor([1, 784], "FP32", [*GOOD_PIXELS[:-1], -0.01]), "must be in [0, 1]"),
     (_tensor([1, 784], "FP32", [*GOOD_PIXELS[:-1], math.nan]), "NaN"),
-    (_tensor([1, 784], "FP32", [*GOOD_PIXELS[:-1], math.inf]), "NaN or infinity"),
+    (_tensor([1, 784], "FP32", [*GOOD_PIXELS[:-1], math.inf]), "is not JSON; send finite numbers"),
     (_tensor([1, 784], "FP32", [*GOOD_PIXELS[:-1], "0.5"]), "numbers only"),
     (_tensor([1, 784], "FP32", [*GOOD_PIXELS[:-1], None]), "numbers only"),
     (_tensor([1, 784], "FP32", [GOOD_PIXELS[:-1], [0.5]]), "ragged"),

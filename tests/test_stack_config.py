@@ -81,24 +81,36 @@ def test_run_folder_holds_valid_configs_a_private_token_and_a_rewritten_config(
     assert run_cfg.alerts.receiver_url == "http://127.0.0.1:19095/api/v1/alerts"
     assert run_cfg.rollout.prometheus_url == "http://127.0.0.1:19090"
     assert run_cfg.submitter.kind == "local"
-    assert run_cfg.submitter.runs_dir == folder.root / "runs"
+    assert run_cfg.submitter.runs_dir == small_config.submitter.runs_dir.resolve()
     assert run_cfg.store.path == small_config.store.path.resolve()
 
 
-def test_a_second_prepare_gets_a_new_token_and_clears_old_state(
+def test_a_restart_keeps_the_incidents_and_runs_and_starts_only_the_tsdb_and_logs_afresh(
     small_config: RobustloopConfig,
 ) -> None:
     first = prepare_run_folder(small_config, ports=PORTS)
     first_token = first.token()
     (first.prometheus_data / "old-block").write_text("x")
+    (first.logs / "server.log").write_text("old log")
     (first.root / "webhook.sqlite3").write_text("old outbox")
+    runs = first.config.submitter.runs_dir
+    (runs / "rl-old").mkdir(parents=True)
     keep = first.root / "notes.txt"
     keep.write_text("mine")
+    # `robustloop runs` with the user's config looks where the stack's runs are
+    assert runs == small_config.submitter.runs_dir.resolve()
 
     second = prepare_run_folder(small_config, ports=PORTS)
     assert second.token() != first_token
     assert not (second.prometheus_data / "old-block").exists()
-    assert not (second.root / "webhook.sqlite3").exists()
+    assert not (second.logs / "server.log").exists()
+    assert (second.root / "webhook.sqlite3").read_text() == "old outbox"
+    assert (runs / "rl-old").is_dir()
+    assert keep.read_text() == "mine"
+
+    third = prepare_run_folder(small_config, ports=PORTS, fresh=True)
+    assert not (third.root / "webhook.sqlite3").exists()
+    assert not (runs / "rl-old").exists()
     assert keep.read_text() == "mine"
 
 

@@ -39,6 +39,7 @@ def _config(root: Path) -> RobustloopConfig:
     cfg.training.epochs = 1
     cfg.store.path = root / "store"
     cfg.stack.run_dir = root / "run"
+    cfg.submitter.runs_dir = root / "runs"
     return cfg
 
 

@@ -154,6 +154,7 @@ def test_kill9_during_a_stream_of_writes_loses_and_duplicates_nothing(
     receiver_process: Callable[[], ReceiverProcess],
 ) -> None:
     # GIVEN four clients delivering distinct incidents (of distinct models) as fast as they can
+    webhook_config.webhook.models = [f"m-{n}-{i}" for n in range(4) for i in range(2000)]
     first = receiver_process().start()
     acked: list[str] = []
     lock = threading.Lock()

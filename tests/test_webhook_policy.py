@@ -124,7 +124,13 @@ def test_fifty_incidents_are_capped_by_the_budget_and_all_recorded(
     assert metric(running.registry, "robustloop_webhook_decisions_total", decision="budget") == 47
 
 
-def test_models_are_remediated_independently(receiver: RunningReceiver, argo: ArgoStandIn) -> None:
+def test_models_are_remediated_independently(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    start_receiver: Callable[..., RunningReceiver],
+) -> None:
+    webhook_config.webhook.models = ["fashion-cnn", "other-model"]
+    receiver = start_receiver(webhook_config)
     for i, model in enumerate(("fashion-cnn", "other-model")):
         post(receiver.url, firing_payload(f"{i:016x}", FIRST, labels={"model": model}))
     wait_for(lambda: len(argo.created()) == 2, what="one run per model at the same time")

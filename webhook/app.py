@@ -15,7 +15,6 @@ Errors are :mod:`webhook.errors`, mapped to ``{"error": message}`` in :func:`_re
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sqlite3
@@ -30,6 +29,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from robustloop.config import RobustloopConfig
+from robustloop.jsonbody import BodyError, content_type_problem, parse_json_body
 from webhook import errors
 from webhook._auth import load_token, token_matches
 from webhook.dispatcher import Dispatcher
@@ -167,11 +167,9 @@ def _parse(body: bytes) -> WebhookPayload:
     if not body:
         raise errors.BadPayload("empty body: expected Alertmanager's webhook JSON (version 4)")
     try:
-        raw: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.BadPayload(f"body is not JSON: {exc}") from None
-    except RecursionError:
-        raise errors.BadPayload("body is not JSON this receiver accepts: nested too deep") from None
+        raw: Any = parse_json_body(body)
+    except BodyError as exc:
+        raise errors.BadPayload(f"body is not JSON this receiver accepts: {exc}") from None
     if not isinstance(raw, dict):
         raise errors.BadPayload(
             f"expected a JSON object (Alertmanager's webhook payload), got {type(raw).__name__}"
@@ -203,7 +201,7 @@ def _short(value: object, quote: bool = True, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _not_allowed(alert: Alert, allow: dict[str, str]) -> str | None:
+def _not_allowed(alert: Alert, allow: dict[str, str], models: set[str]) -> str | None:
     for name, wanted in sorted(allow.items()):
         got = alert.labels.get(name)
         if got != wanted:
@@ -215,12 +213,20 @@ def _not_allowed(alert: Alert, allow: dict[str, str]) -> str | None:
     model = alert.labels.get(MODEL_LABEL)
     if model is not None and not _MODEL_NAME.match(model):
         return f"not allowed: label model {model!r} is not a model name ([a-z0-9-])"
+    if model is not None and model not in models:
+        # Each model has its own one-at-a-time slot and daily budget: an alert naming any
+        # other model must not open a fresh one.
+        return (
+            f"not allowed: label model {model!r} is not this receiver's model "
+            f"({', '.join(sorted(models))}; webhook.models)"
+        )
     return None
 
 
 def _records(receiver: Receiver, payload: WebhookPayload) -> list[AlertRecord]:
     allow = receiver.config.webhook.allow_labels
     default_model = receiver.config.model.name
+    models = set(receiver.config.webhook.models or [default_model])
     return [
         AlertRecord(
             incident_id=alert.incident_id,
@@ -232,7 +238,7 @@ def _records(receiver: Receiver, payload: WebhookPayload) -> list[AlertRecord]:
             labels=alert.labels,
             annotations=alert.annotations,
             group_key=payload.group_key,
-            not_allowed=_not_allowed(alert, allow),
+            not_allowed=_not_allowed(alert, allow, models),
         )
         for alert in payload.alerts
     ]
@@ -246,6 +252,9 @@ def post_alerts() -> tuple[Response, int]:
     status = 500
     try:
         _authenticate(receiver)
+        problem = content_type_problem(request.headers.get("Content-Type"))
+        if problem is not None:
+            raise errors.UnsupportedMediaType(problem)
         payload = _parse(_read_body(receiver.config.webhook.max_body_bytes))
         try:
             results = receiver.outbox.record(_records(receiver, payload))
@@ -293,7 +302,7 @@ def list_remediations() -> Response:
     if state is not None and state not in STATES:
         raise errors.BadPayload(f"unknown state {state!r}; one of {', '.join(STATES)}")
     raw_limit = request.args.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not re.fullmatch(r"[0-9]{1,4}", raw_limit) or not 1 <= int(raw_limit) <= 1000:
         raise errors.BadPayload(f"limit must be an integer from 1 to 1000, got {raw_limit!r}")
     incidents = receiver.outbox.list(state=state, limit=int(raw_limit))
     return jsonify(

@@ -49,6 +49,12 @@ class PayloadTooLarge(WebhookError):
     status = 413
 
 
+class UnsupportedMediaType(WebhookError):
+    """The body's Content-Type is not JSON (Alertmanager sends application/json)."""
+
+    status = 415
+
+
 class StorageUnavailable(WebhookError):
     """The outbox could not record the alerts (disk full, database locked): resend later."""
 

@@ -40,6 +40,11 @@ def register(sub: Any) -> None:
         "trains a baseline first if the store has none; Ctrl-C stops everything.",
     )
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default stack.run_dir)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget the previous runs' incidents and workflow runs (kept by default)",
+    )
     p.set_defaults(handler=_up)
 
     p = sub.add_parser(
@@ -58,6 +63,11 @@ def register(sub: Any) -> None:
         "remediation; clean: only clean traffic for --clean-seconds (the false-alarm check)",
     )
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default stack.run_dir)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget the previous runs' incidents and workflow runs (kept by default)",
+    )
     p.add_argument("--clean-seconds", type=_positive, default=None, help="stack.clean_seconds")
     p.add_argument("--timeout", type=_positive, default=None, help="stack.timeout_seconds")
     p.add_argument("--drift-seconds", type=_positive, default=None, help="stack.drift_seconds")
@@ -121,7 +131,7 @@ def _up(args: argparse.Namespace) -> int:
 
     cfg = _prepare(args)
     try:
-        with LocalStack(cfg, echo=_echo) as stack:
+        with LocalStack(cfg, echo=_echo, fresh=args.fresh) as stack:
             _echo(
                 f"robustloop stack up (run folder {stack.folder.root}), serving {stack.production}"
             )
@@ -153,7 +163,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     report_dir: Path = args.report_dir
     try:
-        with LocalStack(cfg, echo=_echo, from_baseline=True) as stack:
+        with LocalStack(cfg, echo=_echo, from_baseline=True, fresh=args.fresh) as stack:
             for name, url in stack.urls().items():
                 _echo(f"  {name:<13} {url}")
             runner = ScenarioRunner(stack, options, report_dir, echo=_echo)

@@ -104,6 +104,8 @@ class LocalStack:
         echo: where progress lines go (the CLI prints them).
         train_baseline: train a baseline when the store has no production model (else fail).
         from_baseline: first point production back at the undefended baseline (the demo).
+        fresh: forget the previous runs' incidents and workflow runs (else they are kept and a
+            pending incident is resumed).
     """
 
     def __init__(
@@ -113,9 +115,11 @@ class LocalStack:
         *,
         train_baseline: bool = True,
         from_baseline: bool = False,
+        fresh: bool = False,
     ) -> None:
         self.cfg = cfg
         self.from_baseline = from_baseline
+        self.fresh = fresh
         self.echo = echo
         self.train_baseline = train_baseline
         self.supervisor = Supervisor()
@@ -160,7 +164,7 @@ class LocalStack:
         except (RunFolderBusy, NotADirectoryError) as exc:
             raise StackError(str(exc)) from None
         self.production = self._ensure_baseline()
-        folder = self._folder = prepare_run_folder(self.cfg)
+        folder = self._folder = prepare_run_folder(self.cfg, fresh=self.fresh)
         if folder.config.alerts.calibrated_version != self.production:
             # Thresholds judge one model: fit them to the one about to serve.
             self.echo(f"calibrating the alert thresholds for {self.production}")
