@@ -492,7 +492,7 @@ def test_rbac_is_minimal_and_has_no_wildcards(
         {
             "apiGroups": ["argoproj.io"],
             "resources": ["workflows"],
-            "verbs": ["create", "get", "list"],
+            "verbs": ["create", "get"],  # no list: the receiver never lists
         },
         {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates"], "verbs": ["get"]},
     ]
