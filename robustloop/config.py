@@ -327,6 +327,12 @@ class ServingConfig(_Section):
         description="Requests the model server handles at once (threads of its one process: "
         "the feedback map and the metrics live in it).",
     )
+    feedback_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token that feedback must carry, a credential "
+        "separate from inference (a client that may classify must not be able to forge canary "
+        "accuracy); null = feedback is open: only on a network trusted labellers alone reach.",
+    )
     reload_interval_seconds: float = Field(
         1.0, gt=0, description="How often the server checks the production pointer."
     )

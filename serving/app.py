@@ -33,8 +33,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from robustloop import __version__
-from robustloop.config import RobustloopConfig
+from robustloop.config import ConfigError, RobustloopConfig
 from robustloop.jsonbody import content_type_problem
+from robustloop.tokens import TokenFileError, read_token_file, token_matches
 from serving._binary import BINARY_CONTENT_TYPE, HEADER, encode, split_body, wanted_binary
 from serving._decode import decode_feedback, decode_infer_request, parse_json
 from serving.errors import (
@@ -43,6 +44,7 @@ from serving.errors import (
     NotReady,
     PayloadTooLarge,
     ServingError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from serving.feedback import FeedbackMap
@@ -72,6 +74,8 @@ class ServingState:
     registry: CollectorRegistry
     instrument: bool
     rng: random.Random = field(default_factory=random.Random)
+    feedback_token: str | None = None
+    """The bearer token feedback must carry; None: feedback is open."""
 
     @property
     def model_name(self) -> str:
@@ -115,8 +119,17 @@ def create_app(
 
     Raises:
         training.DeviceError: ``config.device`` names a device this machine lacks.
+        robustloop.config.ConfigError: ``serving.feedback_token_file`` cannot be read.
     """
     device = resolve_device(config.device)
+    feedback_token = None
+    if config.serving.feedback_token_file is not None:
+        try:
+            feedback_token = read_token_file(
+                config.serving.feedback_token_file, "serving.feedback_token_file"
+            )
+        except TokenFileError as exc:
+            raise ConfigError(str(exc)) from None
     if store is None:
         from training import ModelStore
 
@@ -149,6 +162,7 @@ def create_app(
         metrics=metrics,
         registry=registry,
         instrument=instrument,
+        feedback_token=feedback_token,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.serving.max_body_bytes
@@ -386,6 +400,13 @@ def _observe_signals(
 @bp.post("/v2/models/<name>/feedback")
 def feedback(name: str) -> Response:
     state = _check_name(name)
+    if state.feedback_token is not None and not token_matches(
+        request.headers.get("Authorization"), state.feedback_token
+    ):
+        raise Unauthorized(
+            "feedback needs `Authorization: Bearer <token>` with the token of "
+            "serving.feedback_token_file (a credential separate from inference)"
+        )
     _check_content_type(binary_ok=False)
     payload = parse_json(_read_body(state))
     served = state.watcher.current  # its classes bound the labels

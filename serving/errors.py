@@ -24,6 +24,12 @@ class BadRequest(ServingError):
     status = 400
 
 
+class Unauthorized(ServingError):
+    """Feedback without the feedback token (``serving.feedback_token_file``); nothing counted."""
+
+    status = 401
+
+
 class ModelNotFound(ServingError):
     """The URL names a model this server does not serve."""
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from robustloop.config import RobustloopConfig, attack_eps, check_eps
+from robustloop.tokens import read_token_file
 from serving.reload import Store
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,12 @@ class TrafficSummary:
 class ServerClient:
     """A keep-alive HTTP client of one model on an OIP v2 server."""
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, feedback_token: str | None = None) -> None:
         self.base = url.rstrip("/") + f"/v2/models/{model}"
         self.session = requests.Session()
+        self.feedback_headers = (
+            {"Authorization": f"Bearer {feedback_token}"} if feedback_token is not None else {}
+        )
 
     def served_version(self) -> str | None:
         """The version the server says it serves now; None if it is not ready."""
@@ -156,6 +160,7 @@ class ServerClient:
         response = self.session.post(
             self.base + "/feedback",
             json={"ids": ids, "labels": labels},
+            headers=self.feedback_headers,
             timeout=REQUEST_TIMEOUT_SECONDS,
         )
         response.raise_for_status()
@@ -258,7 +263,9 @@ def run_traffic(
         attacker = AdaptiveAttacker(
             store, options.mode, options.strength(config), options.pgd_steps
         )
-    client = ServerClient(options.url, config.model.name)
+    token_file = config.serving.feedback_token_file
+    token = read_token_file(token_file, "serving.feedback_token_file") if token_file else None
+    client = ServerClient(options.url, config.model.name, token)
     rng = random.Random(options.seed)
     noise_gen = torch.Generator().manual_seed(options.seed)
     order = torch.randperm(len(images_all), generator=torch.Generator().manual_seed(options.seed))

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client import CollectorRegistry
 
-from robustloop.config import ConfigError, load_config
+from robustloop.config import ConfigError, RobustloopConfig, load_config
 from tests.webhook_support import TOKEN, load_fixture
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -157,3 +158,56 @@ def test_a_config_with_a_non_finite_number_or_a_key_twice_is_refused(
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_feedback_needs_its_own_token_when_one_is_configured(
+    small_config: RobustloopConfig, tmp_path: Path
+) -> None:
+    """A client that may classify cannot forge canary accuracy: without the feedback token its
+    labels are refused with a 401 and counted nowhere; with it they count."""
+    from serving import RunningServer, create_app, get_state
+    from tests.support import register_model
+    from training import ModelStore
+
+    token = tmp_path / "feedback-token"
+    token.write_text("labeller-secret\n", encoding="utf-8")
+    small_config.serving.feedback_token_file = token
+    register_model(ModelStore(small_config.store.path))
+    app = create_app(small_config, registry=CollectorRegistry())
+    try:
+        with RunningServer(app) as server:
+            base = f"{server.url}/v2/models/fashion-cnn"
+            infer = {
+                "inputs": [{"name": "x", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}]
+            }
+            outputs = requests.post(f"{base}/infer", json=infer, timeout=10).json()["outputs"]
+            (ids,) = [o["data"] for o in outputs if o["name"] == "sample_ids"]
+            forged = {"ids": ids, "labels": [0]}
+            for headers in ({}, {"Authorization": "Bearer guess"}):
+                answer = requests.post(f"{base}/feedback", json=forged, headers=headers, timeout=10)
+                assert answer.status_code == 401 and "feedback" in answer.json()["error"]
+            metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+            assert not any(
+                line.startswith("robustloop_feedback_total{") and not line.endswith(" 0.0")
+                for line in metrics.splitlines()
+            )
+            good = {"Authorization": "Bearer labeller-secret"}
+            counted = requests.post(f"{base}/feedback", json=forged, headers=good, timeout=10)
+            assert counted.status_code == 200
+            assert counted.json()["correct"] + counted.json()["wrong"] == 1
+    finally:
+        get_state(app).close()
+
+
+def test_an_unreadable_feedback_token_file_is_one_line_and_exit_2(
+    small_config: RobustloopConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robustloop.cli import main
+    from robustloop.config import dump_config
+
+    small_config.serving.feedback_token_file = tmp_path / "missing-token"
+    config = tmp_path / "c.yaml"
+    config.write_text(dump_config(small_config), encoding="utf-8")
+    assert main(["--config", str(config), "serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "serving.feedback_token_file" in err[0]

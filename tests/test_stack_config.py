@@ -82,6 +82,10 @@ def test_run_folder_holds_valid_configs_a_private_token_and_a_rewritten_config(
     assert run_cfg.rollout.prometheus_url == "http://127.0.0.1:19090"
     assert run_cfg.submitter.kind == "local"
     assert run_cfg.submitter.runs_dir == small_config.submitter.runs_dir.resolve()
+    feedback = run_cfg.serving.feedback_token_file
+    assert feedback is not None and feedback.parent == folder.root
+    assert oct(feedback.stat().st_mode & 0o777) == oct(0o600)
+    assert feedback.read_text().strip() != folder.token()  # its own credential
     assert run_cfg.store.path == small_config.store.path.resolve()
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Mapping
 
 from robustloop.config import WebhookConfig
+from robustloop.tokens import TokenFileError, read_token_file, token_matches
 from webhook.errors import ConfigurationError
 
 TOKEN_ENV = "ROBUSTLOOP_WEBHOOK_TOKEN"
@@ -28,16 +28,14 @@ def load_token(config: WebhookConfig, environ: Mapping[str, str] | None = None) 
     env = os.environ if environ is None else environ
     if config.token_file is not None:
         try:
-            token = config.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+            return read_token_file(config.token_file, "webhook.token_file")
+        except TokenFileError as exc:
             raise ConfigurationError(
-                f"cannot read webhook.token_file {config.token_file}: {exc.strerror}; "
-                "create it with the bearer token Alertmanager sends"
+                f"{exc}; put the bearer token Alertmanager sends there, or set "
+                "`webhook.auth: none` to run without authentication (explicit opt-out)"
             ) from None
-        where = f"webhook.token_file {config.token_file} is empty"
-    else:
-        token = env.get(TOKEN_ENV, "").strip()
-        where = f"webhook.token_file is not set and ${TOKEN_ENV} is empty or unset"
+    token = env.get(TOKEN_ENV, "").strip()
+    where = f"webhook.token_file is not set and ${TOKEN_ENV} is empty or unset"
     if not token:
         raise ConfigurationError(
             f"the webhook receiver needs a bearer token but {where}; put a token there, or set "
@@ -46,11 +44,4 @@ def load_token(config: WebhookConfig, environ: Mapping[str, str] | None = None) 
     return token
 
 
-def token_matches(header: str | None, token: str) -> bool:
-    """Whether an ``Authorization`` header carries ``Bearer <token>``, compared in constant time."""
-    if not header:
-        return False
-    scheme, _, presented = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(presented.strip().encode(), token.encode())
+__all__ = ["TOKEN_ENV", "load_token", "token_matches"]

@@ -143,6 +143,7 @@ def _traffic(args: argparse.Namespace) -> int:
         )
     except TrafficError as exc:
         raise CommandError(str(exc)) from None
+    from robustloop.tokens import TokenFileError
     from training import DatasetError, use_threads
 
     if args.threads < 1:
@@ -152,7 +153,7 @@ def _traffic(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         summary = run_traffic(cfg, options, out)
-    except (TrafficError, DatasetError) as exc:
+    except (TrafficError, DatasetError, TokenFileError) as exc:
         raise CommandError(str(exc)) from None
     finally:
         if out is not sys.stdout:

@@ -34,6 +34,7 @@ from robustloop.config import RobustloopConfig, dump_config
 
 CONFIG_NAME = "robustloop.yaml"
 TOKEN_NAME = "webhook-token"
+FEEDBACK_TOKEN_NAME = "feedback-token"
 PROMETHEUS_NAME = "prometheus.yml"
 RULES_DIR = "alert_rules"
 ALERTMANAGER_NAME = "alertmanager.yml"
@@ -158,6 +159,7 @@ def stack_config(cfg: RobustloopConfig, root: Path, ports: Ports) -> RobustloopC
     out.webhook.auth = "bearer"
     out.webhook.token_file = root / TOKEN_NAME
     out.webhook.db_path = root / "webhook.sqlite3"
+    out.serving.feedback_token_file = root / FEEDBACK_TOKEN_NAME  # the traffic generator's
     out.submitter.kind = "local"
     out.submitter.runs_dir = cfg.submitter.runs_dir.resolve()  # where `robustloop runs` looks
     out.alerts.receiver_url = f"http://{LOCALHOST}:{ports.webhook}/api/v1/alerts"
@@ -312,6 +314,7 @@ def prepare_run_folder(
     run_cfg = stack_config(cfg, root, ports)
     folder = RunFolder(root=root, ports=ports, config=run_cfg)
     _write_private(folder.token_path, secrets.token_urlsafe(32) + "\n")
+    _write_private(root / FEEDBACK_TOKEN_NAME, secrets.token_urlsafe(32) + "\n")
     folder.config_path.write_text(dump_config(run_cfg), encoding="utf-8")
     folder.rules_path.parent.mkdir(exist_ok=True)
     folder.rules_path.write_text(render_rules_file(run_cfg), encoding="utf-8")
