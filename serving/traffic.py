@@ -246,7 +246,8 @@ def run_traffic(
         The run's totals. Failed requests are counted as errors and the run goes on (the server
         may be restarting); they never end it.
     """
-    options = dataclasses.replace(options, eps=options.strength(config))  # resolved once
+    strength = options.strength(config)
+    options = dataclasses.replace(options, eps=strength)  # resolved once, for _send_one
     if data is None:
         from training import make_splits
 
@@ -260,9 +261,7 @@ def run_traffic(
             from training import ModelStore
 
             store = ModelStore(config.store.path)
-        attacker = AdaptiveAttacker(
-            store, options.mode, options.strength(config), options.pgd_steps
-        )
+        attacker = AdaptiveAttacker(store, options.mode, strength, options.pgd_steps)
     token_file = config.serving.feedback_token_file
     token = read_token_file(token_file, "serving.feedback_token_file") if token_file else None
     client = ServerClient(options.url, config.model.name, token)

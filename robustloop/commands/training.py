@@ -218,7 +218,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training import ModelStore, train_baseline
+    from training import train_baseline
 
     cfg: RobustloopConfig = args.cfg
     if args.epochs:
@@ -228,7 +228,7 @@ def _train(args: argparse.Namespace) -> int:
         version = train_baseline(cfg, max_seconds=args.max_seconds, progress=_progress())
     except _errors() as exc:
         raise _fail(exc) from None
-    production = ModelStore(cfg.store.path).production()
+    production = _store(cfg).production()
     print(f"registered {version} (production: {production})", file=sys.stderr)
     print(version)
     return 0
@@ -377,7 +377,7 @@ def _models_average(args: argparse.Namespace) -> int:
 
 
 def _models_import(args: argparse.Namespace) -> int:
-    from training import ModelStore, import_weights
+    from training import import_weights
 
     cfg: RobustloopConfig = args.cfg
     if args.architecture is not None:
@@ -386,10 +386,10 @@ def _models_import(args: argparse.Namespace) -> int:
     try:
         version = import_weights(cfg, args.weights)
         if args.promote:
-            ModelStore(cfg.store.path).promote(version, {"command": "models import"})
+            _store(cfg).promote(version, {"command": "models import"})
     except _errors() as exc:
         raise _fail(exc) from None
-    production = ModelStore(cfg.store.path).production()
+    production = _store(cfg).production()
     print(f"registered {version} from {args.weights} (production: {production})", file=sys.stderr)
     print(version)
     return 0
