@@ -6,6 +6,7 @@ committed files beside this module (``robustloop.rules.yaml``, ``alertmanager.ym
 each alert. Calibration statistics live in :mod:`alert_rules.calibration`.
 """
 
+from alert_rules._health import HEALTH_ALERT_NAMES, HEALTH_GROUP
 from alert_rules._spec import (
     GROUP,
     NO_REMEDIATION_VALUE,
@@ -41,6 +42,8 @@ __all__ = [
     "ALERT_NAMES",
     "DEFAULT_RECEIVER",
     "GROUP",
+    "HEALTH_ALERT_NAMES",
+    "HEALTH_GROUP",
     "NO_REMEDIATION_VALUE",
     "PACKAGE_DIR",
     "REMEDIATION_LABEL",

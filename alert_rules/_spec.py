@@ -98,12 +98,20 @@ class Alert:
     remediate: bool
     summary: str
     description: str
+    expr: str = ""
+    """The alert's PromQL when it is not built from signal conditions (the health alerts)."""
+    model_label: str = ""
+    """A static ``model`` label, for an expression whose series carry none."""
 
     def promql(self) -> str:
+        if self.expr:
+            return self.expr
         return "\nand on (model, version)\n".join(c.promql() for c in self.conditions)
 
     def labels(self) -> dict[str, str]:
+        labels = {"model": self.model_label} if self.model_label else {}
         return {
+            **labels,
             "severity": self.severity,
             REMEDIATION_LABEL: REMEDIATION_VALUE if self.remediate else NO_REMEDIATION_VALUE,
         }

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alert_rules import _yaml
+from alert_rules._health import health_tests
 from alert_rules._simulate import Phase, SeriesKey, Simulation, cumulative, first
 from alert_rules._spec import (
     ENTROPY_METRIC,
@@ -476,6 +477,7 @@ def render_promtool_tests(
         if scenario.expr_checks:
             test["promql_expr_test"] = scenario.expr_checks
         tests.append(test)
+    tests += health_tests(cfg)
     header = generated_header(f"promtool unit tests of the rules of model {cfg.model.name}.")
     document = {"rule_files": [rules_path], "evaluation_interval": "1s", "tests": tests}
     return header + _yaml.dump(document)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from alert_rules import _yaml
+from alert_rules._health import HEALTH_GROUP, health_alerts
 from alert_rules._spec import REMEDIATION_LABEL, REMEDIATION_VALUE, build
 from alert_rules._yaml import generated_header
 from robustloop.atomic import atomic_write_text
@@ -40,12 +41,16 @@ def prometheus_rule_groups(cfg: RobustloopConfig) -> list[dict[str, Any]]:
 
     Each group lists its recording rules first, then its alerts, so that one evaluation of the
     group compares the values recorded in that same evaluation (no extra interval of delay).
+    The detection alerts form one group; the loop's own alerts (:mod:`alert_rules._health`)
+    another.
     """
     spec = build(cfg)
+    health = health_alerts(cfg)
+    records = {**spec.records, **({HEALTH_GROUP: ()} if health else {})}
     groups: list[dict[str, Any]] = []
-    for group_name, records in spec.records.items():
-        rules: list[dict[str, Any]] = [{"record": r.name, "expr": r.expr} for r in records]
-        for alert in spec.alerts:
+    for group_name, group_records in records.items():
+        rules: list[dict[str, Any]] = [{"record": r.name, "expr": r.expr} for r in group_records]
+        for alert in (*spec.alerts, *health):
             if alert.group != group_name:
                 continue
             rules.append(

@@ -262,7 +262,15 @@ class RolloutConfig(_Section):
     )
     prometheus_url: str = Field(
         "http://127.0.0.1:9090",
-        description="Prometheus the post-rollout guard queries for canary accuracy.",
+        description="Prometheus the post-rollout guard queries for canary accuracy, and whose "
+        "loaded rules a promotion waits for.",
+    )
+    rules_wait_seconds: float = Field(
+        180.0,
+        ge=0,
+        description="Before production moves to a new version, wait at most this long for "
+        "Prometheus to load the rules calibrated for it (else nothing is promoted); "
+        "0 = do not wait (the rules are published, then production moves).",
     )
     poll_seconds: float = Field(
         10.0, gt=0, description="How often the post-rollout guard looks at canary accuracy."
@@ -284,7 +292,12 @@ class ServingConfig(_Section):
     port: int = Field(8080, ge=0, le=65535, description="Model server port (0 = any free port).")
     max_batch: int = Field(256, ge=1, description="Largest batch (N) one infer request may hold.")
     max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body; larger gets 413. Each request is also held to what "
+        "its largest legal form needs (max_batch images of the served model as JSON, 24 bytes "
+        "a value: 4.9 MB for 28x28 gray images), and its JSON values are counted before it is "
+        "parsed, so the memory a request costs is bounded by what is legal.",
     )
     squeeze_fraction: float = Field(
         0.2,
@@ -311,7 +324,22 @@ class ServingConfig(_Section):
         600.0, gt=0, description="How long a prediction waits for its ground-truth feedback."
     )
     feedback_max_entries: int = Field(
-        100_000, ge=1, description="Bound of the map of predictions awaiting feedback."
+        100_000,
+        ge=1,
+        description="Bound of the map of predictions awaiting feedback (when full, the client "
+        "holding the most gives up its oldest) and of the entries of one feedback request.",
+    )
+    feedback_rate_per_client: float = Field(
+        500.0,
+        ge=0,
+        description="Feedback labels one client (address) may send per second, on average; "
+        "more gets 429 with Retry-After, nothing counted. 0 = no limit.",
+    )
+    feedback_burst_per_client: int = Field(
+        5000,
+        ge=1,
+        description="Feedback labels one client may send at once (its token bucket's size); "
+        "a feedback request with more entries is refused (400).",
     )
     threads: int = Field(
         1,
@@ -407,6 +435,38 @@ def _squeeze() -> SignalAlert:
     return SignalAlert(threshold=0.25, window="30s", **{"for": "10s"})
 
 
+class HealthAlerts(_Section):
+    enabled: bool = Field(
+        True,
+        description="Render the loop's own alerts (group robustloop.health): a served version "
+        "without calibration, failed hot reloads, refused or stuck submissions, a stopped "
+        "dispatcher, a receiver Prometheus does not see. Notification only.",
+    )
+    uncalibrated_for: str = Field(
+        "5m",
+        description="RobustloopServedVersionUncalibrated: how long the served version may differ "
+        "from alerts.calibrated_version (the label-free alerts judge nothing meanwhile).",
+    )
+    submission_pending_for: str = Field(
+        "10m",
+        description="RobustloopRemediationNotSubmitted: how long a decided remediation may wait "
+        "for the workflow engine to accept it.",
+    )
+    dispatcher_silent_for: str = Field(
+        "2m",
+        description="RobustloopDispatcherStalled: how long the receiver's dispatcher may go "
+        "without completing a pass.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> HealthAlerts:
+        for name in ("uncalibrated_for", "submission_pending_for", "dispatcher_silent_for"):
+            value = getattr(self, name)
+            if not _PROM_DURATION.fullmatch(value) or _all_zero(value):
+                raise ValueError(f"{name} {value!r} is not a Prometheus duration such as 5m")
+        return self
+
+
 class AlertsConfig(_Section):
     canary_accuracy: SignalAlert = Field(
         default_factory=_canary,
@@ -440,6 +500,9 @@ class AlertsConfig(_Section):
         None,
         description="Model version the label-free thresholds were calibrated for (written by "
         "`robustloop calibrate`); their alerts judge only this version. null = every version.",
+    )
+    health: HealthAlerts = Field(
+        default_factory=HealthAlerts, description="The loop's own alerts (notification only)."
     )
     group_wait: str = Field(
         "1s", description="Alertmanager: wait before the first notification of a new group."
@@ -520,6 +583,12 @@ class WebhookConfig(_Section):
         300.0,
         gt=0,
         description="A submitted run that the submitter does not know after this long is failed.",
+    )
+    drop_resolved_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A pending submission whose alert resolved longer ago than this is dropped "
+        "unsubmitted (suppressed, reason stale), e.g. after a long outage of the submitter.",
     )
 
 

@@ -9,23 +9,59 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from robustloop.jsonbody import BodyError, parse_json_body
+from robustloop.jsonbody import BodyError, TooManyValues, parse_json_body
 from serving._binary import HEADER, binary_input
-from serving.errors import BadRequest
+from serving.errors import BadRequest, PayloadTooLarge
 
 DATATYPES = ("FP32", "UINT8")
 
+BYTES_PER_VALUE = 24
+"""Room for one FP32 value written as JSON with its separator (``-1.1754943508222875e-38, ``
+is 24 bytes); binary tensor data needs 4."""
+BYTES_PER_FEEDBACK = 48
+"""Room for one feedback entry: a 32-character id in quotes and a label, with separators."""
+ENVELOPE_VALUES = 1024
+"""Values besides the data a legal request may hold (name, shape, datatype, id, parameters)."""
+ENVELOPE_BYTES = 64 * 1024
 
-def parse_json(body: bytes) -> Any:
-    """Parse a request body as strict JSON (:mod:`robustloop.jsonbody`); anything else is a
-    :class:`BadRequest`."""
+
+@dataclass(frozen=True)
+class BodyBounds:
+    """The most a legal request of one kind holds: bytes, and JSON values (checked before the
+    body is parsed, so the work per request is bounded by what is legal, not by its size)."""
+
+    max_bytes: int
+    max_values: int
+
+
+def infer_bounds(configured: int, max_batch: int, image_shape: tuple[int, ...]) -> BodyBounds:
+    """Bounds of an infer request: ``max_batch`` images of ``image_shape`` as JSON, at most
+    ``configured`` bytes (``serving.max_body_bytes``)."""
+    values = max_batch * math.prod(image_shape) + ENVELOPE_VALUES
+    return BodyBounds(min(configured, values * BYTES_PER_VALUE + ENVELOPE_BYTES), values)
+
+
+def feedback_bounds(configured: int, max_entries: int) -> BodyBounds:
+    """Bounds of a feedback request of at most ``max_entries`` ids and labels."""
+    return BodyBounds(
+        min(configured, max_entries * BYTES_PER_FEEDBACK + ENVELOPE_BYTES),
+        2 * max_entries + ENVELOPE_VALUES,
+    )
+
+
+def parse_json(body: bytes, max_values: int | None = None) -> Any:
+    """Parse a request body as strict JSON (:mod:`robustloop.jsonbody`); more than
+    ``max_values`` values is a :class:`PayloadTooLarge`, anything else a :class:`BadRequest`."""
     try:
-        return parse_json_body(body)
+        return parse_json_body(body, max_values=max_values)
+    except TooManyValues as exc:
+        raise PayloadTooLarge(f"{exc}; send smaller batches") from None
     except BodyError as exc:
         raise BadRequest(str(exc)) from None
 
@@ -191,4 +227,11 @@ def decode_feedback(
     return ids, labels
 
 
-__all__ = ["decode_feedback", "decode_infer_request", "parse_json"]
+__all__ = [
+    "BodyBounds",
+    "decode_feedback",
+    "decode_infer_request",
+    "feedback_bounds",
+    "infer_bounds",
+    "parse_json",
+]

@@ -10,7 +10,8 @@ Endpoints (as KServe and Triton speak them, plus feedback and metrics):
   metadata); the response holds ``probabilities`` [N, K], ``predicted_class`` [N],
   ``predicted_label`` [N] (class names) and ``sample_ids`` [N] (one id per image, to send ground
   truth for later);
-- ``POST /v2/models/{name}/feedback`` with ``{"ids": [...], "labels": [...]}``;
+- ``POST /v2/models/{name}/feedback`` with ``{"ids": [...], "labels": [...]}`` (its own bearer
+  token when ``serving.feedback_token_file`` is set; rate-limited per client);
 - ``GET /metrics``: Prometheus text format (see :mod:`serving.metrics`).
 
 Errors are raised as :mod:`serving.errors` exceptions and turned into ``{"error": message}``
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -37,17 +39,25 @@ from robustloop.config import ConfigError, RobustloopConfig
 from robustloop.jsonbody import content_type_problem
 from robustloop.tokens import TokenFileError, read_token_file, token_matches
 from serving._binary import BINARY_CONTENT_TYPE, HEADER, encode, split_body, wanted_binary
-from serving._decode import decode_feedback, decode_infer_request, parse_json
+from serving._decode import (
+    BodyBounds,
+    decode_feedback,
+    decode_infer_request,
+    feedback_bounds,
+    infer_bounds,
+    parse_json,
+)
 from serving.errors import (
     BadRequest,
     ModelNotFound,
     NotReady,
     PayloadTooLarge,
     ServingError,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
-from serving.feedback import FeedbackMap
+from serving.feedback import FeedbackMap, RateLimiter
 from serving.metrics import ServingMetrics
 from serving.reload import ModelWatcher, ServedModel, Store
 from serving.signals import max_probability, normalised_entropy, squeeze_score
@@ -70,6 +80,7 @@ class ServingState:
     config: RobustloopConfig
     watcher: ModelWatcher
     feedback: FeedbackMap
+    feedback_limiter: RateLimiter
     metrics: ServingMetrics
     registry: CollectorRegistry
     instrument: bool
@@ -159,6 +170,10 @@ def create_app(
         feedback=FeedbackMap(
             config.serving.feedback_ttl_seconds, config.serving.feedback_max_entries
         ),
+        feedback_limiter=RateLimiter(
+            config.serving.feedback_rate_per_client or math.inf,
+            config.serving.feedback_burst_per_client,
+        ),
         metrics=metrics,
         registry=registry,
         instrument=instrument,
@@ -177,7 +192,10 @@ def create_app(
 
 def _register_error_handlers(app: Flask) -> None:
     def serving_error(exc: ServingError) -> tuple[Response, int]:
-        return jsonify(error=exc.message), exc.status
+        response = jsonify(error=exc.message)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response, exc.status
 
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
@@ -210,14 +228,14 @@ def _check_content_type(*, binary_ok: bool) -> None:
         raise UnsupportedMediaType(problem)
 
 
-def _read_body(state: ServingState) -> bytes:
-    """The request body, refusing more than ``serving.max_body_bytes`` with a 413.
+def _read_body(bounds: BodyBounds) -> bytes:
+    """The request body, refusing more than ``bounds.max_bytes`` with a 413.
 
     A declared Content-Length over the limit is refused before reading; a chunked body is read
     up to one byte past the limit (werkzeug would silently truncate it, turning a too-large
     body into a confusing JSON error).
     """
-    limit = state.config.serving.max_body_bytes
+    limit = bounds.max_bytes
     too_large = PayloadTooLarge(
         f"request body is over the limit of {limit} bytes; send smaller batches"
     )
@@ -301,10 +319,14 @@ def infer(name: str) -> Response:
             raise NotReady(f"model {name!r} has no version loaded yet; promote one in the store")
         binary_header = request.headers.get(HEADER)
         _check_content_type(binary_ok=binary_header is not None)
-        body = split_body(_read_body(state), binary_header)
-        payload = parse_json(body.json)
+        max_batch = state.config.serving.max_batch
+        bounds = infer_bounds(
+            state.config.serving.max_body_bytes, max_batch, served.spec.input_shape
+        )
+        body = split_body(_read_body(bounds), binary_header)
+        payload = parse_json(body.json, bounds.max_values)
         images, request_id = decode_infer_request(
-            payload, state.config.serving.max_batch, served.spec.input_shape, body.binary
+            payload, max_batch, served.spec.input_shape, body.binary
         )
         chosen, binary = wanted_binary(payload, OUTPUTS)
         answer = _classify(state, served, images, request_id)
@@ -351,7 +373,7 @@ def _classify(
     predicted = probs.argmax(dim=1).tolist()
     n = len(predicted)
     ids = [uuid.uuid4().hex for _ in range(n)]
-    state.feedback.add(ids, predicted, served.version)
+    state.feedback.add(ids, predicted, served.version, _client())
     if state.instrument:
         _observe_signals(state, served, images, probs)
     return {
@@ -408,10 +430,20 @@ def feedback(name: str) -> Response:
             "serving.feedback_token_file (a credential separate from inference)"
         )
     _check_content_type(binary_ok=False)
-    payload = parse_json(_read_body(state))
+    limiter = state.feedback_limiter
+    max_entries = min(state.config.serving.feedback_max_entries, limiter.burst)
+    bounds = feedback_bounds(state.config.serving.max_body_bytes, max_entries)
+    payload = parse_json(_read_body(bounds), bounds.max_values)
     served = state.watcher.current  # its classes bound the labels
     num_classes = served.spec.num_classes if served is not None else None
-    ids, labels = decode_feedback(payload, state.config.serving.feedback_max_entries, num_classes)
+    ids, labels = decode_feedback(payload, max_entries, num_classes)
+    wait = limiter.take(_client(), len(ids))
+    if wait > 0:
+        raise TooManyRequests(
+            f"this client's feedback is over {limiter.rate:g} labels a second; retry after "
+            f"{wait:.1f} s (serving.feedback_rate_per_client)",
+            retry_after=wait,
+        )
     counts = {"correct": 0, "wrong": 0, "unknown": 0}
     for sample_id, label in zip(ids, labels, strict=True):
         pending = state.feedback.take(sample_id)
@@ -422,6 +454,11 @@ def feedback(name: str) -> Response:
         counts[outcome] += 1
         state.metrics.feedback.labels(name, pending.version, outcome).inc()
     return jsonify(counts)
+
+
+def _client() -> str:
+    """Who sent the request, for per-client bounds: its peer address."""
+    return request.remote_addr or ""
 
 
 @bp.get("/metrics")

@@ -42,6 +42,17 @@ class PayloadTooLarge(ServingError):
     status = 413
 
 
+class TooManyRequests(ServingError):
+    """A client sent more feedback than its rate allows (``serving.feedback_rate_per_client``);
+    nothing counted. ``retry_after`` is when its bucket holds enough again, in seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UnsupportedMediaType(ServingError):
     """The body's Content-Type is neither JSON nor, with the binary extension, octet-stream."""
 
@@ -54,4 +65,13 @@ class NotReady(ServingError):
     status = 503
 
 
-__all__ = ["BadRequest", "ModelNotFound", "NotReady", "PayloadTooLarge", "ServingError"]
+__all__ = [
+    "BadRequest",
+    "ModelNotFound",
+    "NotReady",
+    "PayloadTooLarge",
+    "ServingError",
+    "TooManyRequests",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]

@@ -75,6 +75,7 @@ def small_config(tmp_path: Path) -> RobustloopConfig:
     cfg.webhook.db_path = tmp_path / "webhook.sqlite3"
     cfg.stack.run_dir = tmp_path / "run"
     cfg.submitter.runs_dir = tmp_path / "runs"
+    cfg.rollout.rules_wait_seconds = 0  # no Prometheus here; the tests of the wait start one
     return cfg
 
 

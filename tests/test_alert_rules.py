@@ -21,6 +21,7 @@ import yaml
 import alert_rules
 from alert_rules import (
     ALERT_NAMES,
+    HEALTH_ALERT_NAMES,
     PACKAGE_DIR,
     GenerationError,
     prometheus_rule_groups,
@@ -84,7 +85,7 @@ def test_render_check_reports_a_hand_edited_file(tmp_path: Path) -> None:
 def test_promtool_accepts_the_committed_rules() -> None:
     done = _run(PROMTOOL, "check", "rules", PACKAGE_DIR / "robustloop.rules.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 11 rules found" in done.stdout  # 7 records, 4 alerts
+    assert "SUCCESS: 16 rules found" in done.stdout  # 7 records, 4 alerts, 5 health alerts
 
 
 def test_promtool_unit_tests_of_the_committed_rules_pass() -> None:
@@ -135,20 +136,21 @@ def test_generated_tests_cover_boundary_recovery_and_no_traffic() -> None:
     for test in tests:
         checks = test.get("alert_rule_test", [])
         firing = [c for c in checks if c["exp_alerts"]]
-        for check in firing:  # a firing check is preceded by a silent one, one second earlier
+        step = int(test["interval"].removesuffix("s"))
+        for check in firing:  # a firing check is preceded by a silent one, one interval earlier
             silent_before = [
                 c
                 for c in checks
                 if c["alertname"] == check["alertname"]
                 and not c["exp_alerts"]
-                and int(c["eval_time"][:-1]) in (int(check["eval_time"][:-1]) - 1,)
+                and int(c["eval_time"][:-1]) in (int(check["eval_time"][:-1]) - step,)
             ]
             resolved_after = [
                 c
                 for c in checks
                 if c["alertname"] == check["alertname"]
                 and not c["exp_alerts"]
-                and int(c["eval_time"][:-1]) == int(check["eval_time"][:-1]) + 1
+                and int(c["eval_time"][:-1]) == int(check["eval_time"][:-1]) + step
             ]
             assert silent_before or resolved_after, (test["name"], check["eval_time"])
 
@@ -191,13 +193,20 @@ def test_no_room_for_a_test_series_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_groups_records_and_alerts_follow_the_naming_conventions() -> None:
     groups = prometheus_rule_groups(RobustloopConfig())
-    assert [g["name"] for g in groups] == ["robustloop.rules"]
+    assert [g["name"] for g in groups] == ["robustloop.rules", "robustloop.health"]
     kinds = ["record" if "record" in r else "alert" for r in groups[0]["rules"]]
     assert kinds == sorted(kinds, reverse=True)  # every record before every alert
     records = [r["record"] for g in groups for r in g["rules"] if "record" in r]
     assert records and all(re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z]+[0-9a-z]*", r) for r in records)
     assert "model_version:robustloop_prediction_entropy:mean30s" in records
-    assert sorted(_alerts(RobustloopConfig())) == sorted(ALERT_NAMES)
+    unpinned = [n for n in HEALTH_ALERT_NAMES if n != "RobustloopServedVersionUncalibrated"]
+    assert sorted(_alerts(RobustloopConfig())) == sorted([*ALERT_NAMES, *unpinned])
+    calibrated = _alerts(_configs()["calibrated"])
+    assert "RobustloopServedVersionUncalibrated" in calibrated
+    assert 'version!="v0002-0badc0de"' in calibrated["RobustloopServedVersionUncalibrated"]["expr"]
+    quiet = RobustloopConfig()
+    quiet.alerts.health.enabled = False
+    assert sorted(_alerts(quiet)) == sorted(ALERT_NAMES)
 
 
 def test_every_alert_has_labels_annotations_and_a_runbook_section() -> None:

@@ -4,8 +4,8 @@ Each service runs as in production (robustloop.httpserver, the default body limi
 port. At least 2,000 cases per service per run: the captured payloads with one value replaced or
 one key removed, arbitrary JSON (the full Unicode range, lone surrogates included, integers of
 thousands of digits, deep nesting), duplicate keys, arbitrary bytes, every kind of Content-Type,
-and chunked bodies. A case passes when the answer is below 500; the test passes when every case
-did and the service still answers its health check. The seed is printed (set
+chunked bodies; and slow clients. A case passes when the answer is below 500; the test passes
+when every case did and the service still answers its health check. The seed is printed (set
 ``ROBUSTLOOP_FUZZ_SEED`` to replay a run).
 """
 
@@ -15,8 +15,10 @@ import copy
 import json
 import os
 import random
+import socket
 from typing import Any
 
+import pytest
 import requests
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
@@ -197,3 +199,54 @@ def test_the_model_server_never_answers_garbage_with_a_5xx(served_model: str) ->
 
     statuses = _fuzz(post)
     assert statuses.get(400, 0) > 0
+
+
+SLOW_CLIENTS = 24
+"""More slow connections than either service has request threads (8)."""
+
+
+def _open_slowly(url: str, path: str, declared: int, headers: dict[str, str]) -> socket.socket:
+    """A connection that sends its request line, headers and the first byte of a body of
+    ``declared`` bytes, then stalls."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=30)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {declared}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    conn.sendall(("\r\n".join(lines) + "\r\n\r\n{").encode())
+    return conn
+
+
+def _status_of(conn: socket.socket) -> int:
+    first = conn.makefile("rb").readline().decode("latin-1")
+    return int(first.split()[1])
+
+
+@pytest.mark.parametrize("service", ["receiver", "model server"])
+def test_slow_clients_hold_no_request_thread_and_get_a_4xx(
+    service: str, request: pytest.FixtureRequest
+) -> None:
+    """Clients that trickle their bodies (a slowloris) are buffered by the server's event loop,
+    not by its request threads: while 24 of them stall, the health check and a real request are
+    answered; each stalled body, completed with garbage, gets a 4xx."""
+    if service == "receiver":
+        url, _ = request.getfixturevalue("dry_receiver")
+        path, health = "/api/v1/alerts", f"{url}/healthz"
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        real = (f"{url}/api/v1/remediations", {"Authorization": f"Bearer {TOKEN}"})
+    else:
+        url = request.getfixturevalue("served_model")
+        path, health = "/v2/models/fashion-cnn/infer", f"{url}/v2/health/ready"
+        headers = {"Content-Type": "application/json"}
+        real = (f"{url}/v2/models/fashion-cnn", {})
+    slow = [_open_slowly(url, path, 64, headers) for _ in range(SLOW_CLIENTS)]
+    try:
+        assert requests.get(health, timeout=10).status_code == 200
+        assert requests.get(real[0], headers=real[1], timeout=10).status_code == 200
+        for conn in slow:
+            conn.sendall(b'"not": "what was asked"' + b" " * (63 - 23))
+        statuses = [_status_of(conn) for conn in slow]
+    finally:
+        for conn in slow:
+            conn.close()
+    assert all(400 <= s < 500 for s in statuses), statuses
+    assert requests.get(health, timeout=10).status_code == 200

@@ -5,8 +5,10 @@ OpenAPI schemas (kubernetes-validate, strict: an unknown field is an error, not 
 Prometheus Operator kinds against their CRD schemas and the WorkflowTemplate against the Argo
 schema (both made strict here, since neither rejects unknown keys by itself) and Hera's models.
 Then what the chart promises: least-privilege RBAC, the receiver's token wired from one Secret to
-both the receiver and Alertmanager, the PrometheusRule and the WorkflowTemplate equal to the
-generated files, hardened pods, a NetworkPolicy that admits only Alertmanager and Prometheus.
+both the receiver and Alertmanager, the feedback token from its own Secret to the server alone,
+the PrometheusRule and the WorkflowTemplate equal to the generated files, hardened pods,
+NetworkPolicies that admit only Alertmanager and Prometheus to the receiver, and only Prometheus
+and the listed clients to the model server (never everyone).
 
 Helm comes from ``make helm`` (``.venv/bin/helm``) or PATH; without it these tests skip, unless
 ``ROBUSTLOOP_REQUIRE_SCHEMAS=1`` (CI), where they fail.
@@ -14,6 +16,7 @@ Helm comes from ``make helm`` (``.venv/bin/helm``) or PATH; without it these tes
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -175,6 +178,18 @@ def argo_validator(schemas: Path) -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+def _kube_problems(obj: Obj) -> list[str]:
+    """What kubernetes-validate (strict) rejects in a core object, for every Kubernetes tested."""
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    problems = []
+    for version in KUBE_VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{where} (Kubernetes {version}): {exc}")
+    return problems
+
+
 def _errors(validator: jsonschema.protocols.Validator, obj: Obj) -> list[str]:
     return [
         f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message[:300]}"
@@ -230,11 +245,7 @@ def test_every_rendered_object_is_valid(
             assert kind == "WorkflowTemplate", f"{where}: unexpected Argo kind"
             problems += [f"{where}: {e}" for e in _argo_problems(argo_validator, obj)]
         else:
-            for version in KUBE_VERSIONS:
-                try:
-                    kubernetes_validate.validate(obj, version, strict=True)
-                except kubernetes_validate.ValidationError as exc:
-                    problems.append(f"{where} (Kubernetes {version}): {exc}")
+            problems += _kube_problems(obj)
     assert not problems, "\n".join(problems)
     expected = {
         "ConfigMap",
@@ -628,7 +639,7 @@ def test_network_policy_admits_only_alertmanager_and_prometheus(
     rendered: dict[str, list[Obj]],
 ) -> None:
     objects = rendered["default"]
-    policy = _one(objects, "NetworkPolicy")["spec"]
+    policy = _one(objects, "NetworkPolicy", f"{FULLNAME}-receiver")["spec"]
     receiver = _one(objects, "Deployment", f"{FULLNAME}-receiver")
     assert policy["podSelector"]["matchLabels"] == receiver["spec"]["selector"]["matchLabels"]
     assert policy["policyTypes"] == ["Ingress"]
@@ -640,6 +651,151 @@ def test_network_policy_admits_only_alertmanager_and_prometheus(
     assert selected == ["alertmanager", "prometheus"]
     for peer in rule["from"]:
         assert peer["namespaceSelector"]["matchLabels"], "an empty selector would admit all"
+
+
+_SERVER = f"Deployment/{FULLNAME}-server"
+
+
+def _scenario_values(scenario: str) -> Obj:
+    return yaml.safe_load(Path(_values_file(scenario)).read_text()) or {}
+
+
+def _secret_volumes(pod: Obj) -> dict[str, Obj]:
+    """A pod spec's Secret volumes: volume name -> its ``secret`` source."""
+    return {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+
+
+def _feedback_token(objects: list[Obj], values: Obj) -> tuple[str, str, Path]:
+    """Where the server's feedback token comes from and lands: (Secret name, key, file), after
+    checking that the rendered config names the file the server mounts read-only, from that
+    Secret's key; ``values`` are the values the objects were rendered with."""
+    token_file = _config(objects).serving.feedback_token_file
+    assert token_file is not None, "the config must name serving.feedback_token_file"
+    deployment = _one(objects, "Deployment", f"{FULLNAME}-server")
+    pod = deployment["spec"]["template"]["spec"]
+    server = _container(deployment, "server")
+    (mount,) = [m for m in server["volumeMounts"] if m["mountPath"] == str(token_file.parent)]
+    assert mount.get("readOnly") is True, "the token is mounted read-only"
+    assert "subPath" not in mount
+    secret = _secret_volumes(pod)[mount["name"]]
+    (item,) = secret["items"]
+    assert item["path"] == token_file.name, f"the Secret's file is not {token_file.name}"
+    assert secret["defaultMode"] & 0o007 == 0, "others may not read the token file"
+    wanted = values.get("server", {}).get("feedbackToken", {})
+    expected_name = wanted.get("existingSecret") or f"{FULLNAME}-feedback-token"
+    assert secret["secretName"] == expected_name
+    assert item["key"] == wanted.get("key", "token")
+    return secret["secretName"], item["key"], token_file
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_feedback_token_reaches_the_server_alone_from_its_own_secret(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """GIVEN a scenario WHEN the chart renders THEN the server's config names a file that the
+    server mounts read-only from the feedback Secret, a Secret of its own (not the receiver's),
+    created by the chart unless feedbackToken.existingSecret names one, and mounted by no
+    other pod."""
+    objects = rendered[scenario]
+    values = _scenario_values(scenario)
+    name, key, _ = _feedback_token(objects, values)
+    receiver = _container(_one(objects, "Deployment", f"{FULLNAME}-receiver"), "receiver")
+    receiver_secret = _env(receiver, "ROBUSTLOOP_WEBHOOK_TOKEN")["valueFrom"]["secretKeyRef"]
+    assert name != receiver_secret["name"], "feedback and alerts need different credentials"
+    created = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == name]
+    if values.get("server", {}).get("feedbackToken", {}).get("existingSecret"):
+        assert not created, "an existing Secret must not be recreated"
+    else:
+        (secret,) = created
+        assert set(secret["data"]) == {key}
+        token = base64.b64decode(secret["data"][key]).decode()
+        assert len(token) >= 40, "the generated token is too short"
+        config_text = _one(objects, "ConfigMap", f"{FULLNAME}-config")["data"]["robustloop.yaml"]
+        assert token not in config_text, "the token itself never enters the config"
+    others = [(where, pod) for where, pod in _pod_specs(objects) if where != _SERVER]
+    template = _one(objects, "WorkflowTemplate")
+    others.append(("WorkflowTemplate", template["spec"]))
+    for where, pod in others:
+        names = {s["secretName"] for s in _secret_volumes(pod).values()}
+        assert name not in names, f"{where} mounts the feedback token"
+
+
+def test_feedback_token_value_or_existing_secret_from_the_command_line(helm: str) -> None:
+    """feedbackToken.value fills the created Secret; existingSecret and key replace it."""
+    objects = _template(helm, "--set", "server.feedbackToken.value=labeller-s3cret")
+    name, key, _ = _feedback_token(objects, {})
+    secret = _one(objects, "Secret", name)
+    assert base64.b64decode(secret["data"][key]).decode() == "labeller-s3cret"
+
+    values = {"server": {"feedbackToken": {"existingSecret": "labelling-team", "key": "bearer"}}}
+    objects = _template(
+        helm,
+        "--set",
+        "server.feedbackToken.existingSecret=labelling-team",
+        "--set",
+        "server.feedbackToken.key=bearer",
+    )
+    name, key, token_file = _feedback_token(objects, values)
+    assert (name, key, token_file.name) == ("labelling-team", "bearer", "token")
+    assert not [o for o in objects if o["kind"] == "Secret" and "feedback" in o["metadata"]["name"]]
+
+
+def _server_policy(objects: list[Obj]) -> Obj:
+    policy = _one(objects, "NetworkPolicy", f"{FULLNAME}-server")
+    deployment = _one(objects, "Deployment", f"{FULLNAME}-server")
+    spec: Obj = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without peers would admit every pod"
+        assert all(peer for peer in rule["from"]), "an empty peer is no restriction"
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    ports = {p["name"] for p in _container(deployment, "server")["ports"]}
+    assert "http" in ports, "the policy's named port must be the server's"
+    problems = _kube_problems(policy)
+    assert not problems, "\n".join(problems)
+    return spec
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_server_network_policy_admits_prometheus_and_the_listed_clients(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """The model server's port: Prometheus, which scrapes /metrics for the alert rules (the
+    receiver policy's Prometheus peer), then exactly the peers of server.networkPolicy.from.
+    The workflow's steps reach Prometheus and the store, never the server: not admitted."""
+    objects = rendered[scenario]
+    (rule,) = _server_policy(objects)["ingress"]
+    receiver_policy = _one(objects, "NetworkPolicy", f"{FULLNAME}-receiver")["spec"]
+    prometheus = next(
+        peer
+        for peer in receiver_policy["ingress"][0]["from"]
+        if peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name") == "prometheus"
+    )
+    clients = _scenario_values(scenario).get("server", {}).get("networkPolicy", {}).get("from", [])
+    assert rule["from"] == [prometheus, *clients]
+    assert prometheus["namespaceSelector"]["matchLabels"], "an empty selector would admit all"
+
+
+def test_server_network_policy_without_peers_admits_nobody(helm: str) -> None:
+    """No monitor and no clients: an empty ingress list (deny), never a rule that admits all;
+    server.networkPolicy.prometheus replaces the receiver's peer; enabled=false drops it."""
+    objects = _template(helm, "--set", "server.monitor.enabled=false")
+    assert _server_policy(objects)["ingress"] == []
+    monitors = [o for o in objects if o["kind"] in {"ServiceMonitor", "PodMonitor"}]
+    assert f"{FULLNAME}-server" not in {m["metadata"]["name"] for m in monitors}
+
+    own = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+        "podSelector": {"matchLabels": {"app": "prometheus-server"}},
+    }
+    objects = _template(helm, "--set-json", f"server.networkPolicy.prometheus={json.dumps(own)}")
+    (rule,) = _server_policy(objects)["ingress"]
+    assert rule["from"] == [own]
+
+    objects = _template(helm, "--set", "server.networkPolicy.enabled=false")
+    policies = [o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"]
+    assert policies == [f"{FULLNAME}-receiver"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -728,6 +884,13 @@ def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, lis
         (["--set", "workflow.templatePlacement.harden.nodeSelectr.a=b"], "/templatePlacement"),
         (["--set", "workflow.gpu.tolerations[0].operator=Maybe"], "/workflow/gpu/tolerations"),
         (["--set", "config.model.name=other-model"], "run `make generate`"),
+        (["--set", "server.feedbackToken.key=a/b"], "/server/feedbackToken/key"),
+        (["--set", "server.feedbackToken.existingSecret=Not_A_Name"], "/server/feedbackToken"),
+        (
+            ["--set", "server.networkPolicy.from[0].podSelectr.matchLabels.a=b"],
+            "/server/networkPolicy/from/0",
+        ),
+        (["--set-json", "server.networkPolicy.from=[{}]"], "/server/networkPolicy/from/0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_offending_key(

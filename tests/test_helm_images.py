@@ -24,6 +24,7 @@ import pytest
 import requests
 import yaml
 
+from robustloop.config import RobustloopConfig
 from tests.conftest import free_port
 from tests.test_helm import CHART, FULLNAME, NAMESPACE, RELEASE, _find_helm
 
@@ -110,7 +111,7 @@ def test_receiver_image_installs_no_torch() -> None:
     assert not names & {"torch", "torchvision"}, "the receiver image must not install torch"
     text = DOCKERFILES["receiver"].read_text(encoding="utf-8")
     assert "['optional-dependencies']['webhook']" in text
-    assert "pip install --no-deps ." in text
+    assert "pip install --no-deps --no-build-isolation ." in text
 
 
 def test_receiver_command_parses_without_torch() -> None:
@@ -256,7 +257,9 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
 ) -> None:
     """The server container's command and probes, run here: on a fresh claim (no store folder
     yet) it lives but is not ready; once a production model is registered (the bootstrap Job's
-    work) it turns ready without a restart, and serves /metrics for the ServiceMonitor.
+    work) it turns ready without a restart, and serves /metrics for the ServiceMonitor. The
+    chart's config makes feedback need the token of the mounted Secret: none or a wrong one is
+    a 401, the Secret's token is accepted.
     """
     from tests.support import register_model
     from training import ModelStore
@@ -277,6 +280,14 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     config["serving"]["reload_interval_seconds"] = 0.2
     config["serving"]["host"] = "127.0.0.1"
     config["serving"]["port"] = port
+    # The feedback Secret as the kubelet mounts it: one file, the token.
+    token_file = Path(config["serving"]["feedback_token_file"])
+    secret_mount = next(m for m in container["volumeMounts"] if m["name"] == "feedback-token")
+    assert token_file.parent == Path(secret_mount["mountPath"])
+    mounted = tmp_path / "feedback-secret" / token_file.name
+    mounted.parent.mkdir()
+    mounted.write_text("labeller-token-of-the-test", encoding="utf-8")
+    config["serving"]["feedback_token_file"] = str(mounted)
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     env_names = {e["name"] for e in container["env"]}
     assert "ROBUSTLOOP_CONFIG" in env_names
@@ -296,6 +307,15 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
         metrics = requests.get(f"{url}/metrics", timeout=5)
         assert metrics.status_code == 200
         assert f'version="{version}"' in metrics.text
+        model = RobustloopConfig.model_validate(config).model.name
+        feedback = f"{url}/v2/models/{model}/feedback"
+        labels = {"ids": ["not-a-prediction"], "labels": [0]}
+        for headers in ({}, {"Authorization": "Bearer guess"}):
+            refused = requests.post(feedback, json=labels, headers=headers, timeout=5)
+            assert refused.status_code == 401, refused.text
+        good = {"Authorization": "Bearer labeller-token-of-the-test"}
+        accepted = requests.post(feedback, json=labels, headers=good, timeout=5)
+        assert accepted.status_code == 200, accepted.text
     assert process.returncode == 0, "SIGTERM (as kubelet sends it) must stop the server cleanly"
 
 

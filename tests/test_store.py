@@ -13,6 +13,7 @@ from torch import nn
 
 from training import (
     ModelStore,
+    StoreConflict,
     StoreError,
     TamperedModelError,
     UnknownVersionError,
@@ -187,6 +188,56 @@ def test_a_crash_while_promoting_leaves_the_old_pointer(
     assert store.production() == v1
     leftovers = [p.name for p in store.root.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_a_crash_between_history_and_pointer_leaves_no_false_history(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history is written first; a crash before the pointer follows leaves an entry the
+    pointer never took: readers ignore it, rollback does not walk into it, the next change
+    overwrites it."""
+    v1, v2, v3 = _register(store, 0), _register(store, 1), _register(store, 2)
+    real_replace = os.replace
+
+    def crash_on_the_pointer(src: object, dst: object) -> None:
+        if str(dst) == str(store.pointer_path):
+            raise OSError("power cut")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", crash_on_the_pointer)
+    with pytest.raises(OSError, match="power cut"):
+        store.promote(v2)
+    monkeypatch.undo()
+    assert len(json.loads(store.history_path.read_text())) == 2  # the intent is on disk
+    assert store.production() == v1
+    assert [e["to"] for e in store.history()] == [v1]
+    store.promote(v3)
+    assert [e["to"] for e in store.history()] == [v1, v3]
+    assert store.rollback() == v1
+
+
+def test_a_pointer_that_names_no_version_is_refused_before_any_path_is_built(
+    store: ModelStore,
+) -> None:
+    _register(store, 0)
+    for bad in ("../../../etc", "v0001-1234567/../../x", "", 7):
+        store.pointer_path.write_text(json.dumps({"version": bad}))
+        with pytest.raises(StoreError, match="not a version id"):
+            store.production()
+        with pytest.raises(StoreError, match="not a version id"):
+            store.load("production")
+
+
+def test_promote_and_rollback_compare_and_swap_under_the_lock(store: ModelStore) -> None:
+    v1, v2, v3 = _register(store, 0), _register(store, 1), _register(store, 2)
+    store.promote(v2, expect=v1)
+    with pytest.raises(StoreConflict, match=f"production is {v2}, not {v1}"):
+        store.promote(v3, expect=v1)
+    assert store.promote(v2, expect=v1) == v2  # already done: a retry changes nothing
+    with pytest.raises(StoreConflict, match=f"production is {v2}, not {v3}"):
+        store.rollback(expect=v3)
+    assert store.production() == v2 and len(store.history()) == 2
+    assert store.rollback(expect=v2) == v1
 
 
 def test_readers_never_see_a_partial_pointer(store: ModelStore) -> None:

@@ -1,4 +1,5 @@
-"""Must show 1-6: the receiver's HTTP contract, served for real, against the Argo stand-in."""
+"""Must show 1-6: the receiver's HTTP contract, served for real, against the Argo stand-in; and
+its health signals (readiness, the dispatcher's heartbeat)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from robustloop.config import RobustloopConfig
 from tests.argo_standin import ArgoStandIn
@@ -352,6 +354,52 @@ def test_readyz_is_503_when_the_dispatcher_is_not_running(
     ready = requests.get(f"{running.url}/readyz", timeout=10)
     assert ready.status_code == 503
     assert ready.json()["problems"] == ["dispatcher not running"]
+
+
+HEARTBEAT = "robustloop_webhook_dispatcher_heartbeat_timestamp_seconds"
+
+
+class SetClock:
+    """A clock that says what the test set it to."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scraped_heartbeat(url: str) -> float:
+    """The heartbeat gauge as Prometheus scrapes it from ``/metrics``."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == HEARTBEAT:
+            (sample,) = family.samples
+            return float(sample.value)
+    raise AssertionError(f"{HEARTBEAT} is not exposed")
+
+
+def test_the_dispatcher_heartbeat_advances_on_idle_passes_and_stops_with_the_dispatcher(
+    webhook_config: RobustloopConfig, start_receiver: Callable[..., RunningReceiver]
+) -> None:
+    # GIVEN a receiver with nothing to do, its dispatcher reading a clock the test sets
+    clock = SetClock(1_800_000_000.0)
+    running = start_receiver(webhook_config, clock=clock)
+
+    # THEN its idle passes (no delivery wakes it) set the heartbeat, and keep setting it
+    wait_for(lambda: _scraped_heartbeat(running.url) == 1_800_000_000.0, what="a first pass")
+    clock.now = 1_800_000_100.0
+    wait_for(lambda: _scraped_heartbeat(running.url) == 1_800_000_100.0, what="an idle pass")
+
+    # WHEN the dispatcher stops
+    running.receiver.dispatcher.stop()
+    last = _scraped_heartbeat(running.url)
+    clock.now = 1_800_000_200.0
+
+    # THEN the heartbeat stays at its last pass while time goes on (the alert's condition)
+    assert last == 1_800_000_100.0
+    assert _scraped_heartbeat(running.url) == last
+    assert requests.get(f"{running.url}/readyz", timeout=10).status_code == 503
 
 
 def test_error_messages_stay_short_for_huge_garbage(receiver: RunningReceiver) -> None:

@@ -1,7 +1,10 @@
-"""Must show 8: the Argo Server failing, timing out, refusing; the intent is kept or given up."""
+"""Must show 8: the Argo Server failing, timing out, refusing; the intent is kept or given up,
+a refused incident is decided again when its alert is re-delivered, and an intent whose alert
+resolved long ago is dropped unsubmitted."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +111,141 @@ def test_argo_403_is_a_clear_state_and_metric_without_endless_retry(
     assert argo.creates() == [403]
     assert metric(receiver.registry, "robustloop_webhook_submissions_total", result="refused") == 1
     assert argo.created() == []
+
+
+def test_a_refused_incident_is_decided_again_when_the_firing_alert_is_re_delivered(
+    receiver: RunningReceiver, argo: ArgoStandIn
+) -> None:
+    # GIVEN Argo refused the incident's workflow (403: the service account lacked a permission)
+    argo.inject(Fault("POST", status=403), times=1)
+    post(receiver.url, firing_payload(starts_at=STARTS))
+    wait_for(lambda: remediation(receiver.url, INCIDENT)["state"] == "refused")
+    assert "next delivery" in remediation(receiver.url, INCIDENT)["reason"]
+
+    # WHEN the cause is fixed (Argo now creates) and Alertmanager re-sends the still-firing alert
+    again = post(receiver.url, firing_payload(starts_at=STARTS))
+
+    # THEN the delivery is a duplicate that puts the incident back to be decided, and it runs
+    assert again.json()["alerts"] == [
+        {"incident": INCIDENT, "state": "received", "duplicate": True}
+    ]
+    wait_for(lambda: remediation(receiver.url, INCIDENT)["state"] in ("submitted", "running"))
+    assert argo.creates() == [403, 200]
+    assert argo.created() == [NAME]
+    record = remediation(receiver.url, INCIDENT)
+    assert [e["state"] for e in record["events"]][:6] == [
+        "received",
+        "submitting",
+        "refused",
+        "received",
+        "submitting",
+        "submitted",
+    ]
+    assert record["events"][3]["detail"] == "re-delivered while firing after refused"
+    assert metric(receiver.registry, "robustloop_webhook_submissions_total", result="refused") == 1
+    assert metric(receiver.registry, "robustloop_webhook_submissions_total", result="created") == 1
+
+    # AND ordinary repeats of the submitted incident stay duplicates: no second workflow
+    repeat = post(receiver.url, firing_payload(starts_at=STARTS)).json()["alerts"][0]
+    assert repeat["duplicate"] is True
+    assert repeat["state"] in ("submitted", "running")
+    receiver.receiver.dispatcher.wake()
+    wait_for(lambda: remediation(receiver.url, INCIDENT)["deliveries"] == 3)
+    assert argo.creates() == [403, 200]
+
+
+def test_a_refused_incident_whose_alert_resolved_stays_refused(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    start_receiver: Callable[..., RunningReceiver],
+) -> None:
+    # GIVEN a refused incident whose alert then resolved
+    argo.inject(Fault("POST", status=403), times=1)
+    running = start_receiver(webhook_config, start_dispatcher=False)
+    dispatcher = running.receiver.dispatcher
+    post(running.url, firing_payload(starts_at=STARTS))
+    dispatcher.run_once()
+    post(running.url, firing_payload(starts_at=STARTS, status="resolved"))
+
+    # WHEN a late firing delivery of it arrives (an HA peer, out of order)
+    late = post(running.url, firing_payload(starts_at=STARTS))
+    dispatcher.run_once()
+
+    # THEN it changes no decision: the incident stays refused and nothing more is submitted
+    assert late.json()["alerts"][0]["state"] == "refused"
+    assert remediation(running.url, INCIDENT)["state"] == "refused"
+    assert argo.creates() == [403]
+
+
+@pytest.mark.parametrize("outage", ["short", "long"])
+def test_an_intent_whose_alert_resolved_long_ago_is_dropped_unsubmitted(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    start_receiver: Callable[..., RunningReceiver],
+    outage: str,
+) -> None:
+    # GIVEN an intent kept in submitting while Argo answers 503, then its alert resolved
+    argo.inject(Fault("POST", status=503), times=1000)
+    running = start_receiver(webhook_config, start_dispatcher=False)
+    dispatcher = running.receiver.dispatcher
+    post(running.url, firing_payload(starts_at=STARTS))
+    dispatcher.run_once()
+    assert remediation(running.url, INCIDENT)["state"] == "submitting"
+    post(running.url, firing_payload(starts_at=STARTS, status="resolved"))
+    resolved_at = remediation(running.url, INCIDENT)["resolved_at"]
+    assert resolved_at is not None
+
+    # WHEN Argo is back, shortly after the resolution or after drop_resolved_after_seconds
+    argo.clear_faults()
+    limit = webhook_config.webhook.drop_resolved_after_seconds
+    later = time.time() + (limit + 60 if outage == "long" else 0)
+    dispatcher.run_once(now=later)
+    dispatcher.run_once(now=later + 1)
+
+    record = remediation(running.url, INCIDENT)
+    stale = metric(running.registry, "robustloop_webhook_decisions_total", decision="stale")
+    if outage == "short":
+        # THEN a remediation decided while the alert fired still runs after it resolves
+        assert record["state"] == "submitted"
+        assert argo.created() == [NAME]
+        assert stale == 0
+    else:
+        # THEN the stale intent is never submitted: suppressed, saying when the alert resolved
+        assert (record["state"], record["reason_code"]) == ("suppressed", "stale")
+        assert resolved_at in record["reason"]
+        assert "drop_resolved_after_seconds" in record["reason"]
+        assert record["next_attempt_at"] is None
+        assert argo.creates() == [503]
+        assert argo.created() == []
+        assert stale == 1
+
+
+def test_a_stale_intent_whose_run_was_created_is_followed_not_dropped(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    start_receiver: Callable[..., RunningReceiver],
+) -> None:
+    # GIVEN Argo created the workflow but its answer was lost (the client timed out), and the
+    # alert resolved while the intent waited for its retry
+    argo.inject(Fault("POST", delay=2.0, store_first=True), times=1)
+    running = start_receiver(webhook_config, start_dispatcher=False)
+    dispatcher = running.receiver.dispatcher
+    post(running.url, firing_payload(starts_at=STARTS))
+    dispatcher.run_once()
+    assert remediation(running.url, INCIDENT)["state"] == "submitting"
+    post(running.url, firing_payload(starts_at=STARTS, status="resolved"))
+
+    # WHEN the retry is due long after the resolution
+    limit = webhook_config.webhook.drop_resolved_after_seconds
+    dispatcher.run_once(now=time.time() + limit + 60)
+
+    # THEN the run that exists is taken as submitted (and followed), and no second create is sent
+    record = remediation(running.url, INCIDENT)
+    assert record["state"] == "submitted"
+    assert "already existed" in record["reason"]
+    assert argo.created() == [NAME]
+    assert len([call for call in argo.received if call[0] == "POST"]) == 1
+    assert metric(running.registry, "robustloop_webhook_decisions_total", decision="stale") == 0
 
 
 def test_submitter_sends_the_token_and_reads_state_back(argo: ArgoStandIn, tmp_path: Path) -> None:

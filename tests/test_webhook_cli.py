@@ -1,4 +1,5 @@
-"""``robustloop webhook``: the token rule, the CLI, and the receiver's freedom from torch."""
+"""``robustloop webhook``: the token rule, its settings, the CLI, and the receiver's freedom
+from torch."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from robustloop.config import RobustloopConfig, WebhookConfig, dump_config
+from robustloop.config import ConfigError, RobustloopConfig, WebhookConfig, dump_config, load_config
 from tests.conftest import REPO_ROOT, free_port
 from tests.webhook_support import firing_payload, post, wait_for
 from webhook._auth import TOKEN_ENV, load_token, token_matches
@@ -70,6 +71,17 @@ def test_load_token_sources_and_refusal(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="absent"):
         load_token(settings, {})
     assert load_token(WebhookConfig(auth="none"), {}) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", ".inf", ".nan"])
+def test_drop_resolved_after_seconds_is_positive_and_finite(value: str, tmp_path: Path) -> None:
+    assert WebhookConfig().drop_resolved_after_seconds == 3600
+    path = tmp_path / "robustloop.yaml"
+    path.write_text(f"webhook:\n  drop_resolved_after_seconds: {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="drop_resolved_after_seconds"):
+        load_config(path)
+    path.write_text("webhook:\n  drop_resolved_after_seconds: 600\n", encoding="utf-8")
+    assert load_config(path).webhook.drop_resolved_after_seconds == 600
 
 
 def test_token_matches_only_the_bearer_token() -> None:

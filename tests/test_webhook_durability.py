@@ -3,7 +3,8 @@
 The receiver runs as a real process (``python -m robustloop webhook``) and is killed with
 SIGKILL: between recording an incident and submitting it, after Argo created the workflow but
 before the receiver recorded that, and in the middle of a stream of writes. After a restart
-on the same outbox, the state is readable and each incident has exactly one workflow.
+on the same outbox, the state is readable and each incident has exactly one workflow. And one
+receiver per outbox: a second one, in another process or in the same one, refuses to start.
 """
 
 from __future__ import annotations
@@ -20,11 +21,20 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client import CollectorRegistry
 
 from robustloop.config import RobustloopConfig, dump_config
 from tests.argo_standin import ArgoStandIn, Fault
 from tests.conftest import REPO_ROOT, free_port
-from tests.webhook_support import firing_payload, post, remediation, wait_for
+from tests.webhook_support import (
+    RunningReceiver,
+    firing_payload,
+    post,
+    remediation,
+    wait_for,
+)
+from webhook import create_app
+from webhook.errors import OutboxInUse
 from webhook.models import incident_id
 from workflows.contract import workflow_name_for
 
@@ -210,3 +220,73 @@ def _model_of(config: RobustloopConfig, incident: str) -> str:
         return str(
             conn.execute("SELECT model FROM incidents WHERE id = ?", (incident,)).fetchone()[0]
         )
+
+
+def test_a_second_receiver_process_on_the_same_outbox_refuses_to_start(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    receiver_process: Callable[[], ReceiverProcess],
+) -> None:
+    # GIVEN a receiver process serving the outbox, with an incident in it
+    first = receiver_process().start()
+    assert first.proc is not None
+    assert post(first.url, firing_payload(starts_at=STARTS)).status_code == 200
+
+    # WHEN a second receiver is started on the same outbox (on a port of its own)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "robustloop",
+            "--config",
+            str(first.config_path),
+            "webhook",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # THEN it exits 2 with one line naming the outbox and the receiver holding it, and the
+    # first one serves on
+    assert second.returncode == 2, second.stderr
+    assert second.stdout == ""
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"outbox {webhook_config.webhook.db_path} is in use by another receiver" in lines[0]
+    assert f"pid {first.proc.pid}" in lines[0]
+    assert requests.get(f"{first.url}/readyz", timeout=10).status_code == 200
+    assert remediation(first.url, INCIDENT)["deliveries"] == 1
+
+    # AND once the first one is gone (even killed), a receiver starts on the outbox again
+    first.kill9()
+    third = receiver_process().start()
+    assert remediation(third.url, INCIDENT)["deliveries"] == 1
+
+
+def test_a_second_receiver_in_the_same_process_is_refused_until_the_first_closes(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    start_receiver: Callable[..., RunningReceiver],
+) -> None:
+    # GIVEN a receiver serving the outbox
+    first = start_receiver(webhook_config, start_dispatcher=False)
+    assert post(first.url, firing_payload(starts_at=STARTS)).status_code == 200
+
+    # WHEN another receiver is created on the same outbox in the same process
+    with pytest.raises(OutboxInUse, match="in use by another receiver") as refused:
+        create_app(webhook_config, registry=CollectorRegistry(), start_dispatcher=False)
+
+    # THEN it is refused with one line, and the first one records on
+    assert "\n" not in str(refused.value)
+    assert f"pid {os.getpid()}" in str(refused.value)
+    assert post(first.url, firing_payload(starts_at=STARTS)).status_code == 200
+    assert remediation(first.url, INCIDENT)["deliveries"] == 2
+
+    # AND once the first one is closed, the outbox can be opened again, its incidents kept
+    first.stop()
+    second = start_receiver(webhook_config, start_dispatcher=False)
+    assert remediation(second.url, INCIDENT)["deliveries"] == 2

@@ -132,10 +132,17 @@ def webhook_config(
 class RunningReceiver:
     """A receiver served for a test: its URL, its registry, its outbox."""
 
-    def __init__(self, config: RobustloopConfig, start_dispatcher: bool = True) -> None:
+    def __init__(
+        self,
+        config: RobustloopConfig,
+        start_dispatcher: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.registry = CollectorRegistry()
-        self.app = create_app(config, registry=self.registry, start_dispatcher=start_dispatcher)
+        self.app = create_app(
+            config, registry=self.registry, start_dispatcher=start_dispatcher, clock=clock
+        )
         self.server = ReceiverServer(self.app).start()
         self.url = self.server.url
         self.receiver = receiver_of(self.app)
@@ -150,8 +157,12 @@ def start_receiver() -> Iterator[Callable[..., RunningReceiver]]:
     """Start receivers from configs; every one is stopped after the test."""
     started: list[RunningReceiver] = []
 
-    def start(config: RobustloopConfig, start_dispatcher: bool = True) -> RunningReceiver:
-        running = RunningReceiver(config, start_dispatcher)
+    def start(
+        config: RobustloopConfig,
+        start_dispatcher: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> RunningReceiver:
+        running = RunningReceiver(config, start_dispatcher, clock)
         started.append(running)
         return running
 

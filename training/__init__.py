@@ -39,6 +39,7 @@ from training.models import (
 from training.store import (
     Manifest,
     ModelStore,
+    StoreConflict,
     StoreError,
     TamperedModelError,
     UnknownVersionError,
@@ -69,6 +70,7 @@ __all__ = [
     "ModelSpecError",
     "ModelStore",
     "Splits",
+    "StoreConflict",
     "StoreError",
     "TamperedModelError",
     "TrainResult",

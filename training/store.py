@@ -16,7 +16,11 @@ Guarantees:
   fsync of the folder); a reader sees the old or the new content, never half of it.
 * Loading verifies the sha256 of the weights against the manifest and refuses a tampered file.
 * Writers serialise through an advisory lock (``.lock``), so two processes registering at once
-  get distinct version numbers.
+  get distinct version numbers; promote and rollback compare and swap under it (``expect``).
+* The history is written before the pointer, and the pointer records how many history entries
+  it reflects (``seq``): a crash between the two writes leaves an entry the pointer never
+  took, which :meth:`ModelStore.history` ignores and the next change overwrites.
+* The pointer's version is checked to be a version id before it is used in a path.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class UnknownVersionError(StoreError):
 
 class TamperedModelError(StoreError):
     """The weights on disk do not match the sha256 recorded in the manifest."""
+
+
+class StoreConflict(StoreError):
+    """Production is not the version the caller expected (someone else moved it first)."""
 
 
 def _now() -> str:
@@ -273,15 +281,29 @@ class ModelStore:
         Raises:
             StoreError: the pointer file is corrupt.
         """
+        pointer = self._pointer()
+        return None if pointer is None else pointer[0]
+
+    def _pointer(self) -> tuple[str, int | None] | None:
+        """The pointer's version and ``seq`` (None for a pointer written before it had one)."""
         try:
             text = self.pointer_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
         try:
-            version = json.loads(text)["version"]
-        except (ValueError, KeyError, TypeError) as exc:
+            data = json.loads(text)
+            version, seq = data["version"], data.get("seq")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(f"production pointer {self.pointer_path} is corrupt: {exc}") from None
-        return str(version)
+        if not isinstance(version, str) or not _ID.match(version):
+            raise StoreError(
+                f"production pointer {self.pointer_path} names {str(version)[:80]!r}, which is "
+                "not a version id such as v0003-1a2b3c4d; repair it with `robustloop models "
+                "promote VERSION`"
+            )
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+            raise StoreError(f"production pointer {self.pointer_path} has a bad seq {seq!r}")
+        return version, seq
 
     def list(self) -> list[Manifest]:
         """Manifests of every version, oldest first."""
@@ -301,7 +323,12 @@ class ModelStore:
             entries = json.loads(text)
         except ValueError as exc:
             raise StoreError(f"history {self.history_path} is corrupt: {exc}") from None
-        return list(entries)
+        if not isinstance(entries, builtins.list):
+            raise StoreError(f"history {self.history_path} is corrupt: not a list")
+        pointer = self._pointer()
+        if pointer is not None and pointer[1] is not None:
+            entries = entries[: pointer[1]]  # an entry the pointer never took (a crash) is void
+        return entries
 
     def annotation(self, version: str, key: str) -> dict[str, Any] | None:
         """Side data stored by :meth:`annotate`, or None if there is none."""
@@ -385,14 +412,23 @@ class ModelStore:
                 self._set_pointer(version, "initial", None, {"reason": "first version"})
         return version
 
-    def promote(self, version: str, provenance: dict[str, Any] | None = None) -> str:
+    def promote(
+        self,
+        version: str,
+        provenance: dict[str, Any] | None = None,
+        *,
+        expect: str | None = None,
+    ) -> str:
         """Point production at ``version`` (after verifying its weights); returns its id.
 
-        Promoting the current production version changes nothing.
+        Promoting the current production version changes nothing (so a retried promotion is
+        harmless). With ``expect``, production moves only from that version: checked and
+        changed under the store's lock.
 
         Raises:
             UnknownVersionError: no such version.
             TamperedModelError: its weights do not match the manifest.
+            StoreConflict: production is neither ``expect`` nor ``version``.
         """
         provenance = dict(provenance or {})
         _json_ready("provenance", provenance)
@@ -400,24 +436,40 @@ class ModelStore:
             target = self.resolve(version)
             self._verified_weights(self.manifest(target))
             current = self.production()
-            if current != target:
-                self._set_pointer(target, "promote", current, provenance)
+            if current == target:
+                return target
+            if expect is not None and current != expect:
+                raise StoreConflict(
+                    f"production is {current}, not {expect}: it moved meanwhile, so {target} "
+                    "is not promoted"
+                )
+            self._set_pointer(target, "promote", current, provenance)
         return target
 
-    def rollback(self, provenance: dict[str, Any] | None = None) -> str:
+    def rollback(
+        self, provenance: dict[str, Any] | None = None, *, expect: str | None = None
+    ) -> str:
         """Point production back at the version that served before the current one.
 
-        Repeated rollbacks walk further back through the promotions. Returns the new
-        production version.
+        Repeated rollbacks walk further back through the promotions. With ``expect``, only a
+        production that is still that version is rolled back (checked under the store's lock).
+        Returns the new production version.
 
         Raises:
             StoreError: there is no earlier production version.
+            StoreConflict: production is not ``expect``.
             TamperedModelError: the earlier version's weights were modified.
         """
         provenance = dict(provenance or {})
         _json_ready("provenance", provenance)
         with self._lock():
             stack = self._production_stack()
+            if expect is not None and (not stack or stack[-1] != expect):
+                current = stack[-1] if stack else None
+                raise StoreConflict(
+                    f"production is {current}, not {expect}: it moved meanwhile, so nothing is "
+                    "rolled back"
+                )
             if len(stack) < 2:
                 raise StoreError(
                     f"nothing to roll back to in store {self.root}: production "
@@ -463,13 +515,16 @@ class ModelStore:
         history.append(
             {"at": at, "action": action, "from": previous, "to": version, "provenance": provenance}
         )
-        atomic_write_json(self.history_path, history)
-        atomic_write_json(self.pointer_path, {"version": version, "updated_at": at})
+        atomic_write_json(self.history_path, history)  # the intent first, then the pointer
+        atomic_write_json(
+            self.pointer_path, {"version": version, "updated_at": at, "seq": len(history)}
+        )
 
 
 __all__ = [
     "Manifest",
     "ModelStore",
+    "StoreConflict",
     "StoreError",
     "TamperedModelError",
     "UnknownVersionError",

@@ -19,6 +19,7 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,9 @@ def create_app(
     registry: CollectorRegistry | None = None,
     config_path: Path | None = None,
     start_dispatcher: bool = True,
+    clock: Callable[[], float] = time.time,
 ) -> Flask:
-    """Build the receiver: load the token, open the outbox, start the dispatcher.
+    """Build the receiver: load the token, take and open the outbox, start the dispatcher.
 
     Args:
         config: the configuration (sections ``webhook``, ``submitter``, ``remediation``).
@@ -85,15 +87,22 @@ def create_app(
         config_path: the config file, handed to the local executor.
         start_dispatcher: False leaves the dispatcher stopped (``receiver_of(app).dispatcher``
             can be started or run pass by pass), for tests that look at the outbox alone.
+        clock: the dispatcher's time source (tests pass their own).
 
     Raises:
         webhook.errors.ConfigurationError: no token while ``webhook.auth`` is ``bearer``.
+        webhook.errors.OutboxInUse: another receiver holds the outbox (``webhook.db_path``);
+            one receiver per outbox.
     """
     token = load_token(config.webhook)
     outbox = Outbox(config.webhook.db_path)
-    submitter = submitter if submitter is not None else build_submitter(config, config_path)
-    metrics = WebhookMetrics(registry if registry is not None else CollectorRegistry())
-    dispatcher = Dispatcher(outbox, submitter, config, metrics)
+    try:
+        submitter = submitter if submitter is not None else build_submitter(config, config_path)
+        metrics = WebhookMetrics(registry if registry is not None else CollectorRegistry())
+    except BaseException:
+        outbox.close()
+        raise
+    dispatcher = Dispatcher(outbox, submitter, config, metrics, clock)
     receiver = Receiver(config, token, outbox, submitter, dispatcher, metrics)
     app = Flask(__name__)
     app.extensions[EXTENSION] = receiver

@@ -9,10 +9,17 @@ request path only records incidents (:meth:`webhook.outbox.Outbox.record`). Each
    the last one ended or beyond the model's budget for the UTC day, record it only in dry-run
    mode, else turn it into a ``submitting`` intent with its deterministic workflow name;
 3. *submit* the due intents, each call with a timeout; a transient failure is retried with
-   exponential backoff, a refusal (4xx such as 403) ends in ``refused`` and is not retried.
+   exponential backoff, a refusal (4xx such as 403) ends in ``refused`` and is not retried (a
+   later delivery of the still-firing alert has it decided again). An intent whose alert
+   resolved more than ``webhook.drop_resolved_after_seconds`` ago is dropped unsubmitted
+   (``suppressed``, reason ``stale``): after a long outage of the submitter, a remediation of an
+   attack long over would only spend the budget.
 
 Every step commits before the next, so a crash at any point leaves a state that the next pass
-(after a restart) completes; a repeated submission is a 409, taken as success.
+(after a restart) completes; a repeated submission is a 409, taken as success. Each completed
+pass sets the heartbeat gauge (``robustloop_webhook_dispatcher_heartbeat_timestamp_seconds``);
+an idle loop still passes every ``webhook.poll_seconds``, so a heartbeat that stops advancing
+means a dead or hung dispatcher.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from robustloop.config import RobustloopConfig
 from webhook import outbox as ob
 from webhook.metrics import WebhookMetrics
-from webhook.outbox import Incident, Outbox
+from webhook.outbox import Incident, Outbox, iso_time
 from webhook.submitters.base import (
     RefusedSubmitError,
     SubmitError,
@@ -51,7 +59,8 @@ class Dispatcher:
         submitter: where runs start.
         config: webhook settings (cooldown, budget, dry run, backoff, polling) and the
             remediation recipe (the workflow's parameters).
-        metrics: where decisions and submissions are counted.
+        metrics: where decisions, submissions and the heartbeat are recorded.
+        clock: the time source, seconds since the epoch (tests pass their own).
     """
 
     def __init__(
@@ -60,12 +69,14 @@ class Dispatcher:
         submitter: Submitter,
         config: RobustloopConfig,
         metrics: WebhookMetrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
         self.submitter = submitter
         self.config = config
         self.settings = config.webhook
         self.metrics = metrics
+        self.clock = clock
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,7 +94,7 @@ class Dispatcher:
     def resume(self, now: float | None = None) -> int:
         """Make every pending submission due now (after a restart: retry at once, not after
         the backoff the previous process chose); returns how many there are."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         pending = self.outbox.in_state(ob.SUBMITTING)
         with self.outbox.transaction() as conn:
             for incident in pending:
@@ -126,13 +137,21 @@ class Dispatcher:
     # -- one pass -----------------------------------------------------------------------------
 
     def run_once(self, now: float | None = None) -> float:
-        """Follow, decide and submit once; returns the seconds until the next pass is due."""
-        self._follow(time.time() if now is None else now)
-        self._decide(time.time() if now is None else now)
-        self._submit(time.time() if now is None else now)
-        return self._next_delay(time.time() if now is None else now)
+        """Follow, decide and submit once, then beat the heartbeat; returns the seconds until
+        the next pass is due (at most ``webhook.poll_seconds``, also when there is nothing to do).
+
+        Args:
+            now: the time the pass takes as now (default: the clock, read afresh at each step).
+        """
+        self._follow(self.clock() if now is None else now)
+        self._decide(self.clock() if now is None else now)
+        self._submit(self.clock() if now is None else now)
+        delay = self._next_delay(self.clock() if now is None else now)
+        self.metrics.dispatcher_heartbeat.set(self.clock())
+        return delay
 
     def _next_delay(self, now: float) -> float:
+        """Seconds until the next pass: the next due retry, at most ``webhook.poll_seconds``."""
         delay = self.settings.poll_seconds
         for incident in self.outbox.in_state(ob.SUBMITTING):
             due = (incident.next_attempt_at or now) - now
@@ -296,6 +315,7 @@ class Dispatcher:
                 "workflow": name,
                 "decided_at": now,
                 "next_attempt_at": now,
+                "attempts": 0,
             },
         )
 
@@ -306,41 +326,106 @@ class Dispatcher:
             if incident.next_attempt_at is not None and incident.next_attempt_at > now:
                 continue
             assert incident.workflow is not None
+            if self._stale(incident, now):
+                continue
             attempts = incident.attempts + 1
             try:
                 result = self.submitter.submit(
                     incident.workflow, workflow_parameters(self.config, incident)
                 )
             except RefusedSubmitError as exc:
-                self._refused(incident, exc, attempts, time.time())
+                self._refused(incident, exc, attempts, self.clock())
                 continue
             except SubmitError as exc:
-                self._retry_later(incident, exc.message, attempts, time.time())
+                self._retry_later(incident, exc.message, attempts, self.clock())
                 continue
             except Exception as exc:  # a submitter bug must not lose the intent
                 log.exception("submitter raised unexpectedly for %s", incident.workflow)
-                self._retry_later(incident, f"{type(exc).__name__}: {exc}", attempts, time.time())
+                self._retry_later(incident, f"{type(exc).__name__}: {exc}", attempts, self.clock())
                 continue
-            done = time.time()
             if result is Submitted.EXISTS:
                 reason = f"workflow {incident.workflow} already existed (409): taken as submitted"
             else:
                 reason = f"workflow {incident.workflow} created ({self.submitter.kind})"
-            with self.outbox.transaction() as conn:
-                self.outbox.update(
-                    conn,
-                    incident.id,
-                    done,
-                    reason,
-                    state=ob.SUBMITTED,
-                    reason=reason,
-                    submitted_at=done,
-                    attempts=attempts,
-                    next_attempt_at=None,
-                    last_error=None,
+            self._submitted(incident, result, reason, attempts, self.clock())
+
+    def _submitted(
+        self, incident: Incident, result: Submitted, reason: str, attempts: int, now: float
+    ) -> None:
+        with self.outbox.transaction() as conn:
+            self.outbox.update(
+                conn,
+                incident.id,
+                now,
+                reason,
+                state=ob.SUBMITTED,
+                reason=reason,
+                submitted_at=now,
+                attempts=attempts,
+                next_attempt_at=None,
+                last_error=None,
+            )
+        self.metrics.submissions.labels(result=result.value).inc()
+        log.info("incident %s: %s", incident.id, reason)
+
+    def _stale(self, incident: Incident, now: float) -> bool:
+        """Drop a due intent whose alert resolved more than ``drop_resolved_after_seconds``
+        ago; True when it was dropped or otherwise dealt with (nothing to submit now).
+
+        An intent already tried may have created its run before the answer was lost: the
+        submitter is asked first, and a run it knows is taken as submitted, not dropped.
+        """
+        limit = self.settings.drop_resolved_after_seconds
+        current = self.outbox.get(incident.id, with_events=False)
+        if current is None or current.state != ob.SUBMITTING:
+            return True
+        resolved_at = current.resolved_at
+        if resolved_at is None or now - resolved_at <= limit:
+            return False
+        assert incident.workflow is not None
+        if current.attempts:
+            try:
+                summary = self.submitter.status(incident.workflow)
+            except SubmitError as exc:
+                self._retry_later(
+                    current,
+                    f"cannot tell whether {incident.workflow} exists before dropping it as "
+                    f"stale: {exc.message}",
+                    current.attempts,
+                    self.clock(),
                 )
-            self.metrics.submissions.labels(result=result.value).inc()
-            log.info("incident %s: %s", incident.id, reason)
+                return True
+            if summary is not None:
+                reason = (
+                    f"workflow {incident.workflow} already existed (an earlier attempt created "
+                    "it): taken as submitted"
+                )
+                self._submitted(current, Submitted.EXISTS, reason, current.attempts, self.clock())
+                return True
+        reason = (
+            f"stale: the alert resolved at {iso_time(resolved_at)}, {now - resolved_at:.0f}s "
+            f"ago, more than webhook.drop_resolved_after_seconds ({limit:g}); workflow "
+            f"{incident.workflow} was never submitted"
+        )
+        with self.outbox.transaction() as conn:
+            row = conn.execute(
+                "SELECT state FROM incidents WHERE id = ?", (incident.id,)
+            ).fetchone()
+            if row["state"] != ob.SUBMITTING:
+                return True
+            self.outbox.update(
+                conn,
+                incident.id,
+                now,
+                reason,
+                state=ob.SUPPRESSED,
+                reason_code=ob.REASON_STALE,
+                reason=reason,
+                next_attempt_at=None,
+            )
+        self.metrics.decisions.labels(decision=ob.REASON_STALE).inc()
+        log.warning("incident %s: %s", incident.id, reason)
+        return True
 
     def _retry_later(self, incident: Incident, error: str, attempts: int, now: float) -> None:
         delay = min(
@@ -366,7 +451,8 @@ class Dispatcher:
         status = f" {exc.status}" if exc.status is not None else ""
         reason = (
             f"refused: the {self.submitter.kind} submitter answered{status} and will not be "
-            f"retried; fix its permissions or settings, then re-fire the alert ({exc.message})"
+            "retried; fix its permissions or settings: the next delivery of the still-firing "
+            f"alert decides it again ({exc.message})"
         )
         with self.outbox.transaction() as conn:
             self.outbox.update(
@@ -375,7 +461,7 @@ class Dispatcher:
                 now,
                 reason,
                 state=ob.REFUSED,
-                reason_code="refused",
+                reason_code=ob.REASON_REFUSED,
                 reason=reason,
                 attempts=attempts,
                 next_attempt_at=None,

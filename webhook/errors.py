@@ -65,11 +65,16 @@ class ConfigurationError(Exception):
     """The receiver cannot start as configured (no token, bad submitter settings)."""
 
 
+class OutboxInUse(ConfigurationError):
+    """Another receiver (this process or another) holds the outbox: one receiver per outbox."""
+
+
 __all__ = [
     "BadPayload",
     "ConfigurationError",
     "MethodNotAllowed",
     "NotFound",
+    "OutboxInUse",
     "PayloadTooLarge",
     "StorageUnavailable",
     "Unauthorized",

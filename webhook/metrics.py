@@ -65,6 +65,12 @@ class WebhookMetrics:
             "Unexpected errors in the dispatcher loop (it carries on).",
             registry=registry,
         )
+        self.dispatcher_heartbeat = Gauge(
+            "robustloop_webhook_dispatcher_heartbeat_timestamp_seconds",
+            "Unix time at which the dispatcher last completed a pass (it passes at least every "
+            "webhook.poll_seconds, idle or not); a dead or hung dispatcher stops it.",
+            registry=registry,
+        )
         self.incidents = Gauge(
             "robustloop_webhook_incidents",
             "Incidents in the outbox, by state (read at scrape time).",

@@ -9,16 +9,31 @@ from here; after a restart it finds the pending rows and carries on.
 States of an incident (its remediation)::
 
     received ──► submitting ──► submitted ──► running ──► succeeded | rejected | failed
-        │              └──────► refused (the submitter answered 4xx, e.g. 403: not retried)
-        └──► suppressed (reason: resolved, not-allowed, cooldown, budget, dry-run)
+     │    ▲            ├──────► refused (the submitter answered 4xx, e.g. 403: not retried)
+     │    │            └──────► suppressed (reason stale: resolved long ago, never submitted)
+     │    └─── refused, or suppressed by cooldown or budget: a firing re-delivery (not
+     │         resolved since) decides it again
+     └──► suppressed (reason: resolved, not-allowed, cooldown, budget, dry-run)
 
 ``received`` waits for a decision (also while another remediation of its model is active);
-``submitting`` is a decided intent whose submission is retried with backoff until it is acked.
+``submitting`` is a decided intent whose submission is retried with backoff until it is acked,
+unless its alert resolved more than ``webhook.drop_resolved_after_seconds`` ago. A later delivery
+of the still-firing alert puts a ``refused`` incident, or one suppressed by the cooldown or the
+budget, back to ``received``, to be decided afresh (the token may be fixed, the cooldown over);
+any other repeat only counts the delivery.
+
+One receiver per outbox: opening it takes an exclusive ``flock`` on ``<outbox>.lock`` (a file of
+its own, because closing any descriptor of the database file would drop SQLite's own POSIX
+locks), held until :meth:`Outbox.close`; a second opening, in this process or another, raises
+:class:`OutboxInUse`.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -28,6 +43,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from webhook.errors import ConfigurationError, OutboxInUse
 
 RECEIVED = "received"
 SUPPRESSED = "suppressed"
@@ -61,8 +78,13 @@ REASON_NOT_ALLOWED = "not-allowed"
 REASON_COOLDOWN = "cooldown"
 REASON_BUDGET = "budget"
 REASON_DRY_RUN = "dry-run"
+REASON_STALE = "stale"
+REASON_REFUSED = "refused"
 RETRYABLE_REASONS = frozenset({REASON_COOLDOWN, REASON_BUDGET})
 """Suppressions that a later delivery of the still-firing alert may lift (decided afresh)."""
+REDECIDED_STATES = frozenset({REFUSED})
+"""States that a later delivery of the still-firing alert returns to ``received`` (decided
+afresh): the cause of a refusal (a token, a permission) may have been fixed since."""
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -109,7 +131,8 @@ CREATE INDEX IF NOT EXISTS events_incident ON events (incident);
 """
 
 
-def _iso(ts: float | None) -> str | None:
+def iso_time(ts: float | None) -> str | None:
+    """A time in seconds since the epoch as ISO 8601, UTC (None stays None)."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
@@ -200,13 +223,13 @@ class Incident:
             "deliveries": self.deliveries,
             "attempts": self.attempts,
             "last_error": self.last_error,
-            "received_at": _iso(self.received_at),
-            "updated_at": _iso(self.updated_at),
-            "resolved_at": _iso(self.resolved_at),
-            "decided_at": _iso(self.decided_at),
-            "submitted_at": _iso(self.submitted_at),
-            "finished_at": _iso(self.finished_at),
-            "next_attempt_at": _iso(self.next_attempt_at),
+            "received_at": iso_time(self.received_at),
+            "updated_at": iso_time(self.updated_at),
+            "resolved_at": iso_time(self.resolved_at),
+            "decided_at": iso_time(self.decided_at),
+            "submitted_at": iso_time(self.submitted_at),
+            "finished_at": iso_time(self.finished_at),
+            "next_attempt_at": iso_time(self.next_attempt_at),
             "labels": self.labels,
             "annotations": self.annotations,
             "group_key": self.group_key,
@@ -214,46 +237,116 @@ class Incident:
         }
 
 
+def lock_path(path: Path) -> Path:
+    """The file whose ``flock`` marks an outbox as held by a receiver: ``<outbox>.lock``."""
+    return path.with_name(path.name + ".lock")
+
+
+def _hold(path: Path) -> int:
+    """Take the exclusive ``flock`` of an outbox (never waiting); the descriptor holding it.
+
+    Raises:
+        OutboxInUse: another receiver holds it.
+        ConfigurationError: the lock file cannot be opened.
+    """
+    lock = lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by child processes
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot open the outbox's lock file {lock}: {exc.strerror}; webhook.db_path must "
+            "be in a folder this receiver may write"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise OutboxInUse(
+            f"outbox {path} is in use by another receiver{by}, which holds {lock}: one receiver "
+            "per outbox; stop the other one, or give this one its own webhook.db_path"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
 class Outbox:
     """The SQLite outbox. Thread-safe: one connection, one lock, short transactions.
+
+    Opening it takes the outbox for this receiver alone (an exclusive ``flock`` on
+    ``<path>.lock``, released by :meth:`close` or when the process ends).
 
     Args:
         path: database file; its folder is created.
         busy_timeout_seconds: how long a write waits for another process's lock.
+
+    Raises:
+        webhook.errors.OutboxInUse: another receiver, in this process or another, holds it.
     """
 
     def __init__(self, path: Path, busy_timeout_seconds: float = 5.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
+        self._held: int | None = _hold(self.path)
+        try:
+            self._conn = self._connect(busy_timeout_seconds)
+        except BaseException:
+            self._release()
+            raise
+
+    def _connect(self, busy_timeout_seconds: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(
             str(self.path),
             timeout=busy_timeout_seconds,
             isolation_level=None,
             check_same_thread=False,
         )
-        self._conn.row_factory = sqlite3.Row
-        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise sqlite3.OperationalError(
-                f"{self.path}: SQLite refused WAL mode (got {mode!r}); put webhook.db_path on a "
-                "local file system"
-            )
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        with self.transaction() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(
+                    f"{self.path}: SQLite refused WAL mode (got {mode!r}); put webhook.db_path "
+                    "on a local file system"
+                )
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _release(self) -> None:
+        if self._held is not None:
+            os.close(self._held)  # closing the descriptor drops the flock
+            self._held = None
 
     def close(self) -> None:
-        """Close the connection (committed data is already on disk)."""
+        """Close the connection (committed data is already on disk) and give the outbox up
+        (idempotent)."""
         with self._lock:
-            self._conn.close()
+            try:
+                self._conn.close()
+            finally:
+                self._release()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -277,8 +370,9 @@ class Outbox:
         * a resolved alert with no incident: a ``suppressed`` incident, reason ``resolved``;
         * a known incident: its delivery count, and for a resolved alert the resolution time.
           A running remediation is left alone. A firing re-delivery of an incident suppressed
-          by the cooldown or the budget, not resolved since, goes back to ``received`` so that
-          the dispatcher decides again (the alert still fires; the cooldown may be over).
+          by the cooldown or the budget, or refused by the submitter, not resolved since, goes
+          back to ``received`` so that the dispatcher decides again (the alert still fires;
+          the cooldown may be over, the submitter's token fixed).
         """
         now = time.time() if now is None else now
         results: list[RecordResult] = []
@@ -300,18 +394,18 @@ class Outbox:
                     )
                     if row["resolved_at"] is None:
                         self._event(conn, alert.incident_id, now, state, "alert resolved")
-                elif (
-                    state == SUPPRESSED
-                    and row["reason_code"] in RETRYABLE_REASONS
-                    and row["resolved_at"] is None
+                elif row["resolved_at"] is None and (
+                    state in REDECIDED_STATES
+                    or (state == SUPPRESSED and row["reason_code"] in RETRYABLE_REASONS)
                 ):
+                    detail = f"re-delivered while firing after {row['reason_code'] or state}"
                     state = RECEIVED
                     conn.execute(
                         "UPDATE incidents SET deliveries = deliveries + 1, updated_at = ?, "
                         "state = ?, reason_code = NULL, reason = ? WHERE id = ?",
                         (now, state, "still firing: to be decided again", alert.incident_id),
                     )
-                    self._event(conn, alert.incident_id, now, state, "re-delivered while firing")
+                    self._event(conn, alert.incident_id, now, state, detail)
                 else:
                     conn.execute(
                         "UPDATE incidents SET deliveries = deliveries + 1, updated_at = ? "
@@ -413,7 +507,7 @@ class Outbox:
             )
         incident = Incident.from_row(row)
         history = [
-            {"at": _iso(event["at"]), "state": event["state"], "detail": event["detail"]}
+            {"at": iso_time(event["at"]), "state": event["state"], "detail": event["detail"]}
             for event in events
         ]
         return Incident(**{**incident.__dict__, "events": history})
@@ -452,9 +546,14 @@ __all__ = [
     "ACTIVE_STATES",
     "BUDGET_STATES",
     "FINISHED_STATES",
+    "REDECIDED_STATES",
+    "RETRYABLE_REASONS",
     "STATES",
     "AlertRecord",
     "Incident",
     "Outbox",
+    "OutboxInUse",
     "RecordResult",
+    "iso_time",
+    "lock_path",
 ]

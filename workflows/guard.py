@@ -256,14 +256,20 @@ def watch(
         )
         _save_state(cfg.store.path, count, decision)
         return decision
-    store.rollback(
-        provenance={
-            "by": "post-rollout-guard",
-            "workflow": workflow,
-            "from": version,
-            "reason": reason,
-        }
-    )
+    try:
+        store.rollback(
+            provenance={
+                "by": "post-rollout-guard",
+                "workflow": workflow,
+                "from": version,
+                "reason": reason,
+            },
+            expect=version,
+        )
+    except training.StoreConflict:  # moved since the look above: not ours to undo
+        decision.action = SUPERSEDED
+        decision.reason += f"; but production is now {store.production()}: nothing rolled back"
+        return decision
     decision.consecutive_rollbacks = count + 1
     decision.reason += f"; rolled back from {version} to {store.production()}"
     _save_state(cfg.store.path, count + 1, decision)

@@ -206,7 +206,14 @@ def promote(
     workflow: Annotated[str, Parameter(name="workflow")],
     decision: Annotated[str, Parameter(name="decision")],
 ) -> Annotated[str, Parameter(name="version")]:
-    """Point production at the candidate (with provenance), then recalibrate the thresholds."""
+    """Put the rules calibrated for the candidate in force, then point production at it.
+
+    The order keeps the new version judged from its first request: its thresholds are fitted
+    and published, Prometheus is seen to evaluate them (``rollout.rules_wait_seconds``), and
+    only then does the pointer move, compared and swapped under the store's lock. A retry after
+    the pointer moved finds the candidate in production and only makes sure its rules are
+    published: the step is idempotent.
+    """
     import training
 
     cfg = _setup()
@@ -216,6 +223,10 @@ def promote(
         raise StepError(f"the gate's decision does not approve {candidate}: {decision[:200]}")
     store = training.ModelStore(cfg.store.path)
     current = store.production()
+    if current == candidate:
+        log.info("promote: %s is production already (a retry); republishing its rules", candidate)
+        recalibrate(cfg, candidate)
+        return candidate
     if current != baseline:
         raise StepError(
             f"production moved from {baseline} to {current} after the evaluation; the gate's "
@@ -229,13 +240,37 @@ def promote(
     }
     # The manifest is immutable: the promotion's provenance goes beside it and into the history.
     store.annotate(candidate, PROMOTION_ANNOTATION, provenance)
-    store.promote(candidate, provenance=provenance)
+    recalibrate(cfg, candidate, promoted=False)
+    _wait_rules_in_force(cfg, candidate)
+    try:
+        store.promote(candidate, provenance=provenance, expect=baseline)
+    except training.StoreConflict as exc:
+        moved_to = store.production()
+        if moved_to is not None:
+            recalibrate(cfg, moved_to)  # the rules go back to judging what is served
+        raise StepError(f"{exc}; the gate's verdict is stale (run the remediation again)") from None
     log.info("promote: production is now %s (was %s)", candidate, baseline)
-    recalibrate(cfg, candidate)
     return candidate
 
 
-def recalibrate(cfg: RobustloopConfig, version: str) -> None:
+def _wait_rules_in_force(cfg: RobustloopConfig, version: str) -> None:
+    """Wait until Prometheus evaluates the rules that judge ``version`` (no wait when
+    ``rollout.rules_wait_seconds`` is 0 or no label-free alert is rendered)."""
+    from alert_rules.in_force import RulesNotInForce, wait_until_in_force
+
+    rollout = cfg.rollout
+    if rollout.rules_wait_seconds == 0 or not (
+        cfg.alerts.entropy.enabled or cfg.alerts.squeeze.enabled
+    ):
+        return
+    try:
+        waited = wait_until_in_force(rollout.prometheus_url, version, rollout.rules_wait_seconds)
+    except RulesNotInForce as exc:
+        raise StepError(f"{exc}; production stays where it is, nothing is promoted") from None
+    log.info("promote: Prometheus evaluates the rules for %s (after %.1f s)", version, waited)
+
+
+def recalibrate(cfg: RobustloopConfig, version: str, *, promoted: bool = True) -> None:
     """Fit the label-free alert thresholds to ``version`` so that the alerts judge it.
 
     The thresholds are recorded with the version in the store. Where the step's config file is
@@ -246,20 +281,23 @@ def recalibrate(cfg: RobustloopConfig, version: str) -> None:
     scratch folder and published to the release's PrometheusRule, which the cluster's
     Prometheus evaluates.
 
+    Args:
+        cfg: the step's config.
+        version: the version the rules will judge.
+        promoted: whether production already points at ``version`` (said in errors).
+
     Raises:
-        StepError: calibration or publication failed (production already points at the new
-            version; the message says what is stale).
+        StepError: calibration or publication failed (the message says what is stale).
     """
     from alert_rules import RULES_FILE
     from alert_rules.cluster import PublishError, publish_rules, target_from_env
     from workflows.calibrate import CalibrateError, calibrate_version
 
+    state = f"{version} is promoted, but" if promoted else f"{version} is not promoted:"
     try:
         target = target_from_env()
     except PublishError as exc:
-        raise StepError(
-            f"{version} is promoted but the alert rules cannot be published: {exc}"
-        ) from None
+        raise StepError(f"{state} the alert rules cannot be published: {exc}") from None
     config = os.environ.get(CONFIG_ENV)
     writable = config is not None and os.access(config, os.W_OK)
     if config is not None and not writable:
@@ -276,8 +314,8 @@ def recalibrate(cfg: RobustloopConfig, version: str) -> None:
             )
         except CalibrateError as exc:
             raise StepError(
-                f"{version} is promoted but its alert thresholds could not be recalibrated "
-                f"({exc}); they are stale until `robustloop calibrate --model {version}` runs"
+                f"{state} its alert thresholds could not be calibrated ({exc}); "
+                f"`robustloop calibrate --model {version}` fits them"
             ) from None
         log.info("recalibrate: thresholds fitted to %s; rules in %s", version, rules_out)
         if target is not None:
@@ -286,8 +324,8 @@ def recalibrate(cfg: RobustloopConfig, version: str) -> None:
                 publish_rules(rules_out / RULES_FILE, namespace=namespace, name=name)
             except PublishError as exc:
                 raise StepError(
-                    f"{version} is promoted and recalibrated, but {exc}; the cluster's "
-                    "Prometheus judges it by the previous thresholds until the rule is updated"
+                    f"{state} its thresholds are calibrated, yet {exc}; the cluster's "
+                    "Prometheus keeps the previous rules until the rule is updated"
                 ) from None
             log.info(
                 "recalibrate: published the recalibrated rules to PrometheusRule %s/%s",

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
         description="Serve POST /api/v1/alerts for Alertmanager: bearer token, durable SQLite "
         "outbox, cooldown and budget, submission to Argo or the local executor. Refuses to "
         "start without a token (webhook.token_file or $ROBUSTLOOP_WEBHOOK_TOKEN) unless "
-        "`webhook.auth: none`.",
+        "`webhook.auth: none`, and while another receiver holds the same outbox "
+        "(webhook.db_path; one receiver per outbox).",
     )
     parser.add_argument("--host", default=None, help="bind address (default: webhook.host)")
     parser.add_argument("--port", type=int, default=None, help="port (default: webhook.port)")

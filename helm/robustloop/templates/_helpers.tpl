@@ -63,6 +63,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-receiver-token" (include "robustloop.fullname" .)) .Values.receiver.token.existingSecret }}
 {{- end }}
 
+{{- define "robustloop.feedbackTokenSecret" -}}
+{{- default (printf "%s-feedback-token" (include "robustloop.fullname" .)) .Values.server.feedbackToken.existingSecret }}
+{{- end }}
+
+{{/* Where the server pod mounts the feedback token (config serving.feedback_token_file). */}}
+{{- define "robustloop.feedbackTokenDir" -}}/var/run/secrets/robustloop/feedback{{- end }}
+
+{{- define "robustloop.feedbackTokenFile" -}}
+{{- include "robustloop.feedbackTokenDir" . }}/token
+{{- end }}
+
 {{- define "robustloop.configMap" -}}
 {{- printf "%s-config" (include "robustloop.fullname" .) }}
 {{- end }}
@@ -95,7 +106,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "robustloop.configYaml" -}}
 {{- $owned := dict
   "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
-  "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port) "http_threads" (int .Values.server.threads))
+  "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port) "http_threads" (int .Values.server.threads)
+      "feedback_token_file" (include "robustloop.feedbackTokenFile" .))
   "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3")
   "submitter" (dict "kind" "argo" "runs_dir" "/tmp/robustloop-runs" "argo" (dict
       "host" .Values.argo.serverUrl
