@@ -96,6 +96,7 @@ def _config() -> RobustloopConfig:
     cfg.alerts.canary_accuracy = SignalAlert(threshold=0.6, window=w, **{"for": f})
     cfg.alerts.entropy = SignalAlert(threshold=0.35, window=w, **{"for": f})
     cfg.alerts.squeeze = SignalAlert(threshold=0.25, window=w, **{"for": f})
+    cfg.alerts.health.enabled = False  # no receiver here: only the detection alerts
     return cfg
 
 

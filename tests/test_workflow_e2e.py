@@ -75,6 +75,7 @@ def _small_config(root: Path, precision: str) -> RobustloopConfig:
     cfg.gate.restarts = 1
     cfg.gate.eps = 0.1
     cfg.rollout.watch_seconds = 0  # the guard is tested against Prometheus on its own
+    cfg.rollout.rules_wait_seconds = 0  # and the wait for the rules in tests/test_promotion_order
     cfg.store.path = root / "store"
     cfg.submitter.runs_dir = root / "runs"
     cfg.stack.run_dir = root / "run"
