@@ -479,6 +479,62 @@ def test_a_steps_own_placement_joins_the_gpus_and_replaces_the_workflows(
     assert "nodeSelector" not in by_name["gate"]
 
 
+INSTANCE_ID_LABEL = "workflows.argoproj.io/controller-instanceid"
+WEEK_SECONDS = 7 * 24 * 3600
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_runs_are_kept_a_week_and_failed_steps_keep_their_pods(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """GIVEN the default run lifetime WHEN the chart renders THEN Argo deletes each run a week
+    after it finished (ttlStrategy), deletes a step's pod only once it succeeded (a failed
+    step's pod, and its logs, stay with the run), and no controller instance is named."""
+    template = _one(rendered[scenario], "WorkflowTemplate")
+    assert template["spec"]["ttlStrategy"] == {"secondsAfterCompletion": WEEK_SECONDS}
+    assert template["spec"]["podGC"] == {"strategy": "OnPodSuccess"}
+    assert INSTANCE_ID_LABEL not in template["metadata"]["labels"]
+
+
+def test_run_lifetime_and_controller_instance_from_values(
+    helm: str, argo_validator: jsonschema.protocols.Validator
+) -> None:
+    """workflow.ttlStrategy and workflow.podGC become the template's; null fields, or no
+    strategy, remove them; workflow.instanceID labels the template for the Argo Server of that
+    instance (which labels the workflows it creates itself)."""
+    ttl = {"secondsAfterSuccess": 3600, "secondsAfterFailure": 14 * 24 * 3600}
+    pod_gc = {"strategy": "OnWorkflowCompletion", "deleteDelayDuration": "10m"}
+    objects = _template(
+        helm,
+        "--set-json",
+        f"workflow.ttlStrategy={json.dumps(ttl)}",
+        "--set-json",
+        f"workflow.podGC={json.dumps(pod_gc)}",
+        "--set",
+        "workflow.instanceID=team-a",
+    )
+    template = _one(objects, "WorkflowTemplate")
+    problems = _argo_problems(argo_validator, template)
+    assert not problems, "\n".join(problems)
+    # helm merges the values over the chart's: the default secondsAfterCompletion stays.
+    assert template["spec"]["ttlStrategy"] == {"secondsAfterCompletion": WEEK_SECONDS, **ttl}
+    assert template["spec"]["podGC"] == pod_gc
+    assert template["metadata"]["labels"][INSTANCE_ID_LABEL] == "team-a"
+    assert INSTANCE_ID_LABEL not in template["spec"].get("workflowMetadata", {}).get(
+        "labels", {}
+    ), "a run labelled by the controller already running it would change hands"
+
+    objects = _template(
+        helm,
+        "--set",
+        "workflow.ttlStrategy.secondsAfterCompletion=null",
+        "--set",
+        "workflow.podGC.strategy=",
+    )
+    spec = _one(objects, "WorkflowTemplate")["spec"]
+    assert "ttlStrategy" not in spec and "podGC" not in spec
+
+
 # --------------------------------------------------------------------------------------------
 # security
 
@@ -891,6 +947,10 @@ def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, lis
             "/server/networkPolicy/from/0",
         ),
         (["--set-json", "server.networkPolicy.from=[{}]"], "/server/networkPolicy/from/0"),
+        (["--set", "workflow.podGC.strategy=Never"], "/workflow/podGC/strategy"),
+        (["--set", "workflow.ttlStrategy.secondsAfterCompletion=-1"], "/workflow/ttlStrategy"),
+        (["--set", "workflow.ttlStrategy.secondsAfterDeath=1"], "/workflow/ttlStrategy"),
+        (["--set", "workflow.instanceID=team a"], "/workflow/instanceID"),
     ],
 )
 def test_bad_values_are_rejected_with_the_offending_key(
