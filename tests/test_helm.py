@@ -424,8 +424,11 @@ def test_default_values_put_nothing_on_a_gpu(rendered: dict[str, list[Obj]]) -> 
     for word in ("gpu", "nvidia"):
         assert not _mentions(objects, word), f"the default render mentions {word}"
     template = _one(objects, "WorkflowTemplate")
-    for field in PLACEMENT:
+    for field in ("nodeSelector", "tolerations", "nodeAffinity"):
         assert not _mentions(template, field.lower()), f"the default WorkflowTemplate sets {field}"
+    # Its one placement: the steps join the server's node (the default store is ReadWriteOnce).
+    assert template["spec"]["affinity"] == {"podAffinity": _store_affinity(objects)}
+    assert not [t["name"] for t in template["spec"]["templates"] if "affinity" in t]
 
 
 def test_a_steps_own_placement_joins_the_gpus_and_replaces_the_workflows(
@@ -533,6 +536,201 @@ def test_run_lifetime_and_controller_instance_from_values(
     )
     spec = _one(objects, "WorkflowTemplate")["spec"]
     assert "ttlStrategy" not in spec and "podGC" not in spec
+
+
+# --------------------------------------------------------------------------------------------
+# the model store: one node (ReadWriteOnce) or a shared filesystem (ReadWriteMany)
+
+STORE_TOPOLOGY = "kubernetes.io/hostname"
+
+
+def _store_affinity(objects: list[Obj]) -> Obj:
+    """The podAffinity that puts a pod on the server's node: one required term, on the host,
+    whose selector selects the server's pods (and no other Deployment's)."""
+    server = _one(objects, "Deployment", f"{FULLNAME}-server")
+    selector = server["spec"]["selector"]["matchLabels"]
+    pod_labels = server["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    receiver = _one(objects, "Deployment", f"{FULLNAME}-receiver")
+    assert not selector.items() <= receiver["spec"]["template"]["metadata"]["labels"].items()
+    term = {"labelSelector": {"matchLabels": selector}, "topologyKey": STORE_TOPOLOGY}
+    return {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+
+
+def _store_claim(objects: list[Obj]) -> str:
+    server = _one(objects, "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
+    (claim,) = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in server["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    return str(claim)
+
+
+def _pods_with_their_affinity(objects: list[Obj]) -> Iterator[tuple[str, bool, Obj]]:
+    """Every pod the release starts: (where, whether it mounts the store, the affinity it is
+    scheduled with). A step's own affinity replaces the workflow's (Argo's rule)."""
+    claim = _store_claim(objects)
+    for where, pod in _pod_specs(objects):
+        claims = {v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+        yield where, claim in claims, pod.get("affinity", {})
+    spec = _one(objects, "WorkflowTemplate")["spec"]
+    store_volumes = {
+        v["name"]
+        for v in spec["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+    }
+    for template in spec["templates"]:
+        step = template.get("script") or template.get("container")
+        if step is None:
+            continue
+        mounts = {m["name"] for m in step.get("volumeMounts", [])}
+        affinity = template.get("affinity", spec.get("affinity", {}))
+        yield f"WorkflowTemplate step {template['name']}", bool(mounts & store_volumes), affinity
+
+
+def _modes(scenario: str) -> list[str]:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["persistence"]["accessModes"]
+    return list(_scenario_values(scenario).get("persistence", {}).get("accessModes", defaults))
+
+
+def test_the_store_defaults_to_read_write_once(rendered: dict[str, list[Obj]]) -> None:
+    """A claim that kind's local-path and most clouds' default storage classes can bind: with
+    ReadWriteMany it stays Pending there, and the bootstrap hook with it until helm times out."""
+    claim = _one(rendered["default"], "PersistentVolumeClaim", f"{FULLNAME}-store")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_with_a_one_node_store_every_pod_that_mounts_it_joins_the_servers_node(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """GIVEN a ReadWriteOnce store (every scenario but gpu) THEN the server (its rollouts), the
+    bootstrap Job and every workflow step, the exit handler's included, require the node of the
+    server's pods; pods that do not mount the store (the receiver) are free. GIVEN
+    ReadWriteMany (gpu) THEN no pod is tied to the server's node."""
+    objects = rendered[scenario]
+    one_node = "ReadWriteMany" not in _modes(scenario)
+    assert one_node == (scenario != "gpu")
+    term = _store_affinity(objects)["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    pods = list(_pods_with_their_affinity(objects))
+    assert {where for where, mounts, _ in pods if mounts} >= {
+        f"Deployment/{FULLNAME}-server",
+        *(
+            f"WorkflowTemplate step {s}"
+            for s in ("harden", "evaluate", "promote", "record-outcome")
+        ),
+    }
+    for where, mounts, affinity in pods:
+        required = affinity.get("podAffinity", {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution", []
+        )
+        assert (term in required) == (one_node and mounts), f"{where}: {affinity}"
+
+
+def test_a_steps_own_affinity_keeps_the_store_term(
+    helm: str, argo_validator: jsonschema.protocols.Validator
+) -> None:
+    """A step given its own affinity (templatePlacement) loses the workflow's, so the store's
+    term is added to it; the bootstrap Job keeps it under its own placement too."""
+    zone = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["batch"]}]}
+                ]
+            }
+        }
+    }
+    objects = _template(
+        helm,
+        "--set-json",
+        f"workflow.templatePlacement={json.dumps({'evaluate': {'affinity': zone}})}",
+    )
+    template = _one(objects, "WorkflowTemplate")
+    problems = _argo_problems(argo_validator, template)
+    assert not problems, "\n".join(problems)
+    evaluate = next(t for t in template["spec"]["templates"] if t["name"] == "evaluate")
+    assert evaluate["affinity"] == {**zone, "podAffinity": _store_affinity(objects)}
+    assert template["spec"]["affinity"] == {"podAffinity": _store_affinity(objects)}
+
+
+def test_a_colocated_gpu_pool_keeps_the_one_node_store(
+    helm: str, argo_validator: jsonschema.protocols.Validator
+) -> None:
+    """persistence.colocated=true: the operator says the server runs in the GPU pool, so the
+    harden step may be placed there and still join the server's node."""
+    objects = _template(
+        helm,
+        "--values",
+        _values_file("gpu"),
+        "--set",
+        "persistence.accessModes={ReadWriteOnce}",
+        "--set",
+        "persistence.colocated=true",
+    )
+    template = _one(objects, "WorkflowTemplate")
+    problems = _argo_problems(argo_validator, template)
+    assert not problems, "\n".join(problems)
+    pods = {where: affinity for where, mounts, affinity in _pods_with_their_affinity(objects)}
+    store = {"podAffinity": _store_affinity(objects)}
+    assert pods[f"WorkflowTemplate step {GPU_STEP}"] == store
+    assert pods[f"Job/{FULLNAME}-bootstrap"] == store
+    harden = next(t for t in template["spec"]["templates"] if t["name"] == GPU_STEP)
+    assert harden["nodeSelector"] == _gpu_values("gpu")["nodeSelector"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--set", "server.replicas=2"], ["server.replicas=2", "persistence.accessModes"]),
+        (
+            ["--values", _values_file("gpu"), "--set", "persistence.accessModes={ReadWriteOnce}"],
+            ["workflow.gpu", "persistence.accessModes", "persistence.colocated=true"],
+        ),
+        (
+            [
+                "--set",
+                "workflow.gpu.enabled=true",
+                "--set",
+                "workflow.templatePlacement.harden.nodeSelector.pool=gpu",
+            ],
+            ["workflow.templatePlacement.harden.nodeSelector", "persistence.colocated=true"],
+        ),
+        (
+            ["--set", "bootstrap.nodeSelector.pool=gpu"],
+            ["bootstrap.nodeSelector", "persistence.accessModes", "persistence.colocated=true"],
+        ),
+        (
+            ["--set", "persistence.accessModes={ReadWriteOncePod}"],
+            ["persistence.accessModes=[ReadWriteOncePod]", "ReadWriteMany"],
+        ),
+        (["--set", "persistence.accessModes={ReadOnlyMany}"], ["persistence.accessModes"]),
+    ],
+)
+def test_store_placements_that_cannot_schedule_are_refused_in_one_line(
+    helm: str, args: list[str], named: list[str]
+) -> None:
+    """GIVEN values whose pods could never all mount the store WHEN helm renders THEN it stops
+    with one line that names the values and what to set instead, and renders nothing."""
+    done = _run_helm(helm, "template", RELEASE, *args)
+    assert done.returncode != 0
+    assert "kind:" not in done.stdout
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    for value in named:
+        assert value in line, f"{value!r} not named in: {line}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "server.replicas=3", "--set", "persistence.accessModes={ReadWriteMany}"],
+        ["--set", "bootstrap.nodeSelector.pool=gpu", "--set", "persistence.colocated=true"],
+        ["--set", "workflow.gpu.enabled=true"],  # the GPU limit alone: no node pool named
+    ],
+)
+def test_store_placements_that_can_schedule_render(helm: str, args: list[str]) -> None:
+    assert _template(helm, *args)
 
 
 # --------------------------------------------------------------------------------------------
