@@ -20,6 +20,7 @@ import base64
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,13 +295,119 @@ def test_chart_copies_equal_their_sources(copy_path: str) -> None:
     )
 
 
+def _source_groups() -> list[Obj]:
+    source = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    return list(source["groups"])
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_prometheus_rule_equals_the_generated_alert_rules(
     rendered: dict[str, list[Obj]], scenario: str
 ) -> None:
-    source = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    """The generated groups, unchanged but for the release's namespace on every alert."""
+    expected = _source_groups()
+    for group in expected:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["labels"] = {**rule.get("labels", {}), "namespace": NAMESPACE}
     rule = _one(rendered[scenario], "PrometheusRule")
-    assert rule["spec"] == {"groups": source["groups"]}
+    assert rule["spec"] == {"groups": expected}
+
+
+def _alerts(groups: list[Obj]) -> list[Obj]:
+    return [r for g in groups for r in g["rules"] if "alert" in r]
+
+
+def _operator_route_matches(route: Obj, namespace: str, labels: dict[str, str]) -> bool:
+    """Whether Alertmanager sends an alert with ``labels`` down an AlertmanagerConfig's route
+    as the Prometheus Operator renders it with its default matcher strategy, OnNamespace: the
+    route's own matchers and, added by the operator, ``namespace="<the object's namespace>"``."""
+    operator_added = {"name": "namespace", "value": namespace, "matchType": "="}
+    for matcher in [*route.get("matchers", []), operator_added]:
+        value, wanted = labels.get(matcher["name"], ""), matcher["value"]
+        matched = {
+            "=": value == wanted,
+            "!=": value != wanted,
+            "=~": re.fullmatch(wanted, value) is not None,
+            "!~": re.fullmatch(wanted, value) is None,
+        }[matcher.get("matchType", "=")]
+        if not matched:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_alert_carries_the_namespace_the_operators_route_matcher_wants(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """GIVEN the Prometheus Operator's default AlertmanagerConfig matcher strategy (OnNamespace),
+    which adds namespace="<release namespace>" to the route, and rules that aggregate the
+    namespace away THEN every alert carries the release's namespace as a static label, so the
+    remediating alerts reach the receiver, and the others do not."""
+    objects = rendered[scenario]
+    config = _one(objects, "AlertmanagerConfig")
+    namespace = config["metadata"]["namespace"]
+    alerts = _alerts(_one(objects, "PrometheusRule")["spec"]["groups"])
+    assert alerts, "the PrometheusRule has no alerts"
+    for alert in alerts:
+        assert alert["labels"]["namespace"] == namespace == NAMESPACE, alert["alert"]
+        routed = _operator_route_matches(config["spec"]["route"], namespace, alert["labels"])
+        remediates = alert["labels"].get(REMEDIATION_LABEL) == REMEDIATION_VALUE
+        assert routed == remediates, f"{alert['alert']}: routed={routed}"
+    # The generated rules alone would never match: why the chart adds the label.
+    for alert in _alerts(_source_groups()):
+        assert not _operator_route_matches(config["spec"]["route"], namespace, alert["labels"])
+
+
+def _prometheus_selected(objects: list[Obj]) -> dict[str, Obj]:
+    kinds = {"PrometheusRule", "ServiceMonitor", "PodMonitor"}
+    return {
+        f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["labels"]
+        for o in objects
+        if o["kind"] in kinds
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_kube_prometheus_stacks_default_selectors_pick_the_rule_and_monitors(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """kube-prometheus-stack's Prometheus selects, by default, the PrometheusRules,
+    ServiceMonitors and PodMonitors labelled release=<its release name>: the chart's rule and
+    both monitors carry release=kube-prometheus-stack (prometheusRelease)."""
+    selected = _prometheus_selected(rendered[scenario])
+    assert set(selected) == {
+        f"PrometheusRule/{FULLNAME}",
+        f"{'PodMonitor' if scenario == 'external-argo' else 'ServiceMonitor'}/{FULLNAME}-server",
+        f"ServiceMonitor/{FULLNAME}-receiver",
+    }
+    for where, labels in selected.items():
+        assert labels.get("release") == "kube-prometheus-stack", where
+
+
+def test_the_release_label_follows_prometheus_release_and_each_objects_labels(helm: str) -> None:
+    """prometheusRelease names another stack; an object's own `release` overrides it, "" drops
+    it there; an empty prometheusRelease puts it nowhere."""
+    objects = _template(
+        helm,
+        "--set",
+        "prometheusRelease=monitoring",
+        "--set",
+        "prometheusRule.labels.release=rules-stack",
+        "--set",
+        "receiver.monitor.labels.release=",
+        "--set",
+        "server.monitor.labels.team=ml",
+    )
+    selected = _prometheus_selected(objects)
+    assert selected[f"PrometheusRule/{FULLNAME}"]["release"] == "rules-stack"
+    assert selected[f"ServiceMonitor/{FULLNAME}-server"]["release"] == "monitoring"
+    assert selected[f"ServiceMonitor/{FULLNAME}-server"]["team"] == "ml"
+    assert "release" not in selected[f"ServiceMonitor/{FULLNAME}-receiver"]
+
+    objects = _template(helm, "--set", "prometheusRelease=")
+    for where, labels in _prometheus_selected(objects).items():
+        assert "release" not in labels, where
 
 
 def test_prometheus_rule_alerts_are_routed_to_the_receiver(
@@ -1149,6 +1256,7 @@ def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, lis
         (["--set", "workflow.ttlStrategy.secondsAfterCompletion=-1"], "/workflow/ttlStrategy"),
         (["--set", "workflow.ttlStrategy.secondsAfterDeath=1"], "/workflow/ttlStrategy"),
         (["--set", "workflow.instanceID=team a"], "/workflow/instanceID"),
+        (["--set", "prometheusRelease=kube prometheus"], "/prometheusRelease"),
     ],
 )
 def test_bad_values_are_rejected_with_the_offending_key(

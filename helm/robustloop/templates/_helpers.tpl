@@ -43,6 +43,23 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Labels of an object that Prometheus selects (PrometheusRule, ServiceMonitor, PodMonitor):
+`release: <prometheusRelease>`, which kube-prometheus-stack's selectors require by default, under
+the object's own labels (call with (dict "ctx" $ "labels" X)); an own `release: ""` drops it. */}}
+{{- define "robustloop.prometheusLabels" -}}
+{{- $labels := dict }}
+{{- with .ctx.Values.prometheusRelease }}
+{{- $_ := set $labels "release" . }}
+{{- end }}
+{{- $labels = mustMergeOverwrite $labels (deepCopy (default dict .labels)) }}
+{{- if eq (toString (index $labels "release")) "" }}
+{{- $_ := unset $labels "release" }}
+{{- end }}
+{{- with $labels }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "robustloop.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
