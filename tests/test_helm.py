@@ -20,6 +20,7 @@ import base64
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,13 +295,119 @@ def test_chart_copies_equal_their_sources(copy_path: str) -> None:
     )
 
 
+def _source_groups() -> list[Obj]:
+    source = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    return list(source["groups"])
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_prometheus_rule_equals_the_generated_alert_rules(
     rendered: dict[str, list[Obj]], scenario: str
 ) -> None:
-    source = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    """The generated groups, unchanged but for the release's namespace on every alert."""
+    expected = _source_groups()
+    for group in expected:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["labels"] = {**rule.get("labels", {}), "namespace": NAMESPACE}
     rule = _one(rendered[scenario], "PrometheusRule")
-    assert rule["spec"] == {"groups": source["groups"]}
+    assert rule["spec"] == {"groups": expected}
+
+
+def _alerts(groups: list[Obj]) -> list[Obj]:
+    return [r for g in groups for r in g["rules"] if "alert" in r]
+
+
+def _operator_route_matches(route: Obj, namespace: str, labels: dict[str, str]) -> bool:
+    """Whether Alertmanager sends an alert with ``labels`` down an AlertmanagerConfig's route
+    as the Prometheus Operator renders it with its default matcher strategy, OnNamespace: the
+    route's own matchers and, added by the operator, ``namespace="<the object's namespace>"``."""
+    operator_added = {"name": "namespace", "value": namespace, "matchType": "="}
+    for matcher in [*route.get("matchers", []), operator_added]:
+        value, wanted = labels.get(matcher["name"], ""), matcher["value"]
+        matched = {
+            "=": value == wanted,
+            "!=": value != wanted,
+            "=~": re.fullmatch(wanted, value) is not None,
+            "!~": re.fullmatch(wanted, value) is None,
+        }[matcher.get("matchType", "=")]
+        if not matched:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_alert_carries_the_namespace_the_operators_route_matcher_wants(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """GIVEN the Prometheus Operator's default AlertmanagerConfig matcher strategy (OnNamespace),
+    which adds namespace="<release namespace>" to the route, and rules that aggregate the
+    namespace away THEN every alert carries the release's namespace as a static label, so the
+    remediating alerts reach the receiver, and the others do not."""
+    objects = rendered[scenario]
+    config = _one(objects, "AlertmanagerConfig")
+    namespace = config["metadata"]["namespace"]
+    alerts = _alerts(_one(objects, "PrometheusRule")["spec"]["groups"])
+    assert alerts, "the PrometheusRule has no alerts"
+    for alert in alerts:
+        assert alert["labels"]["namespace"] == namespace == NAMESPACE, alert["alert"]
+        routed = _operator_route_matches(config["spec"]["route"], namespace, alert["labels"])
+        remediates = alert["labels"].get(REMEDIATION_LABEL) == REMEDIATION_VALUE
+        assert routed == remediates, f"{alert['alert']}: routed={routed}"
+    # The generated rules alone would never match: why the chart adds the label.
+    for alert in _alerts(_source_groups()):
+        assert not _operator_route_matches(config["spec"]["route"], namespace, alert["labels"])
+
+
+def _prometheus_selected(objects: list[Obj]) -> dict[str, Obj]:
+    kinds = {"PrometheusRule", "ServiceMonitor", "PodMonitor"}
+    return {
+        f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["labels"]
+        for o in objects
+        if o["kind"] in kinds
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_kube_prometheus_stacks_default_selectors_pick_the_rule_and_monitors(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """kube-prometheus-stack's Prometheus selects, by default, the PrometheusRules,
+    ServiceMonitors and PodMonitors labelled release=<its release name>: the chart's rule and
+    both monitors carry release=kube-prometheus-stack (prometheusRelease)."""
+    selected = _prometheus_selected(rendered[scenario])
+    assert set(selected) == {
+        f"PrometheusRule/{FULLNAME}",
+        f"{'PodMonitor' if scenario == 'external-argo' else 'ServiceMonitor'}/{FULLNAME}-server",
+        f"ServiceMonitor/{FULLNAME}-receiver",
+    }
+    for where, labels in selected.items():
+        assert labels.get("release") == "kube-prometheus-stack", where
+
+
+def test_the_release_label_follows_prometheus_release_and_each_objects_labels(helm: str) -> None:
+    """prometheusRelease names another stack; an object's own `release` overrides it, "" drops
+    it there; an empty prometheusRelease puts it nowhere."""
+    objects = _template(
+        helm,
+        "--set",
+        "prometheusRelease=monitoring",
+        "--set",
+        "prometheusRule.labels.release=rules-stack",
+        "--set",
+        "receiver.monitor.labels.release=",
+        "--set",
+        "server.monitor.labels.team=ml",
+    )
+    selected = _prometheus_selected(objects)
+    assert selected[f"PrometheusRule/{FULLNAME}"]["release"] == "rules-stack"
+    assert selected[f"ServiceMonitor/{FULLNAME}-server"]["release"] == "monitoring"
+    assert selected[f"ServiceMonitor/{FULLNAME}-server"]["team"] == "ml"
+    assert "release" not in selected[f"ServiceMonitor/{FULLNAME}-receiver"]
+
+    objects = _template(helm, "--set", "prometheusRelease=")
+    for where, labels in _prometheus_selected(objects).items():
+        assert "release" not in labels, where
 
 
 def test_prometheus_rule_alerts_are_routed_to_the_receiver(
@@ -424,8 +531,11 @@ def test_default_values_put_nothing_on_a_gpu(rendered: dict[str, list[Obj]]) -> 
     for word in ("gpu", "nvidia"):
         assert not _mentions(objects, word), f"the default render mentions {word}"
     template = _one(objects, "WorkflowTemplate")
-    for field in PLACEMENT:
+    for field in ("nodeSelector", "tolerations", "nodeAffinity"):
         assert not _mentions(template, field.lower()), f"the default WorkflowTemplate sets {field}"
+    # Its one placement: the steps join the server's node (the default store is ReadWriteOnce).
+    assert template["spec"]["affinity"] == {"podAffinity": _store_affinity(objects)}
+    assert not [t["name"] for t in template["spec"]["templates"] if "affinity" in t]
 
 
 def test_a_steps_own_placement_joins_the_gpus_and_replaces_the_workflows(
@@ -477,6 +587,257 @@ def test_a_steps_own_placement_joins_the_gpus_and_replaces_the_workflows(
     assert GPU_RESOURCE not in _resources(by_name["evaluate"]).get("limits", {})
     assert template["spec"]["nodeSelector"] == {"pool": "any"}, "the other steps keep this one"
     assert "nodeSelector" not in by_name["gate"]
+
+
+INSTANCE_ID_LABEL = "workflows.argoproj.io/controller-instanceid"
+WEEK_SECONDS = 7 * 24 * 3600
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_runs_are_kept_a_week_and_failed_steps_keep_their_pods(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """GIVEN the default run lifetime WHEN the chart renders THEN Argo deletes each run a week
+    after it finished (ttlStrategy), deletes a step's pod only once it succeeded (a failed
+    step's pod, and its logs, stay with the run), and no controller instance is named."""
+    template = _one(rendered[scenario], "WorkflowTemplate")
+    assert template["spec"]["ttlStrategy"] == {"secondsAfterCompletion": WEEK_SECONDS}
+    assert template["spec"]["podGC"] == {"strategy": "OnPodSuccess"}
+    assert INSTANCE_ID_LABEL not in template["metadata"]["labels"]
+
+
+def test_run_lifetime_and_controller_instance_from_values(
+    helm: str, argo_validator: jsonschema.protocols.Validator
+) -> None:
+    """workflow.ttlStrategy and workflow.podGC become the template's; null fields, or no
+    strategy, remove them; workflow.instanceID labels the template for the Argo Server of that
+    instance (which labels the workflows it creates itself)."""
+    ttl = {"secondsAfterSuccess": 3600, "secondsAfterFailure": 14 * 24 * 3600}
+    pod_gc = {"strategy": "OnWorkflowCompletion", "deleteDelayDuration": "10m"}
+    objects = _template(
+        helm,
+        "--set-json",
+        f"workflow.ttlStrategy={json.dumps(ttl)}",
+        "--set-json",
+        f"workflow.podGC={json.dumps(pod_gc)}",
+        "--set",
+        "workflow.instanceID=team-a",
+    )
+    template = _one(objects, "WorkflowTemplate")
+    problems = _argo_problems(argo_validator, template)
+    assert not problems, "\n".join(problems)
+    # helm merges the values over the chart's: the default secondsAfterCompletion stays.
+    assert template["spec"]["ttlStrategy"] == {"secondsAfterCompletion": WEEK_SECONDS, **ttl}
+    assert template["spec"]["podGC"] == pod_gc
+    assert template["metadata"]["labels"][INSTANCE_ID_LABEL] == "team-a"
+    assert INSTANCE_ID_LABEL not in template["spec"].get("workflowMetadata", {}).get(
+        "labels", {}
+    ), "a run labelled by the controller already running it would change hands"
+
+    objects = _template(
+        helm,
+        "--set",
+        "workflow.ttlStrategy.secondsAfterCompletion=null",
+        "--set",
+        "workflow.podGC.strategy=",
+    )
+    spec = _one(objects, "WorkflowTemplate")["spec"]
+    assert "ttlStrategy" not in spec and "podGC" not in spec
+
+
+# --------------------------------------------------------------------------------------------
+# the model store: one node (ReadWriteOnce) or a shared filesystem (ReadWriteMany)
+
+STORE_TOPOLOGY = "kubernetes.io/hostname"
+
+
+def _store_affinity(objects: list[Obj]) -> Obj:
+    """The podAffinity that puts a pod on the server's node: one required term, on the host,
+    whose selector selects the server's pods (and no other Deployment's)."""
+    server = _one(objects, "Deployment", f"{FULLNAME}-server")
+    selector = server["spec"]["selector"]["matchLabels"]
+    pod_labels = server["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    receiver = _one(objects, "Deployment", f"{FULLNAME}-receiver")
+    assert not selector.items() <= receiver["spec"]["template"]["metadata"]["labels"].items()
+    term = {"labelSelector": {"matchLabels": selector}, "topologyKey": STORE_TOPOLOGY}
+    return {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+
+
+def _store_claim(objects: list[Obj]) -> str:
+    server = _one(objects, "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
+    (claim,) = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in server["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    return str(claim)
+
+
+def _pods_with_their_affinity(objects: list[Obj]) -> Iterator[tuple[str, bool, Obj]]:
+    """Every pod the release starts: (where, whether it mounts the store, the affinity it is
+    scheduled with). A step's own affinity replaces the workflow's (Argo's rule)."""
+    claim = _store_claim(objects)
+    for where, pod in _pod_specs(objects):
+        claims = {v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+        yield where, claim in claims, pod.get("affinity", {})
+    spec = _one(objects, "WorkflowTemplate")["spec"]
+    store_volumes = {
+        v["name"]
+        for v in spec["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+    }
+    for template in spec["templates"]:
+        step = template.get("script") or template.get("container")
+        if step is None:
+            continue
+        mounts = {m["name"] for m in step.get("volumeMounts", [])}
+        affinity = template.get("affinity", spec.get("affinity", {}))
+        yield f"WorkflowTemplate step {template['name']}", bool(mounts & store_volumes), affinity
+
+
+def _modes(scenario: str) -> list[str]:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["persistence"]["accessModes"]
+    return list(_scenario_values(scenario).get("persistence", {}).get("accessModes", defaults))
+
+
+def test_the_store_defaults_to_read_write_once(rendered: dict[str, list[Obj]]) -> None:
+    """A claim that kind's local-path and most clouds' default storage classes can bind: with
+    ReadWriteMany it stays Pending there, and the bootstrap hook with it until helm times out."""
+    claim = _one(rendered["default"], "PersistentVolumeClaim", f"{FULLNAME}-store")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_with_a_one_node_store_every_pod_that_mounts_it_joins_the_servers_node(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """GIVEN a ReadWriteOnce store (every scenario but gpu) THEN the server (its rollouts), the
+    bootstrap Job and every workflow step, the exit handler's included, require the node of the
+    server's pods; pods that do not mount the store (the receiver) are free. GIVEN
+    ReadWriteMany (gpu) THEN no pod is tied to the server's node."""
+    objects = rendered[scenario]
+    one_node = "ReadWriteMany" not in _modes(scenario)
+    assert one_node == (scenario != "gpu")
+    term = _store_affinity(objects)["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    pods = list(_pods_with_their_affinity(objects))
+    assert {where for where, mounts, _ in pods if mounts} >= {
+        f"Deployment/{FULLNAME}-server",
+        *(
+            f"WorkflowTemplate step {s}"
+            for s in ("harden", "evaluate", "promote", "record-outcome")
+        ),
+    }
+    for where, mounts, affinity in pods:
+        required = affinity.get("podAffinity", {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution", []
+        )
+        assert (term in required) == (one_node and mounts), f"{where}: {affinity}"
+
+
+def test_a_steps_own_affinity_keeps_the_store_term(
+    helm: str, argo_validator: jsonschema.protocols.Validator
+) -> None:
+    """A step given its own affinity (templatePlacement) loses the workflow's, so the store's
+    term is added to it; the bootstrap Job keeps it under its own placement too."""
+    zone = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["batch"]}]}
+                ]
+            }
+        }
+    }
+    objects = _template(
+        helm,
+        "--set-json",
+        f"workflow.templatePlacement={json.dumps({'evaluate': {'affinity': zone}})}",
+    )
+    template = _one(objects, "WorkflowTemplate")
+    problems = _argo_problems(argo_validator, template)
+    assert not problems, "\n".join(problems)
+    evaluate = next(t for t in template["spec"]["templates"] if t["name"] == "evaluate")
+    assert evaluate["affinity"] == {**zone, "podAffinity": _store_affinity(objects)}
+    assert template["spec"]["affinity"] == {"podAffinity": _store_affinity(objects)}
+
+
+def test_a_colocated_gpu_pool_keeps_the_one_node_store(
+    helm: str, argo_validator: jsonschema.protocols.Validator
+) -> None:
+    """persistence.colocated=true: the operator says the server runs in the GPU pool, so the
+    harden step may be placed there and still join the server's node."""
+    objects = _template(
+        helm,
+        "--values",
+        _values_file("gpu"),
+        "--set",
+        "persistence.accessModes={ReadWriteOnce}",
+        "--set",
+        "persistence.colocated=true",
+    )
+    template = _one(objects, "WorkflowTemplate")
+    problems = _argo_problems(argo_validator, template)
+    assert not problems, "\n".join(problems)
+    pods = {where: affinity for where, mounts, affinity in _pods_with_their_affinity(objects)}
+    store = {"podAffinity": _store_affinity(objects)}
+    assert pods[f"WorkflowTemplate step {GPU_STEP}"] == store
+    assert pods[f"Job/{FULLNAME}-bootstrap"] == store
+    harden = next(t for t in template["spec"]["templates"] if t["name"] == GPU_STEP)
+    assert harden["nodeSelector"] == _gpu_values("gpu")["nodeSelector"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--set", "server.replicas=2"], ["server.replicas=2", "persistence.accessModes"]),
+        (
+            ["--values", _values_file("gpu"), "--set", "persistence.accessModes={ReadWriteOnce}"],
+            ["workflow.gpu", "persistence.accessModes", "persistence.colocated=true"],
+        ),
+        (
+            [
+                "--set",
+                "workflow.gpu.enabled=true",
+                "--set",
+                "workflow.templatePlacement.harden.nodeSelector.pool=gpu",
+            ],
+            ["workflow.templatePlacement.harden.nodeSelector", "persistence.colocated=true"],
+        ),
+        (
+            ["--set", "bootstrap.nodeSelector.pool=gpu"],
+            ["bootstrap.nodeSelector", "persistence.accessModes", "persistence.colocated=true"],
+        ),
+        (
+            ["--set", "persistence.accessModes={ReadWriteOncePod}"],
+            ["persistence.accessModes=[ReadWriteOncePod]", "ReadWriteMany"],
+        ),
+        (["--set", "persistence.accessModes={ReadOnlyMany}"], ["persistence.accessModes"]),
+    ],
+)
+def test_store_placements_that_cannot_schedule_are_refused_in_one_line(
+    helm: str, args: list[str], named: list[str]
+) -> None:
+    """GIVEN values whose pods could never all mount the store WHEN helm renders THEN it stops
+    with one line that names the values and what to set instead, and renders nothing."""
+    done = _run_helm(helm, "template", RELEASE, *args)
+    assert done.returncode != 0
+    assert "kind:" not in done.stdout
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    for value in named:
+        assert value in line, f"{value!r} not named in: {line}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "server.replicas=3", "--set", "persistence.accessModes={ReadWriteMany}"],
+        ["--set", "bootstrap.nodeSelector.pool=gpu", "--set", "persistence.colocated=true"],
+        ["--set", "workflow.gpu.enabled=true"],  # the GPU limit alone: no node pool named
+    ],
+)
+def test_store_placements_that_can_schedule_render(helm: str, args: list[str]) -> None:
+    assert _template(helm, *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -891,6 +1252,11 @@ def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, lis
             "/server/networkPolicy/from/0",
         ),
         (["--set-json", "server.networkPolicy.from=[{}]"], "/server/networkPolicy/from/0"),
+        (["--set", "workflow.podGC.strategy=Never"], "/workflow/podGC/strategy"),
+        (["--set", "workflow.ttlStrategy.secondsAfterCompletion=-1"], "/workflow/ttlStrategy"),
+        (["--set", "workflow.ttlStrategy.secondsAfterDeath=1"], "/workflow/ttlStrategy"),
+        (["--set", "workflow.instanceID=team a"], "/workflow/instanceID"),
+        (["--set", "prometheusRelease=kube prometheus"], "/prometheusRelease"),
     ],
 )
 def test_bad_values_are_rejected_with_the_offending_key(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,17 @@ from hera.workflows.models import WorkflowTemplate as WorkflowTemplateModel
 
 from robustloop.config import RobustloopConfig
 from workflows.contract import GATE_TASK, PARAMETERS, PROMOTE_TASK, TEMPLATE_NAME
-from workflows.remediation import GOLDEN_PATH, HEADER, STORE_CLAIM, build_template, render_yaml
+from workflows.remediation import (
+    DESCRIPTION_ANNOTATION,
+    GOLDEN_PATH,
+    HEADER,
+    INCIDENT_LABEL,
+    MODEL_LABEL,
+    STORE_CLAIM,
+    TITLE_ANNOTATION,
+    build_template,
+    render_yaml,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,6 +142,38 @@ def test_operational_settings(golden: dict[str, Any]) -> None:
     assert exit_args["status"] == "{{workflow.status}}"
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["store"]["persistentVolumeClaim"]["claimName"] == STORE_CLAIM
+
+
+def test_each_run_is_labelled_and_titled_from_its_parameters(golden: dict[str, Any]) -> None:
+    """GIVEN the golden template THEN every run it starts gets, from its own parameters, the
+    labels robustloop.dev/model and robustloop.dev/incident (Argo labelsFrom expressions, which
+    make any value a valid label value) and the title and description the Argo UI lists."""
+    metadata = golden["spec"]["workflowMetadata"]
+    expressions = {name: e["expression"] for name, e in metadata["labelsFrom"].items()}
+    assert set(expressions) == {MODEL_LABEL, INCIDENT_LABEL}
+    assert "workflow.parameters['model']" in expressions[MODEL_LABEL]
+    assert "workflow.parameters['incident-id']" in expressions[INCIDENT_LABEL]
+    for expression in expressions.values():
+        assert "{{" not in expression, "labelsFrom takes a bare expression, not a {{template}}"
+        assert "sprig.trunc(63," in expression, "a label value has at most 63 characters"
+    assert "labels" not in metadata, "the run's labels come from its parameters alone"
+    annotations = metadata["annotations"]
+    assert set(annotations) == {TITLE_ANNOTATION, DESCRIPTION_ANNOTATION}
+    title = annotations[TITLE_ANNOTATION]
+    assert (
+        title
+        == "Harden {{workflow.parameters.model}} (incident {{workflow.parameters.incident-id}})"
+    )
+    for parameter in ("model", "method", "eps", "base-version"):
+        assert f"{{{{workflow.parameters.{parameter}}}}}" in annotations[DESCRIPTION_ANNOTATION]
+    # Every {{...}} names a parameter that the template declares.
+    declared = {p["name"] for p in golden["spec"]["arguments"]["parameters"]}
+    used = set(
+        re.findall(
+            r"\{\{workflow\.parameters\.([a-z-]+)\}\}", title + annotations[DESCRIPTION_ANNOTATION]
+        )
+    )
+    assert used and used <= declared
 
 
 def test_every_step_runs_project_code_through_heras_runner(golden: dict[str, Any]) -> None:

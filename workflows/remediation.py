@@ -70,6 +70,14 @@ PARAMETER_HELP: dict[str, str] = {
 
 _PASSED = f"{{{{tasks.{GATE_TASK}.outputs.parameters.passed}}}} == true"
 
+MODEL_LABEL = "robustloop.dev/model"
+"""Label of every run: its ``model`` parameter (``argo list -l robustloop.dev/model=...``)."""
+INCIDENT_LABEL = "robustloop.dev/incident"
+"""Label of every run: its ``incident-id`` parameter, as a label value."""
+TITLE_ANNOTATION = "workflows.argoproj.io/title"
+DESCRIPTION_ANNOTATION = "workflows.argoproj.io/description"
+"""What the Argo UI's workflow list shows for a run, in place of its generated name."""
+
 
 def parameter_defaults(cfg: RobustloopConfig | None = None) -> dict[str, str]:
     """The workflow parameters' defaults for a config (all strings, as Argo passes them)."""
@@ -128,6 +136,40 @@ def _wf(name: str) -> str:
     return f"{{{{workflow.parameters.{name}}}}}"
 
 
+def label_value_expression(parameter: str) -> str:
+    """An Argo ``labelsFrom`` expression: a workflow parameter made a valid label value.
+
+    Argo evaluates it (expr with Sprig) when it starts a run and fails the run at once on a
+    value Kubernetes refuses as a label (more than 63 characters, or characters outside
+    ``[A-Za-z0-9_.-]``, or not alphanumeric at either end). The receiver's incident ids are
+    valid as they are; a hand-typed one (``argo submit -p incident-id='INC 42/a'``) is cut down
+    to ``INC-42-a`` rather than stopping the remediation over a label.
+    """
+    value = f"workflow.parameters['{parameter}']"
+    cleaned = f"sprig.regexReplaceAll('[^-_.A-Za-z0-9]+', {value}, '-')"
+    return f"sprig.trimAll('-_.', sprig.trunc(63, {cleaned}))"
+
+
+def _run_metadata() -> m.WorkflowMetadata:
+    """Labels and annotations of each run (Argo's ``workflowMetadata``), to find it in the UI.
+
+    The annotations are templates that Argo fills in with the run's parameters before it
+    applies them; the labels come from expressions (:func:`label_value_expression`).
+    """
+    return m.WorkflowMetadata(
+        labels_from={
+            MODEL_LABEL: m.LabelValueFrom(expression=label_value_expression("model")),
+            INCIDENT_LABEL: m.LabelValueFrom(expression=label_value_expression("incident-id")),
+        },
+        annotations={
+            TITLE_ANNOTATION: f"Harden {_wf('model')} (incident {_wf('incident-id')})",
+            DESCRIPTION_ANNOTATION: f"{_wf('method')} adversarial training of {_wf('model')} "
+            f"from {_wf('base-version')} at eps {_wf('eps')}, gated against production, "
+            "then promoted and guarded.",
+        },
+    )
+
+
 def build_template(cfg: RobustloopConfig | None = None) -> WorkflowTemplate:
     """Build the Hera ``WorkflowTemplate`` ``robustloop-remediate`` for a config.
 
@@ -150,6 +192,7 @@ def build_template(cfg: RobustloopConfig | None = None) -> WorkflowTemplate:
         synchronization=m.Synchronization(mutexes=[m.Mutex(name=MUTEX_NAME)]),
         active_deadline_seconds=WORKFLOW_DEADLINE_SECONDS,
         pod_gc=m.PodGC(strategy="OnPodSuccess"),
+        workflow_metadata=_run_metadata(),
         volumes=[
             m.Volume(
                 name="store",
@@ -238,12 +281,17 @@ def render_yaml(cfg: RobustloopConfig | None = None) -> str:
 __all__ = [
     "CONFIG_MAP",
     "CONFIG_MOUNT",
+    "DESCRIPTION_ANNOTATION",
     "GOLDEN_PATH",
     "IMAGE",
+    "INCIDENT_LABEL",
+    "MODEL_LABEL",
     "STORE_CLAIM",
     "STORE_MOUNT",
+    "TITLE_ANNOTATION",
     "ParameterError",
     "build_template",
+    "label_value_expression",
     "parameter_defaults",
     "render_yaml",
     "validate_parameters",

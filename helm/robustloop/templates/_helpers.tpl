@@ -43,6 +43,23 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Labels of an object that Prometheus selects (PrometheusRule, ServiceMonitor, PodMonitor):
+`release: <prometheusRelease>`, which kube-prometheus-stack's selectors require by default, under
+the object's own labels (call with (dict "ctx" $ "labels" X)); an own `release: ""` drops it. */}}
+{{- define "robustloop.prometheusLabels" -}}
+{{- $labels := dict }}
+{{- with .ctx.Values.prometheusRelease }}
+{{- $_ := set $labels "release" . }}
+{{- end }}
+{{- $labels = mustMergeOverwrite $labels (deepCopy (default dict .labels)) }}
+{{- if eq (toString (index $labels "release")) "" }}
+{{- $_ := unset $labels "release" }}
+{{- end }}
+{{- with $labels }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "robustloop.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -53,6 +70,63 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "robustloop.storeClaim" -}}
 {{- default (printf "%s-store" (include "robustloop.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* "true" when the store's claim mounts on one node at a time (no ReadWriteMany): every pod
+that mounts it must then run on the server's node. */}}
+{{- define "robustloop.storeOnOneNode" -}}
+{{- if not (has "ReadWriteMany" .Values.persistence.accessModes) }}true{{ end }}
+{{- end }}
+
+{{/* Refuse, at render time, store placements that can never schedule (one line each). */}}
+{{- define "robustloop.checkStorePlacement" -}}
+{{- $modes := .Values.persistence.accessModes }}
+{{- $shown := printf "persistence.accessModes=[%s]" (join "," $modes) }}
+{{- if has "ReadWriteOncePod" $modes }}
+{{- fail (printf "%s: the server, the bootstrap Job and the workflow's steps mount the store together, which ReadWriteOncePod forbids; use ReadWriteOnce (every such pod on the server's node) or ReadWriteMany (a shared filesystem)" $shown) }}
+{{- end }}
+{{- if not (or (has "ReadWriteOnce" $modes) (has "ReadWriteMany" $modes)) }}
+{{- fail (printf "%s: the workflow's steps write to the store; use ReadWriteOnce or ReadWriteMany" $shown) }}
+{{- end }}
+{{- if include "robustloop.storeOnOneNode" . }}
+{{- if gt (int .Values.server.replicas) 1 }}
+{{- fail (printf "server.replicas=%d with %s: the store mounts on one node only, so the replicas could not spread over nodes (on another node a replica cannot mount it); use server.replicas=1, or persistence.accessModes={ReadWriteMany} (a shared filesystem)" (int .Values.server.replicas) $shown) }}
+{{- end }}
+{{- if not .Values.persistence.colocated }}
+{{- $gpu := default dict .Values.workflow.gpu }}
+{{- $hardenPlacement := default dict (index (default dict .Values.workflow.templatePlacement) "harden") }}
+{{- if and $gpu.enabled (or $gpu.nodeSelector $hardenPlacement.nodeSelector) }}
+{{- fail (printf "workflow.gpu.enabled with a nodeSelector (workflow.gpu.nodeSelector, workflow.templatePlacement.harden.nodeSelector) and %s: the harden step must run on the server's node, which that node pool may not hold; use persistence.accessModes={ReadWriteMany} (a shared filesystem), or set persistence.colocated=true if the server runs in that node pool too (server.nodeSelector, server.tolerations)" $shown) }}
+{{- end }}
+{{- if (default dict .Values.bootstrap).nodeSelector }}
+{{- fail (printf "bootstrap.nodeSelector with %s: the bootstrap Job must run on the server's node, which those nodes may not hold; use persistence.accessModes={ReadWriteMany} (a shared filesystem), or set persistence.colocated=true if the server runs on those nodes too (server.nodeSelector, server.tolerations)" $shown) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The podAffinity term that puts a pod on the node of the server's pods. */}}
+{{- define "robustloop.storeAffinityTerm" -}}
+labelSelector:
+  matchLabels:
+    {{- include "robustloop.selectorLabels" (dict "ctx" . "component" "server") | nindent 4 }}
+topologyKey: kubernetes.io/hostname
+{{- end }}
+
+{{/* An affinity, call with (dict "ctx" $ "affinity" X), with the store's podAffinity term added
+when the store mounts on one node; empty when there is nothing to say. */}}
+{{- define "robustloop.storeAffinity" -}}
+{{- $affinity := deepCopy (default dict .affinity) }}
+{{- if include "robustloop.storeOnOneNode" .ctx }}
+{{- $podAffinity := default dict $affinity.podAffinity }}
+{{- $required := default list $podAffinity.requiredDuringSchedulingIgnoredDuringExecution }}
+{{- $required = append $required (include "robustloop.storeAffinityTerm" .ctx | fromYaml) }}
+{{- $_ := set $podAffinity "requiredDuringSchedulingIgnoredDuringExecution" $required }}
+{{- $_ := set $affinity "podAffinity" $podAffinity }}
+{{- end }}
+{{- if $affinity }}
+{{- toYaml $affinity }}
+{{- end }}
 {{- end }}
 
 {{- define "robustloop.receiverClaim" -}}
