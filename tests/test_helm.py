@@ -912,3 +912,61 @@ def test_a_chart_without_its_generated_copies_says_what_to_run(
     done = _run_helm(helm, "template", RELEASE, chart=chart)
     assert done.returncode != 0
     assert "make chart-sync" in done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# receiver: the Argo Server's address and CA bundle
+
+
+def test_the_default_argo_server_is_the_argo_workflows_chart_over_plain_http(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    """GIVEN default values THEN the receiver submits to the argo-workflows chart installed as
+    release argo-workflows in namespace argo (Service argo-workflows-server, plain HTTP), with
+    no CA bundle mounted."""
+    objects = rendered["default"]
+    argo = _config(objects).submitter.argo
+    assert argo.host == "http://argo-workflows-server.argo.svc:2746"
+    assert argo.ca_file is None
+    pod = _one(objects, "Deployment", f"{FULLNAME}-receiver")["spec"]["template"]["spec"]
+    assert "argo-ca" not in {v["name"] for v in pod["volumes"]}
+
+
+@pytest.mark.parametrize("source", ["secret", "configMap"])
+def test_the_argo_ca_bundle_is_mounted_read_only_where_the_config_names_it(
+    helm: str, source: str
+) -> None:
+    """GIVEN argo.ca naming a Secret's or a ConfigMap's key WHEN the chart renders THEN the
+    receiver's config names submitter.argo.ca_file, the file the receiver mounts read-only from
+    that key, and the Deployment is valid."""
+    objects = _template(
+        helm,
+        "--set", "argo.serverUrl=https://argo-server.argo.svc:2746",
+        "--set", f"argo.ca.{source}=argo-server-ca",
+        "--set", "argo.ca.key=tls.crt",
+    )  # fmt: skip
+    config = _config(objects)
+    ca_file = config.submitter.argo.ca_file
+    assert ca_file is not None and ca_file.name == "tls.crt"
+    assert config.submitter.argo.verify_tls is True
+    deployment = _one(objects, "Deployment", f"{FULLNAME}-receiver")
+    pod = deployment["spec"]["template"]["spec"]
+    receiver = _container(deployment, "receiver")
+    (mount,) = [m for m in receiver["volumeMounts"] if m["mountPath"] == str(ca_file.parent)]
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    if source == "secret":
+        assert volume["secret"]["secretName"] == "argo-server-ca"
+        assert volume["secret"]["items"] == [{"key": "tls.crt", "path": "tls.crt"}]
+    else:
+        assert volume["configMap"]["name"] == "argo-server-ca"
+        assert volume["configMap"]["items"] == [{"key": "tls.crt", "path": "tls.crt"}]
+    assert _kube_problems(deployment) == []
+
+
+def test_an_argo_ca_from_both_a_secret_and_a_config_map_is_rejected(helm: str) -> None:
+    done = _run_helm(
+        helm, "template", RELEASE, "--set", "argo.ca.secret=a", "--set", "argo.ca.configMap=b"
+    )
+    assert done.returncode != 0
+    assert "argo.ca.secret or argo.ca.configMap, not both" in done.stderr

@@ -102,6 +102,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* Where the receiver finds the Argo Server's CA bundle (argo.ca), or nothing. */}}
+{{- define "robustloop.argoCaFile" -}}
+{{- if or .Values.argo.ca.secret .Values.argo.ca.configMap -}}
+/var/run/secrets/robustloop/argo-ca/{{ .Values.argo.ca.key }}
+{{- end }}
+{{- end }}
+
 {{/* The config file: the user's `config` under the keys the chart must own. */}}
 {{- define "robustloop.configYaml" -}}
 {{- $owned := dict
@@ -113,7 +120,8 @@ app.kubernetes.io/component: {{ .component }}
       "host" .Values.argo.serverUrl
       "namespace" .Release.Namespace
       "token_file" (include "robustloop.argoTokenFile" .)
-      "verify_tls" .Values.argo.verifyTls))
+      "verify_tls" .Values.argo.verifyTls
+      "ca_file" ((include "robustloop.argoCaFile" .) | default nil)))
   "rollout" (dict "prometheus_url" .Values.prometheusUrl)
   "stack" (dict "run_dir" "/tmp/robustloop-stack")
 }}
