@@ -205,8 +205,9 @@ def test_an_intent_whose_alert_resolved_long_ago_is_dropped_unsubmitted(
     record = remediation(running.url, INCIDENT)
     stale = metric(running.registry, "robustloop_webhook_decisions_total", decision="stale")
     if outage == "short":
-        # THEN a remediation decided while the alert fired still runs after it resolves
-        assert record["state"] == "submitted"
+        # THEN a remediation decided while the alert fired still runs after it resolves (the
+        # second pass already follows it)
+        assert record["state"] in ("submitted", "running")
         assert argo.created() == [NAME]
         assert stale == 0
     else:
