@@ -7,7 +7,8 @@ A real HTTP server on 127.0.0.1 (a free port) implementing what the receiver cal
   ``Workflow`` definitions, ``$ref``\\ s resolved with ``referencing``) and by parsing it with
   Hera's model (``hera.workflows.models.WorkflowCreateRequest``); checks that the workflow
   references a WorkflowTemplate it knows, with parameters that template declares; answers
-  409 for a name it already has, like Argo;
+  409 for a name it already has, like Argo; :meth:`ArgoStandIn.effective_parameters` are the
+  parameters a run gets, the template's defaults under the workflow's own, as Argo merges them;
 * ``GET /api/v1/workflows/{namespace}/{name}``: the stored workflow with a ``status`` in
   Argo's shape (phase, nodes with ``displayName`` and output parameters), 404 if unknown.
 
@@ -50,14 +51,14 @@ GOLDEN_TEMPLATE = REPO_ROOT / "workflows" / f"{TEMPLATE_NAME}.yaml"
 _DEF = "io.argoproj.workflow.v1alpha1."
 
 
-def template_parameters() -> set[str]:
-    """Parameter names the remediation WorkflowTemplate declares (its golden YAML, else the
-    contract)."""
+def template_parameters() -> dict[str, str]:
+    """The parameters the remediation WorkflowTemplate declares, with their defaults (its
+    golden YAML, else the contract)."""
     if GOLDEN_TEMPLATE.exists():
         template = yaml.safe_load(GOLDEN_TEMPLATE.read_text(encoding="utf-8"))
         declared = template["spec"]["arguments"]["parameters"]
-        return {param["name"] for param in declared}
-    return set(PARAMETERS)
+        return {param["name"]: str(param.get("value", "")) for param in declared}
+    return dict(PARAMETERS)
 
 
 @functools.cache
@@ -105,7 +106,9 @@ class ArgoStandIn(StandInServer):
     ) -> None:
         self._create_request, self._workflow = _validators(schema_path)
         self.token = token
-        self.templates: dict[str, set[str]] = {TEMPLATE_NAME: template_parameters()}
+        self.templates: dict[str, dict[str, str]] = {TEMPLATE_NAME: template_parameters()}
+        """WorkflowTemplates in the namespace: name -> {parameter: default}. A test may change
+        the defaults, as the chart's ``workflow.parameters`` do."""
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
         self.run_status: dict[str, dict[str, Any]] = {}
         self.auto_finish: tuple[str, bool] | None = None
@@ -156,6 +159,15 @@ class ArgoStandIn(StandInServer):
         with self._lock:
             return [name for (_, name) in self.workflows]
 
+    def effective_parameters(self, name: str, namespace: str = "robustloop") -> dict[str, str]:
+        """The parameters run ``name`` gets: its template's defaults, overridden by the values
+        the workflow itself gives (Argo's merge for ``workflowTemplateRef``)."""
+        with self._lock:
+            spec = self.workflows[(namespace, name)]["spec"]
+            defaults = dict(self.templates[spec["workflowTemplateRef"]["name"]])
+        given = (spec.get("arguments") or {}).get("parameters") or []
+        return {**defaults, **{p["name"]: str(p["value"]) for p in given}}
+
     def creates(self) -> list[int]:
         """Statuses answered to every create call."""
         with self._lock:
@@ -193,7 +205,7 @@ class ArgoStandIn(StandInServer):
             problems.append(f"workflowtemplates.argoproj.io {ref!r} not found")
         else:
             given = {p.get("name") for p in (spec.get("arguments") or {}).get("parameters") or []}
-            unknown = given - self.templates[ref]
+            unknown = given - set(self.templates[ref])
             if unknown:
                 problems.append(f"parameters {sorted(unknown)} not declared by template {ref}")
         if not (body["workflow"].get("metadata") or {}).get("name"):
