@@ -6,7 +6,8 @@ A real HTTP server on 127.0.0.1 (a free port) implementing what the receiver cal
   (``../shared/schemas/argo-workflows/schema.json``: the ``WorkflowCreateRequest`` and its
   ``Workflow`` definitions, ``$ref``\\ s resolved with ``referencing``) and by parsing it with
   Hera's model (``hera.workflows.models.WorkflowCreateRequest``); checks that the workflow
-  references a WorkflowTemplate it knows, with parameters that template declares; answers
+  references a WorkflowTemplate it knows, with parameters that template declares, and that its
+  labels are valid Kubernetes labels (the API server refuses others); answers
   409 for a name it already has, like Argo; :meth:`ArgoStandIn.effective_parameters` are the
   parameters a run gets, the template's defaults under the workflow's own, as Argo merges them;
 * ``GET /api/v1/workflows/{namespace}/{name}``: the stored workflow with a ``status`` in
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import ssl
 import subprocess
@@ -49,6 +51,23 @@ from workflows.contract import PARAMETERS, TEMPLATE_NAME
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_TEMPLATE = REPO_ROOT / "workflows" / f"{TEMPLATE_NAME}.yaml"
 _DEF = "io.argoproj.workflow.v1alpha1."
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def label_problems(labels: dict[str, Any]) -> list[str]:
+    """Why Kubernetes would refuse each of these metadata labels (empty when all are valid)."""
+    problems = []
+    for key, value in labels.items():
+        prefix, _, name = str(key).rpartition("/")
+        if not (_LABEL_NAME.fullmatch(name) and len(name) <= 63) or (
+            prefix and not (_DNS_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253)
+        ):
+            problems.append(f"metadata.labels: Invalid value: {key!r}: not a qualified name")
+        if not (isinstance(value, str) and _LABEL_VALUE.fullmatch(value) and len(value) <= 63):
+            problems.append(f"metadata.labels: Invalid value: {value!r}: not a label value")
+    return problems
 
 
 def template_parameters() -> dict[str, str]:
@@ -208,6 +227,7 @@ class ArgoStandIn(StandInServer):
             unknown = given - set(self.templates[ref])
             if unknown:
                 problems.append(f"parameters {sorted(unknown)} not declared by template {ref}")
+        problems += label_problems((body["workflow"].get("metadata") or {}).get("labels") or {})
         if not (body["workflow"].get("metadata") or {}).get("name"):
             problems.append("metadata.name is empty (the receiver must choose the name)")
         return problems

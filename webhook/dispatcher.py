@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 
 from robustloop.config import RobustloopConfig
 from webhook import outbox as ob
+from webhook._labels import run_labels
 from webhook.metrics import WebhookMetrics
 from webhook.outbox import Incident, Outbox, iso_time
 from webhook.submitters.base import (
@@ -335,7 +336,15 @@ class Dispatcher:
                 continue
             attempts = incident.attempts + 1
             try:
-                result = self.submitter.submit(incident.workflow, workflow_parameters(incident))
+                result = self.submitter.submit(
+                    incident.workflow,
+                    workflow_parameters(incident),
+                    run_labels(
+                        model=incident.model,
+                        incident_id=incident.id,
+                        alertname=incident.alertname,
+                    ),
+                )
             except RefusedSubmitError as exc:
                 self._refused(incident, exc, attempts, self.clock())
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,11 @@ class ArgoSubmitter:
             session=self._session,
         )
 
-    def workflow(self, name: str, parameters: dict[str, str]) -> Workflow:
-        """The Workflow object submitted for one incident (a reference to the template)."""
+    def workflow(
+        self, name: str, parameters: dict[str, str], labels: Mapping[str, str] | None = None
+    ) -> Workflow:
+        """The Workflow object submitted for one incident (a reference to the template),
+        labelled with ``labels`` (the incident's: model, incident, alert name) as well."""
         return Workflow(
             api_version="argoproj.io/v1alpha1",
             kind="Workflow",
@@ -142,6 +146,7 @@ class ArgoSubmitter:
                 name=name,
                 namespace=self.namespace,
                 labels={
+                    **(labels or {}),
                     "app.kubernetes.io/managed-by": "robustloop-webhook",
                     "workflows.argoproj.io/workflow-template": TEMPLATE_NAME,
                 },
@@ -155,10 +160,12 @@ class ArgoSubmitter:
             ),
         )
 
-    def submit(self, name: str, parameters: dict[str, str]) -> Submitted:
+    def submit(
+        self, name: str, parameters: dict[str, str], labels: Mapping[str, str] | None = None
+    ) -> Submitted:
         """Create the workflow; a 409 (it exists) is success. See :class:`Submitter`."""
         request = WorkflowCreateRequest(
-            namespace=self.namespace, workflow=self.workflow(name, parameters)
+            namespace=self.namespace, workflow=self.workflow(name, parameters, labels)
         )
         doing = f"creating {name}"
         with self._lock:
