@@ -543,7 +543,8 @@ class WebhookConfig(_Section):
     )
     token_file: Path | None = Field(
         None,
-        description="File holding the bearer token; else ROBUSTLOOP_WEBHOOK_TOKEN is used.",
+        description="File holding the bearer token, re-read when it changes (a rotated "
+        "Kubernetes Secret); else ROBUSTLOOP_WEBHOOK_TOKEN is used (read once).",
     )
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest alert payload; larger gets 413."

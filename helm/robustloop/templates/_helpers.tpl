@@ -67,6 +67,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-feedback-token" (include "robustloop.fullname" .)) .Values.server.feedbackToken.existingSecret }}
 {{- end }}
 
+{{/* Where the receiver pod mounts its bearer token (config webhook.token_file, re-read when the
+kubelet updates the Secret's files). */}}
+{{- define "robustloop.receiverTokenDir" -}}/var/run/secrets/robustloop/webhook{{- end }}
+
 {{/* Where the server pod mounts the feedback token (config serving.feedback_token_file). */}}
 {{- define "robustloop.feedbackTokenDir" -}}/var/run/secrets/robustloop/feedback{{- end }}
 
@@ -115,7 +119,8 @@ app.kubernetes.io/component: {{ .component }}
   "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
   "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port) "http_threads" (int .Values.server.threads)
       "feedback_token_file" (include "robustloop.feedbackTokenFile" .))
-  "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3")
+  "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3"
+      "token_file" (printf "%s/token" (include "robustloop.receiverTokenDir" .)))
   "submitter" (dict "kind" "argo" "runs_dir" "/tmp/robustloop-runs" "argo" (dict
       "host" .Values.argo.serverUrl
       "namespace" .Release.Namespace
