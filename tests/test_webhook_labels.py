@@ -49,7 +49,7 @@ def test_a_valid_label_value_is_kept_as_it_is(value: str) -> None:
     assert label_value(value) == value
 
 
-@given(st.text("ab-", min_size=MAX_LABEL_VALUE, max_size=80), any_text, any_text)
+@given(st.text("ab", min_size=MAX_LABEL_VALUE, max_size=80), any_text, any_text)
 def test_long_values_that_share_a_beginning_stay_distinct(stem: str, one: str, other: str) -> None:
     """Shortening is where distinct values could meet: the kept beginning is the same, the
     digest of the whole differs. (Sanitising alone is lossy: `a b` and `a-b` meet.)"""
