@@ -543,7 +543,8 @@ class WebhookConfig(_Section):
     )
     token_file: Path | None = Field(
         None,
-        description="File holding the bearer token; else ROBUSTLOOP_WEBHOOK_TOKEN is used.",
+        description="File holding the bearer token, re-read when it changes (a rotated "
+        "Kubernetes Secret); else ROBUSTLOOP_WEBHOOK_TOKEN is used (read once).",
     )
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest alert payload; larger gets 413."
@@ -593,12 +594,26 @@ class WebhookConfig(_Section):
 
 
 class ArgoConfig(_Section):
-    host: str = Field("https://argo-server.argo:2746", description="Argo Server URL.")
+    host: str = Field(
+        "http://argo-workflows-server.argo.svc:2746",
+        description="Argo Server URL: http:// for a server that serves plain HTTP (the "
+        "argo-workflows Helm chart's default, here its release argo-workflows in namespace "
+        "argo), https:// for one that serves TLS (Argo's own install manifests, or the chart "
+        "with server.secure: true).",
+    )
     namespace: str = Field("robustloop", description="Namespace the workflows run in.")
     token_file: Path | None = Field(
         None, description="File holding the Argo Server bearer token (service account token)."
     )
-    verify_tls: bool = Field(True, description="Verify the Argo Server's TLS certificate.")
+    verify_tls: bool = Field(
+        True, description="Verify the Argo Server's TLS certificate (https:// hosts only)."
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA certificate(s) the Argo Server's certificate is "
+        "verified against (for a self-signed server, its own certificate); null = the "
+        "system's CA bundle.",
+    )
 
 
 class SubmitterConfig(_Section):

@@ -6,10 +6,17 @@ A real HTTP server on 127.0.0.1 (a free port) implementing what the receiver cal
   (``../shared/schemas/argo-workflows/schema.json``: the ``WorkflowCreateRequest`` and its
   ``Workflow`` definitions, ``$ref``\\ s resolved with ``referencing``) and by parsing it with
   Hera's model (``hera.workflows.models.WorkflowCreateRequest``); checks that the workflow
-  references a WorkflowTemplate it knows, with parameters that template declares; answers
-  409 for a name it already has, like Argo;
+  references a WorkflowTemplate it knows, with parameters that template declares, and that its
+  labels are valid Kubernetes labels (the API server refuses others); answers
+  409 for a name it already has, like Argo; :meth:`ArgoStandIn.effective_parameters` are the
+  parameters a run gets, the template's defaults under the workflow's own, as Argo merges them;
 * ``GET /api/v1/workflows/{namespace}/{name}``: the stored workflow with a ``status`` in
   Argo's shape (phase, nodes with ``displayName`` and output parameters), 404 if unknown.
+
+With ``tls=(certificate, key)`` it serves HTTPS like the Argo Server in secure mode (Go's
+``tls.NewListener`` under ``cmux``): a client that does not complete the handshake, plain HTTP
+included, has its connection closed without an answer (kept in :attr:`tls_failures`).
+:func:`self_signed_certificate` makes a certificate for 127.0.0.1.
 
 Faults are injected per test: an HTTP status for the next N calls (503, 403...), a delay longer
 than the client's timeout (optionally after storing the workflow, as when Argo created it but the
@@ -21,6 +28,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections import deque
@@ -40,16 +51,33 @@ from workflows.contract import PARAMETERS, TEMPLATE_NAME
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_TEMPLATE = REPO_ROOT / "workflows" / f"{TEMPLATE_NAME}.yaml"
 _DEF = "io.argoproj.workflow.v1alpha1."
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
-def template_parameters() -> set[str]:
-    """Parameter names the remediation WorkflowTemplate declares (its golden YAML, else the
-    contract)."""
+def label_problems(labels: dict[str, Any]) -> list[str]:
+    """Why Kubernetes would refuse each of these metadata labels (empty when all are valid)."""
+    problems = []
+    for key, value in labels.items():
+        prefix, _, name = str(key).rpartition("/")
+        if not (_LABEL_NAME.fullmatch(name) and len(name) <= 63) or (
+            prefix and not (_DNS_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253)
+        ):
+            problems.append(f"metadata.labels: Invalid value: {key!r}: not a qualified name")
+        if not (isinstance(value, str) and _LABEL_VALUE.fullmatch(value) and len(value) <= 63):
+            problems.append(f"metadata.labels: Invalid value: {value!r}: not a label value")
+    return problems
+
+
+def template_parameters() -> dict[str, str]:
+    """The parameters the remediation WorkflowTemplate declares, with their defaults (its
+    golden YAML, else the contract)."""
     if GOLDEN_TEMPLATE.exists():
         template = yaml.safe_load(GOLDEN_TEMPLATE.read_text(encoding="utf-8"))
         declared = template["spec"]["arguments"]["parameters"]
-        return {param["name"] for param in declared}
-    return set(PARAMETERS)
+        return {param["name"]: str(param.get("value", "")) for param in declared}
+    return dict(PARAMETERS)
 
 
 @functools.cache
@@ -89,12 +117,17 @@ class ArgoStandIn(StandInServer):
     Args:
         schema_path: the Argo JSON schema (``schemas / "argo-workflows" / "schema.json"``).
         token: when set, requests must carry ``Authorization: Bearer <token>`` (else 401).
+        tls: (certificate, key) PEM files: serve HTTPS with them; None: plain HTTP.
     """
 
-    def __init__(self, schema_path: Path, token: str | None = None) -> None:
+    def __init__(
+        self, schema_path: Path, token: str | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self._create_request, self._workflow = _validators(schema_path)
         self.token = token
-        self.templates: dict[str, set[str]] = {TEMPLATE_NAME: template_parameters()}
+        self.templates: dict[str, dict[str, str]] = {TEMPLATE_NAME: template_parameters()}
+        """WorkflowTemplates in the namespace: name -> {parameter: default}. A test may change
+        the defaults, as the chart's ``workflow.parameters`` do."""
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
         self.run_status: dict[str, dict[str, Any]] = {}
         self.auto_finish: tuple[str, bool] | None = None
@@ -105,9 +138,24 @@ class ArgoStandIn(StandInServer):
         """(method, path, status) of every call, in order."""
         self.invalid: list[str] = []
         """Why each rejected body was invalid; a correct client leaves this empty."""
+        self.tls_failures: list[str] = []
+        """Why each TLS handshake failed (a plain-HTTP client, a client refusing the cert)."""
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         super().__init__(self._handler_class())
+        self._tls = tls is not None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls[0], tls[1])
+            # The handshake happens in the handler's thread (Handler.setup), not in accept().
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_port}"
 
     # -- control ------------------------------------------------------------------------------
 
@@ -129,6 +177,15 @@ class ArgoStandIn(StandInServer):
         """Names of the workflows created, in any namespace."""
         with self._lock:
             return [name for (_, name) in self.workflows]
+
+    def effective_parameters(self, name: str, namespace: str = "robustloop") -> dict[str, str]:
+        """The parameters run ``name`` gets: its template's defaults, overridden by the values
+        the workflow itself gives (Argo's merge for ``workflowTemplateRef``)."""
+        with self._lock:
+            spec = self.workflows[(namespace, name)]["spec"]
+            defaults = dict(self.templates[spec["workflowTemplateRef"]["name"]])
+        given = (spec.get("arguments") or {}).get("parameters") or []
+        return {**defaults, **{p["name"]: str(p["value"]) for p in given}}
 
     def creates(self) -> list[int]:
         """Statuses answered to every create call."""
@@ -167,9 +224,10 @@ class ArgoStandIn(StandInServer):
             problems.append(f"workflowtemplates.argoproj.io {ref!r} not found")
         else:
             given = {p.get("name") for p in (spec.get("arguments") or {}).get("parameters") or []}
-            unknown = given - self.templates[ref]
+            unknown = given - set(self.templates[ref])
             if unknown:
                 problems.append(f"parameters {sorted(unknown)} not declared by template {ref}")
+        problems += label_problems((body["workflow"].get("metadata") or {}).get("labels") or {})
         if not (body["workflow"].get("metadata") or {}).get("name"):
             problems.append("metadata.name is empty (the receiver must choose the name)")
         return problems
@@ -210,6 +268,23 @@ class ArgoStandIn(StandInServer):
         standin = self
 
         class Handler(JSONHandler):
+            tls_failed = False
+
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.settimeout(5)
+                    try:
+                        self.request.do_handshake()
+                    except OSError as exc:  # ssl.SSLError is one
+                        self.tls_failed = True
+                        with standin._lock:
+                            standin.tls_failures.append(f"{type(exc).__name__}: {exc}")
+                super().setup()
+
+            def handle(self) -> None:
+                if not self.tls_failed:  # else close without a word, as the Argo Server does
+                    super().handle()
+
             def _answer(self, status: int, body: Any) -> None:
                 self.answer_json(status, body)
                 with standin._lock:
@@ -289,3 +364,85 @@ def _status(name: str, phase: str, gate_passed: bool | None) -> dict[str, Any]:
                 "outputs": {"parameters": [{"name": "version", "value": "v0002"}]},
             }
     return {"phase": phase, "nodes": nodes, "message": "" if phase != "Failed" else "step failed"}
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``host`` (an IP address) and its key, as PEM files in
+    ``folder``: with the ``cryptography`` package where installed, else the ``openssl`` CLI.
+
+    Raises:
+        FileNotFoundError: neither is available.
+    """
+    certificate, key = folder / "argo-server.crt", folder / "argo-server.key"
+    try:
+        _self_signed_with_cryptography(certificate, key, host)
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise FileNotFoundError(
+                "neither the cryptography package nor the openssl CLI is installed"
+            ) from None
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", "/CN=argo-server", "-keyout", str(key),
+             "-out", str(certificate), "-addext", f"subjectAltName=IP:{host}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,digitalSignature,keyCertSign"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    return certificate, key
+
+
+def _self_signed_with_cryptography(certificate: Path, key: Path, host: str) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "argo-server")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(private.public_key()), critical=False
+        )
+        .sign(private, hashes.SHA256())
+    )
+    certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )

@@ -963,14 +963,31 @@ def test_probes_and_ports(rendered: dict[str, list[Obj]], scenario: str) -> None
     assert endpoints[0]["path"] == "/metrics" and endpoints[0]["port"] == "http"
 
 
+def _receiver_token(objects: list[Obj]) -> Obj:
+    """The Secret key the receiver's token comes from (``name``, ``key``), after checking that
+    the config's webhook.token_file is that key, mounted read-only as a file (no subPath, so
+    that the kubelet's updates reach the running receiver) and not in the environment."""
+    token_file = _config(objects).webhook.token_file
+    assert token_file is not None, "the config must name webhook.token_file"
+    deployment = _one(objects, "Deployment", f"{FULLNAME}-receiver")
+    receiver = _container(deployment, "receiver")
+    assert "ROBUSTLOOP_WEBHOOK_TOKEN" not in {e["name"] for e in receiver.get("env", [])}
+    (mount,) = [m for m in receiver["volumeMounts"] if m["mountPath"] == str(token_file.parent)]
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    secret = _secret_volumes(deployment["spec"]["template"]["spec"])[mount["name"]]
+    (item,) = secret["items"]
+    assert item["path"] == token_file.name
+    assert secret["defaultMode"] & 0o007 == 0, "others may not read the token file"
+    return {"name": secret["secretName"], "key": item["key"]}
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_receiver_token_is_wired_from_one_secret(
     rendered: dict[str, list[Obj]], scenario: str
 ) -> None:
     """Alertmanager sends, and the receiver checks, the same Secret key; no token in plain text."""
     objects = rendered[scenario]
-    receiver = _container(_one(objects, "Deployment", f"{FULLNAME}-receiver"), "receiver")
-    ref = _env(receiver, "ROBUSTLOOP_WEBHOOK_TOKEN")["valueFrom"]["secretKeyRef"]
+    ref = _receiver_token(objects)
     webhook = _one(objects, "AlertmanagerConfig")["spec"]["receivers"][0]["webhookConfigs"][0]
     credentials = webhook["httpConfig"]["authorization"]["credentials"]
     assert webhook["httpConfig"]["authorization"]["type"] == "Bearer"
@@ -988,7 +1005,6 @@ def test_receiver_token_is_wired_from_one_secret(
         assert len(secret["data"][ref["key"]]) >= 40, "the generated token is too short"
     config = _config(objects)
     assert config.webhook.auth == "bearer"
-    assert config.webhook.token_file is None, "the token comes from the environment"
     # Delivered to the receiver's Service, on the path the receiver serves.
     service = _one(objects, "Service", f"{FULLNAME}-receiver")
     port = service["spec"]["ports"][0]["port"]
@@ -1060,8 +1076,7 @@ def test_feedback_token_reaches_the_server_alone_from_its_own_secret(
     objects = rendered[scenario]
     values = _scenario_values(scenario)
     name, key, _ = _feedback_token(objects, values)
-    receiver = _container(_one(objects, "Deployment", f"{FULLNAME}-receiver"), "receiver")
-    receiver_secret = _env(receiver, "ROBUSTLOOP_WEBHOOK_TOKEN")["valueFrom"]["secretKeyRef"]
+    receiver_secret = _receiver_token(objects)
     assert name != receiver_secret["name"], "feedback and alerts need different credentials"
     created = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == name]
     if values.get("server", {}).get("feedbackToken", {}).get("existingSecret"):
@@ -1278,3 +1293,74 @@ def test_a_chart_without_its_generated_copies_says_what_to_run(
     done = _run_helm(helm, "template", RELEASE, chart=chart)
     assert done.returncode != 0
     assert "make chart-sync" in done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# receiver: the Argo Server's address and CA bundle
+
+
+def test_the_default_argo_server_is_the_argo_workflows_chart_over_plain_http(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    """GIVEN default values THEN the receiver submits to the argo-workflows chart installed as
+    release argo-workflows in namespace argo (Service argo-workflows-server, plain HTTP), with
+    no CA bundle mounted."""
+    objects = rendered["default"]
+    argo = _config(objects).submitter.argo
+    assert argo.host == "http://argo-workflows-server.argo.svc:2746"
+    assert argo.ca_file is None
+    pod = _one(objects, "Deployment", f"{FULLNAME}-receiver")["spec"]["template"]["spec"]
+    assert "argo-ca" not in {v["name"] for v in pod["volumes"]}
+
+
+@pytest.mark.parametrize("source", ["secret", "configMap"])
+def test_the_argo_ca_bundle_is_mounted_read_only_where_the_config_names_it(
+    helm: str, source: str
+) -> None:
+    """GIVEN argo.ca naming a Secret's or a ConfigMap's key WHEN the chart renders THEN the
+    receiver's config names submitter.argo.ca_file, the file the receiver mounts read-only from
+    that key, and the Deployment is valid."""
+    objects = _template(
+        helm,
+        "--set", "argo.serverUrl=https://argo-server.argo.svc:2746",
+        "--set", f"argo.ca.{source}=argo-server-ca",
+        "--set", "argo.ca.key=tls.crt",
+    )  # fmt: skip
+    config = _config(objects)
+    ca_file = config.submitter.argo.ca_file
+    assert ca_file is not None and ca_file.name == "tls.crt"
+    assert config.submitter.argo.verify_tls is True
+    deployment = _one(objects, "Deployment", f"{FULLNAME}-receiver")
+    pod = deployment["spec"]["template"]["spec"]
+    receiver = _container(deployment, "receiver")
+    (mount,) = [m for m in receiver["volumeMounts"] if m["mountPath"] == str(ca_file.parent)]
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    if source == "secret":
+        assert volume["secret"]["secretName"] == "argo-server-ca"
+        assert volume["secret"]["items"] == [{"key": "tls.crt", "path": "tls.crt"}]
+    else:
+        assert volume["configMap"]["name"] == "argo-server-ca"
+        assert volume["configMap"]["items"] == [{"key": "tls.crt", "path": "tls.crt"}]
+    assert _kube_problems(deployment) == []
+
+
+def test_an_argo_ca_from_both_a_secret_and_a_config_map_is_rejected(helm: str) -> None:
+    done = _run_helm(
+        helm, "template", RELEASE, "--set", "argo.ca.secret=a", "--set", "argo.ca.configMap=b"
+    )
+    assert done.returncode != 0
+    assert "argo.ca.secret or argo.ca.configMap, not both" in done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# receiver: its bearer token, a file that follows the Secret
+
+
+def test_the_receiver_token_file_is_owned_by_the_chart(helm: str) -> None:
+    """GIVEN config.webhook.token_file in values THEN the chart's mounted Secret file wins: the
+    receiver never reads a token from a path nothing mounts."""
+    objects = _template(helm, "--set", "config.webhook.token_file=/etc/elsewhere/token")
+    ref = _receiver_token(objects)  # the config names the mounted Secret's file
+    assert ref == {"name": f"{FULLNAME}-receiver-token", "key": "token"}
+    assert str(_config(objects).webhook.token_file) != "/etc/elsewhere/token"

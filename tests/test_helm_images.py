@@ -213,8 +213,8 @@ def receiver_without_torch(
     tmp_path: Path, chart_objects: list[dict[str, Any]], chart_config: dict[str, Any]
 ) -> Iterator[str]:
     """`robustloop webhook` as the receiver pod runs it: the chart's arguments and config, the
-    token from the environment, torch unimportable. Only what a pod provides is redirected to
-    tmp_path: the listen address, the outbox volume and the Argo token file.
+    token from its mounted Secret file, torch unimportable. Only what a pod provides is
+    redirected to tmp_path: the listen address, the outbox volume and the token files.
     """
     container = _pod_container(chart_objects, "receiver")
     assert container["command"] == ["robustloop"]
@@ -231,8 +231,16 @@ def receiver_without_torch(
     argo_token = tmp_path / "argo-token"
     argo_token.write_text("not-a-real-service-account-token\n", encoding="utf-8")
     config["submitter"]["argo"]["token_file"] = str(argo_token)
+    # The receiver's Secret as the kubelet mounts it: one file, the token.
+    token_file = Path(config["webhook"]["token_file"])
+    token_mount = next(m for m in container["volumeMounts"] if m["name"] == "token")
+    assert token_file.parent == Path(token_mount["mountPath"])
+    mounted = tmp_path / "receiver-secret" / token_file.name
+    mounted.parent.mkdir()
+    mounted.write_text("s3cret-token-of-the-test", encoding="utf-8")
+    config["webhook"]["token_file"] = str(mounted)
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {"ROBUSTLOOP_WEBHOOK_TOKEN": "s3cret-token-of-the-test"}
+    env: dict[str, str] = {}
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-c", WITHOUT_TORCH, *args]
     with _pod_process(command, env, tmp_path, f"{url}/healthz") as process:
@@ -244,12 +252,16 @@ def test_receiver_runs_without_torch_on_the_charts_config(receiver_without_torch
     url = receiver_without_torch
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
     assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
-    # The token comes from ROBUSTLOOP_WEBHOOK_TOKEN (the chart's Secret): no token, no entry.
+    # The token comes from the mounted Secret's file: no token, no entry.
     payload = {"version": "4", "status": "firing", "alerts": []}
     assert requests.post(f"{url}/api/v1/alerts", json=payload, timeout=5).status_code == 401
     wrong = {"Authorization": "Bearer wrong"}
     response = requests.post(f"{url}/api/v1/alerts", json=payload, headers=wrong, timeout=5)
     assert response.status_code == 401
+    # With the file's token the request is read (and this empty one refused as garbage)
+    right = {"Authorization": "Bearer s3cret-token-of-the-test"}
+    response = requests.post(f"{url}/api/v1/alerts", json=payload, headers=right, timeout=5)
+    assert response.status_code == 400
 
 
 def test_server_pod_command_serves_and_its_probes_follow_the_store(

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from robustloop.cli import build_parser
-from robustloop.config import RobustloopConfig
+from robustloop.cli import build_parser, main
+from robustloop.config import RobustloopConfig, dump_config
 from tests.webhook_support import TOKEN, firing_payload, post, remediation, wait_for
 from webhook import ReceiverServer, create_app
 from webhook.models import incident_id
@@ -28,7 +28,7 @@ from webhook.submitters import (
     TransientSubmitError,
     build_submitter,
 )
-from workflows.contract import PARAMETERS, workflow_name_for
+from workflows.contract import INCIDENT_PARAMETERS, incident_parameters, workflow_name_for
 
 FAKE_EXECUTOR = """
 import argparse, json, os, sys, time
@@ -102,8 +102,8 @@ def test_receiver_runs_a_remediation_with_the_local_executor(
     assert "gate rejected" in record["reason"]
     stored = json.loads(submitter.record_path(name).read_text(encoding="utf-8"))
     params = {p["name"]: p["value"] for p in stored["spec"]["arguments"]["parameters"]}
-    assert set(params) == set(PARAMETERS)
-    assert params["incident-id"] == INCIDENT
+    assert params == {"model": "fashion-cnn", "incident-id": INCIDENT}
+    assert tuple(params) == INCIDENT_PARAMETERS
 
 
 def test_a_second_submission_of_a_name_is_exists(fake: Callable[..., LocalSubmitter]) -> None:
@@ -152,3 +152,36 @@ def test_default_command_is_what_the_real_cli_accepts(
         "rl-x",
         ["model=fashion-cnn"],
     )
+
+
+def test_the_local_executor_fills_in_the_recipe_of_the_receivers_config(
+    small_config: RobustloopConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver submits only the incident's parameters; the executor's command, run by the
+    real CLI, records the run with the rest filled in from the template it builds from the same
+    config file: the defaults the chart's WorkflowTemplate has for that config."""
+    from workflows.executor import LocalExecutor
+    from workflows.remediation import parameter_defaults
+
+    # GIVEN a receiver whose robustloop.yaml names a recipe other than the defaults
+    small_config.remediation.method = "pgd"
+    small_config.remediation.epochs = 5
+    config_file = tmp_path / "robustloop.yaml"
+    config_file.write_text(dump_config(small_config), encoding="utf-8")
+    # (the steps, which would train a model, are not run)
+    monkeypatch.setattr(LocalExecutor, "_run_main", lambda self: ("Succeeded", ""))
+
+    # WHEN the local submitter's command runs with the incident's parameters
+    submitter = build_submitter(small_config, config_file)
+    assert isinstance(submitter, LocalSubmitter)
+    params = incident_parameters(model="fashion-cnn", incident_id=INCIDENT)
+    argv = [*submitter.command[3:], "--name", "rl-x"]
+    for key, value in params.items():
+        argv += ["--param", f"{key}={value}"]
+    assert main(argv) == 0
+
+    # THEN the recorded run has the config's recipe and the incident's identity
+    stored = json.loads(submitter.record_path("rl-x").read_text(encoding="utf-8"))
+    recorded = {p["name"]: p["value"] for p in stored["spec"]["arguments"]["parameters"]}
+    assert recorded == {**parameter_defaults(small_config), **params}
+    assert (recorded["method"], recorded["epochs"]) == ("pgd", "5")

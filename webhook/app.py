@@ -32,7 +32,7 @@ from werkzeug.exceptions import HTTPException
 from robustloop.config import RobustloopConfig
 from robustloop.jsonbody import BodyError, content_type_problem, parse_json_body
 from webhook import errors
-from webhook._auth import load_token, token_matches
+from webhook._auth import BearerToken, load_bearer
 from webhook.dispatcher import Dispatcher
 from webhook.metrics import WebhookMetrics
 from webhook.models import Alert, WebhookPayload
@@ -55,7 +55,8 @@ class Receiver:
     """Everything a running receiver holds; ``app.extensions["robustloop.webhook"]``."""
 
     config: RobustloopConfig
-    token: str | None
+    token: BearerToken | None
+    """The token deliveries must carry (re-read when its file changes); None: no auth."""
     outbox: Outbox
     submitter: Submitter
     dispatcher: Dispatcher
@@ -94,7 +95,7 @@ def create_app(
         webhook.errors.OutboxInUse: another receiver holds the outbox (``webhook.db_path``);
             one receiver per outbox.
     """
-    token = load_token(config.webhook)
+    token = load_bearer(config.webhook)
     outbox = Outbox(config.webhook.db_path)
     try:
         submitter = submitter if submitter is not None else build_submitter(config, config_path)
@@ -149,7 +150,7 @@ def _register_errors(app: Flask) -> None:
 def _authenticate(receiver: Receiver) -> None:
     if receiver.token is None:
         return
-    if not token_matches(request.headers.get("Authorization"), receiver.token):
+    if not receiver.token.matches(request.headers.get("Authorization")):
         raise errors.Unauthorized(
             "missing or wrong bearer token: send `Authorization: Bearer <token>` "
             "(Alertmanager: http_config.authorization.credentials_file)"

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 
 from robustloop.config import RobustloopConfig
 from webhook import outbox as ob
+from webhook._labels import run_labels
 from webhook.metrics import WebhookMetrics
 from webhook.outbox import Incident, Outbox, iso_time
 from webhook.submitters.base import (
@@ -41,14 +42,20 @@ from webhook.submitters.base import (
     Submitted,
     Submitter,
 )
-from workflows.contract import PHASE_SUCCEEDED, RunSummary, parameters_for, workflow_name_for
+from workflows.contract import (
+    PHASE_SUCCEEDED,
+    RunSummary,
+    incident_parameters,
+    workflow_name_for,
+)
 
 log = logging.getLogger(__name__)
 
 
-def workflow_parameters(config: RobustloopConfig, incident: Incident) -> dict[str, str]:
-    """The remediation workflow's parameters for an incident (every name of the contract)."""
-    return parameters_for(config, model=incident.model, incident_id=incident.id)
+def workflow_parameters(incident: Incident) -> dict[str, str]:
+    """The remediation workflow's parameters for an incident: only what identifies it (model,
+    incident id), so that every other parameter takes the WorkflowTemplate's default."""
+    return incident_parameters(model=incident.model, incident_id=incident.id)
 
 
 class Dispatcher:
@@ -57,8 +64,7 @@ class Dispatcher:
     Args:
         outbox: the durable outbox.
         submitter: where runs start.
-        config: webhook settings (cooldown, budget, dry run, backoff, polling) and the
-            remediation recipe (the workflow's parameters).
+        config: webhook settings (cooldown, budget, dry run, backoff, polling).
         metrics: where decisions, submissions and the heartbeat are recorded.
         clock: the time source, seconds since the epoch (tests pass their own).
     """
@@ -331,7 +337,13 @@ class Dispatcher:
             attempts = incident.attempts + 1
             try:
                 result = self.submitter.submit(
-                    incident.workflow, workflow_parameters(self.config, incident)
+                    incident.workflow,
+                    workflow_parameters(incident),
+                    run_labels(
+                        model=incident.model,
+                        incident_id=incident.id,
+                        alertname=incident.alertname,
+                    ),
                 )
             except RefusedSubmitError as exc:
                 self._refused(incident, exc, attempts, self.clock())

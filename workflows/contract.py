@@ -36,6 +36,22 @@ writes the configured ones into the golden YAML.
 """
 
 
+INCIDENT_PARAMETERS: tuple[str, ...] = ("model", "incident-id")
+"""The parameters an alert-triggered run is submitted with: what identifies its incident.
+
+Every other parameter (the recipe: ``base-version``, ``method``, ``eps``, ``steps``,
+``epochs``, ``max-seconds``) is left out, so that the WorkflowTemplate's default applies: on
+Argo, the template in the cluster (the chart's ``workflow.parameters`` over the golden
+defaults); locally, the template the executor builds from the receiver's ``robustloop.yaml``.
+The alert's name is no parameter: it travels as a label of the run.
+"""
+
+
+def incident_parameters(*, model: str, incident_id: str) -> dict[str, str]:
+    """The parameters of an alert-triggered run (:data:`INCIDENT_PARAMETERS`)."""
+    return {"model": model, "incident-id": incident_id}
+
+
 def format_number(value: float | None) -> str:
     """A number as Argo users type it: 0.1, 120 (not 120.0); None (no limit) as 0."""
     if value is None:
@@ -46,8 +62,8 @@ def format_number(value: float | None) -> str:
 def parameters_for(cfg: RobustloopConfig, *, model: str, incident_id: str) -> dict[str, str]:
     """The workflow's parameters for ``cfg``'s remediation recipe, one model and one incident.
 
-    The one mapping from config to parameters: the rendered template's defaults and the
-    receiver's submissions both come from here.
+    The one mapping from config to parameters: the rendered template's defaults come from
+    here (the receiver submits only :func:`incident_parameters` and lets them apply).
     """
     rem = cfg.remediation
     return {

@@ -31,6 +31,7 @@ def build_submitter(config: RobustloopConfig, config_path: Path | None = None) -
             namespace=section.argo.namespace,
             token_file=section.argo.token_file,
             verify_tls=section.argo.verify_tls,
+            ca_file=section.argo.ca_file,
             timeout=config.webhook.submit_timeout_seconds,
         )
     return LocalSubmitter(

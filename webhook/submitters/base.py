@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Protocol
 
 from workflows.contract import RunSummary
@@ -40,8 +41,11 @@ class Submitter(Protocol):
     kind: str
     """``argo`` or ``local``."""
 
-    def submit(self, name: str, parameters: dict[str, str]) -> Submitted:
-        """Start the remediation workflow ``name`` with ``parameters``.
+    def submit(
+        self, name: str, parameters: dict[str, str], labels: Mapping[str, str] | None = None
+    ) -> Submitted:
+        """Start the remediation workflow ``name`` with ``parameters``, labelled ``labels``
+        (valid Kubernetes label values) where the submitter keeps labels.
 
         Raises:
             TransientSubmitError: the call may succeed later (the intent is kept).

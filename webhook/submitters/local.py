@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from webhook.submitters.base import RefusedSubmitError, Submitted, TransientSubmitError
@@ -68,8 +68,15 @@ class LocalSubmitter:
         """Where the output of run ``name``'s executor goes."""
         return self.log_dir / f"{name}.log"
 
-    def submit(self, name: str, parameters: dict[str, str]) -> Submitted:
-        """Start the executor for run ``name``. See :class:`~webhook.submitters.base.Submitter`."""
+    def submit(
+        self, name: str, parameters: dict[str, str], labels: Mapping[str, str] | None = None
+    ) -> Submitted:
+        """Start the executor for run ``name``. See :class:`~webhook.submitters.base.Submitter`.
+
+        ``labels`` are not kept: the local record carries the executor's own labels, and runs
+        are found by name (``robustloop runs list``).
+        """
+        del labels
         if self.record_path(name).exists():
             return Submitted.EXISTS
         argv = [*self.command, "--name", name]

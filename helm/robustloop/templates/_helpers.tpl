@@ -141,6 +141,10 @@ when the store mounts on one node; empty when there is nothing to say. */}}
 {{- default (printf "%s-feedback-token" (include "robustloop.fullname" .)) .Values.server.feedbackToken.existingSecret }}
 {{- end }}
 
+{{/* Where the receiver pod mounts its bearer token (config webhook.token_file, re-read when the
+kubelet updates the Secret's files). */}}
+{{- define "robustloop.receiverTokenDir" -}}/var/run/secrets/robustloop/webhook{{- end }}
+
 {{/* Where the server pod mounts the feedback token (config serving.feedback_token_file). */}}
 {{- define "robustloop.feedbackTokenDir" -}}/var/run/secrets/robustloop/feedback{{- end }}
 
@@ -176,18 +180,27 @@ when the store mounts on one node; empty when there is nothing to say. */}}
 {{- end }}
 {{- end }}
 
+{{/* Where the receiver finds the Argo Server's CA bundle (argo.ca), or nothing. */}}
+{{- define "robustloop.argoCaFile" -}}
+{{- if or .Values.argo.ca.secret .Values.argo.ca.configMap -}}
+/var/run/secrets/robustloop/argo-ca/{{ .Values.argo.ca.key }}
+{{- end }}
+{{- end }}
+
 {{/* The config file: the user's `config` under the keys the chart must own. */}}
 {{- define "robustloop.configYaml" -}}
 {{- $owned := dict
   "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
   "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port) "http_threads" (int .Values.server.threads)
       "feedback_token_file" (include "robustloop.feedbackTokenFile" .))
-  "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3")
+  "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3"
+      "token_file" (printf "%s/token" (include "robustloop.receiverTokenDir" .)))
   "submitter" (dict "kind" "argo" "runs_dir" "/tmp/robustloop-runs" "argo" (dict
       "host" .Values.argo.serverUrl
       "namespace" .Release.Namespace
       "token_file" (include "robustloop.argoTokenFile" .)
-      "verify_tls" .Values.argo.verifyTls))
+      "verify_tls" .Values.argo.verifyTls
+      "ca_file" ((include "robustloop.argoCaFile" .) | default nil)))
   "rollout" (dict "prometheus_url" .Values.prometheusUrl)
   "stack" (dict "run_dir" "/tmp/robustloop-stack")
 }}
