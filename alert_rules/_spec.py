@@ -7,10 +7,10 @@ template variables filled in).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from robustloop.config import RobustloopConfig, SignalAlert
+from robustloop.config import duration_seconds as duration_seconds
 
 #: The one rule group: recording rules first, then the alerts. A group evaluates its rules in
 #: order, at one timestamp, so every alert sees the values recorded in the same evaluation; an
@@ -31,25 +31,6 @@ FEEDBACK_METRIC = "robustloop_feedback_total"
 _MODEL = "{{ $labels.model }}"
 _VERSION = "{{ $labels.version }}"
 _VALUE = '{{ $value | printf "%.3f" }}'
-
-_DURATION_PART = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
-_UNIT_SECONDS = {
-    "ms": 0.001,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-    "w": 7 * 86400.0,
-    "y": 365 * 86400.0,
-}
-
-
-def duration_seconds(duration: str) -> float:
-    """Seconds in a Prometheus duration such as ``30s``, ``1m30s`` or ``500ms``.
-
-    The config model has already checked the syntax; this only adds the parts up.
-    """
-    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(duration))
 
 
 def num(value: float) -> str:

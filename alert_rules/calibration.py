@@ -33,8 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from alert_rules._spec import duration_seconds
-from robustloop.config import AlertsConfig, RobustloopConfig, dump_config
+from robustloop.config import AlertsConfig, RobustloopConfig, dump_config, duration_seconds
 
 SECONDS_PER_HOUR = 3600.0
 

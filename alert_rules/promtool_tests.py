@@ -445,6 +445,55 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
     return out
 
 
+def _at_scrape_interval(b: _Builder) -> list[dict[str, Any]]:
+    """With a scrape interval over a second, one more test whose samples arrive at that
+    interval, as a cluster's Prometheus sees them: an attack (canary accuracy down, squeeze
+    score up) must fire its alerts, which it cannot when a window holds too few scrapes."""
+    interval = duration_seconds(b.cfg.alerts.scrape_interval)
+    canary = b.alerts.get("CanaryAccuracyDegraded")
+    squeeze = b.alerts.get("AdversarialInputSuspected")
+    if interval <= 1 or canary is None or squeeze is None:
+        return []
+    attack = b.alerts.get("AdversarialAttackDetected")
+    conds = {"canary_accuracy": canary.conditions[0], "squeeze": squeeze.conditions[0]}
+    levels = {signal: _levels(cond) for signal, cond in conds.items()}
+    step = int(interval)
+    widest = max(duration_seconds(w) for w in b.windows.values())
+    clean_samples = math.ceil((widest + 2 * step) / step)
+    active_from = clean_samples * step + widest  # every window holds attack samples only
+    longest_for = max(duration_seconds(a.for_) for a in (canary, squeeze))
+    check_at = math.ceil((active_from + longest_for) / step) * step + 2 * step
+    attack_samples = math.ceil((check_at - clean_samples * step) / step) + 2
+
+    series = []
+    for signal, (clean, bad) in levels.items():
+        rate = b.rate(signal) * step
+        for key, clean_inc in _increments(signal, b.version, rate, clean).items():
+            bad_inc = _increments(signal, b.version, rate, bad)[key]
+            start = clean_inc * clean_samples
+            values = (
+                f"0+{_fmt(clean_inc)}x{clean_samples} "
+                f"{_fmt(start + bad_inc)}+{_fmt(bad_inc)}x{attack_samples - 1}"
+            )
+            series.append({"series": _series_name(key, b.model), "values": values})
+    bad_accuracy, bad_squeeze = levels["canary_accuracy"][1], levels["squeeze"][1]
+    firing = [(canary, bad_accuracy), (squeeze, bad_squeeze)]
+    if attack is not None:
+        firing.append((attack, bad_accuracy))
+    checks = []
+    for alert, value in firing:
+        checks.append(b.check(alert.name, clean_samples * step, []))
+        checks.append(b.check(alert.name, check_at, [b.expected(alert, value)]))
+    return [
+        {
+            "name": f"An attack scraped every {b.cfg.alerts.scrape_interval}: its alerts fire",
+            "interval": f"{step}s",
+            "input_series": series,
+            "alert_rule_test": checks,
+        }
+    ]
+
+
 def render_promtool_tests(
     cfg: RobustloopConfig, *, rules_path: str = "robustloop.rules.yaml"
 ) -> str:
@@ -477,6 +526,7 @@ def render_promtool_tests(
         if scenario.expr_checks:
             test["promql_expr_test"] = scenario.expr_checks
         tests.append(test)
+    tests += _at_scrape_interval(builder)
     tests += health_tests(cfg)
     header = generated_header(f"promtool unit tests of the rules of model {cfg.model.name}.")
     document = {"rule_files": [rules_path], "evaluation_interval": "1s", "tests": tests}

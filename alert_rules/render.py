@@ -30,6 +30,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 RULES_FILE = "robustloop.rules.yaml"
 ALERTMANAGER_FILE = "alertmanager.yml"
 TESTS_FILE = "tests/robustloop.test.yml"
+ALERTS_FILE = "robustloop.alerts.yaml"
+"""The ``alerts`` section the rules were rendered from, for a config that must match them (the
+Helm chart's)."""
 
 #: Receiver names in the Alertmanager config.
 REMEDIATION_RECEIVER = "robustloop-remediation"
@@ -134,10 +137,21 @@ def render_alertmanager(
     return header + _yaml.dump(config)
 
 
+def render_alerts_section(cfg: RobustloopConfig) -> str:
+    """The config's ``alerts`` section as YAML, with the generated-file header."""
+    header = generated_header(f"The alerts section the rules of model {cfg.model.name} use.")
+    return header + _yaml.dump(cfg.alerts.model_dump(mode="json", by_alias=True))
+
+
 def write_generated(
-    cfg: RobustloopConfig, out_dir: Path | str, *, tests: bool = True
+    cfg: RobustloopConfig,
+    out_dir: Path | str,
+    *,
+    tests: bool = True,
+    alerts_section: bool = False,
 ) -> list[Path]:
-    """Write the rules, the Alertmanager config and (``tests``) the promtool tests.
+    """Write the rules, the Alertmanager config, (``tests``) the promtool tests and
+    (``alerts_section``) the alerts section they were rendered from.
 
     Each file is replaced atomically (a reader never sees half a file, and Prometheus reloading
     mid-write reads the old or the new rules). Returns the paths written.
@@ -155,6 +169,8 @@ def write_generated(
     }
     if tests:
         contents[out / TESTS_FILE] = render_promtool_tests(cfg, rules_path=f"../{RULES_FILE}")
+    if alerts_section:
+        contents[out / ALERTS_FILE] = render_alerts_section(cfg)
     for path, text in contents.items():
         atomic_write_text(path, text, 0o644)
     return list(contents)

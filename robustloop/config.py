@@ -419,6 +419,31 @@ class SignalAlert(_Section):
 _PROM_DURATION = re.compile(r"(?=\d)(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
 
 
+_DURATION_PART = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+_UNIT_SECONDS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+    "y": 365 * 86400.0,
+}
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration such as ``30s``, ``1m30s`` or ``500ms``.
+
+    The config model checks the syntax; this only adds the parts up.
+    """
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(duration))
+
+
+SAMPLES_PER_WINDOW = 4
+"""A signal's window holds at least this many scrapes: ``rate()`` needs two samples in its
+window, and Prometheus advises four so that one missed scrape does not empty it."""
+
+
 def _all_zero(duration: str) -> bool:
     return not any(c in "123456789" for c in duration)
 
@@ -504,6 +529,13 @@ class AlertsConfig(_Section):
     health: HealthAlerts = Field(
         default_factory=HealthAlerts, description="The loop's own alerts (notification only)."
     )
+    scrape_interval: str = Field(
+        "1s",
+        description="How often Prometheus scrapes the model server (the embedded stack's "
+        "stack.scrape_interval; on a cluster its ServiceMonitor's, 30s in the chart's rules). "
+        "Every signal's window must hold at least 4 scrapes: rate() needs two samples in its "
+        "window, and one missed scrape must not empty it.",
+    )
     group_wait: str = Field(
         "1s", description="Alertmanager: wait before the first notification of a new group."
     )
@@ -528,11 +560,45 @@ class AlertsConfig(_Section):
 
     @model_validator(mode="after")
     def _check_durations(self) -> AlertsConfig:
-        for name in ("group_wait", "group_interval", "repeat_interval"):
+        for name in ("group_wait", "group_interval", "repeat_interval", "scrape_interval"):
             value = getattr(self, name)
-            if not _PROM_DURATION.fullmatch(value):
+            if not _PROM_DURATION.fullmatch(value) or _all_zero(value):
                 raise ValueError(f"{name} {value!r} is not a duration such as 1s, 5m or 1h")
+        least = SAMPLES_PER_WINDOW * duration_seconds(self.scrape_interval)
+        for name in ("canary_accuracy", "entropy", "squeeze"):
+            window = getattr(self, name).window
+            if duration_seconds(window) < least:
+                raise ValueError(
+                    f"{name}.window {window} holds fewer than {SAMPLES_PER_WINDOW} scrapes at "
+                    f"scrape_interval {self.scrape_interval}: its rate() would be empty and "
+                    f"the alert could never fire; make the window at least {least:g}s"
+                )
         return self
+
+    def for_scrape_interval(self, interval: str) -> tuple[AlertsConfig, list[str]]:
+        """This section for a Prometheus that scrapes every ``interval``: windows shorter than
+        4 scrapes are widened to that (and ``for`` durations under one scrape raised to one).
+        Returns the new section and a line per change."""
+        scrape = duration_seconds(interval)
+        least = SAMPLES_PER_WINDOW * scrape
+        changes: list[str] = []
+        update: dict[str, Any] = {"scrape_interval": interval}
+        for name in ("canary_accuracy", "entropy", "squeeze"):
+            signal: SignalAlert = getattr(self, name)
+            widened: dict[str, str] = {}
+            if duration_seconds(signal.window) < least:
+                widened["window"] = f"{least:g}s"
+            if duration_seconds(signal.for_) < scrape:
+                widened["for_"] = interval
+            for key, value in widened.items():
+                old = getattr(signal, key)
+                changes.append(f"alerts.{name}.{key.rstrip('_')}: {old} -> {value}")
+            update[name] = signal.model_copy(update=widened)
+        merged = self.model_dump(by_alias=False) | {
+            k: (v.model_dump(by_alias=False) if isinstance(v, BaseModel) else v)
+            for k, v in update.items()
+        }
+        return AlertsConfig.model_validate(merged), changes
 
 
 class WebhookConfig(_Section):

@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
 
 import alert_rules
 from alert_rules import (
@@ -215,15 +216,20 @@ def test_every_alert_has_labels_annotations_and_a_runbook_section() -> None:
         re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
         for h in re.findall(r"^## (.+)$", runbook, re.M)
     }
-    for name, rule in _alerts(RobustloopConfig()).items():
+    calibrated = _alerts(_configs()["calibrated"])  # every health alert is rendered for it
+    for name, rule in calibrated.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}
         assert rule["labels"]["remediation"] in {"adversarial-training", "none"}
         assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
         base, anchor = rule["annotations"]["runbook_url"].split("#")
         assert base == RobustloopConfig().alerts.runbook_base_url
         assert anchor in anchors, f"RUNBOOK.md has no section for {name}"
-        assert "by (model, version)" not in rule["expr"]  # records aggregate, alerts compare
-        assert "and on (model, version)" in rule["expr"]  # the traffic guard
+        if name in ALERT_NAMES:
+            assert "by (model, version)" not in rule["expr"]  # records aggregate, alerts compare
+            assert "and on (model, version)" in rule["expr"]  # the traffic guard
+        else:  # the loop's own alerts: notification only, naming the model they guard
+            assert rule["labels"]["remediation"] == "none" and rule["labels"]["model"]
+    assert set(calibrated) == {*ALERT_NAMES, *HEALTH_ALERT_NAMES}
 
 
 def test_remediation_labels_follow_the_config() -> None:
@@ -397,3 +403,68 @@ def test_render_refuses_thresholds_no_test_series_can_reach_and_writes_nothing(
     assert main(["rules", "render", "--config", str(config), "--out", str(out)]) == 2
     assert "cannot generate the promtool tests" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- windows and the scrape interval ---------------------------------------------------------
+
+CLUSTER_DIR = PACKAGE_DIR / "cluster"
+CLUSTER_SCRAPE = "30s"
+
+
+def _cluster_config() -> RobustloopConfig:
+    cfg = RobustloopConfig()
+    cfg.alerts = cfg.alerts.for_scrape_interval(CLUSTER_SCRAPE)[0]
+    return cfg
+
+
+@pytest.mark.parametrize("name", [*GENERATED, "robustloop.alerts.yaml"])
+def test_the_committed_cluster_rules_equal_a_fresh_render_for_a_30s_scrape(
+    tmp_path: Path, name: str
+) -> None:
+    write_generated(_cluster_config(), tmp_path, alerts_section=True)
+    committed = (CLUSTER_DIR / name).read_text(encoding="utf-8")
+    assert committed == (tmp_path / name).read_text(encoding="utf-8"), (
+        f"alert_rules/cluster/{name} is stale: run `make generate`"
+    )
+
+
+def test_a_window_of_fewer_than_four_scrapes_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError, match=r"canary_accuracy.window 15s holds fewer than 4 "):
+        RobustloopConfig.model_validate({"alerts": {"scrape_interval": "30s"}})
+    widened, changes = RobustloopConfig().alerts.for_scrape_interval("30s")
+    assert {widened.canary_accuracy.window, widened.entropy.window} == {"120s"}
+    assert "alerts.canary_accuracy.window: 15s -> 120s" in changes
+    assert widened.for_scrape_interval("30s")[1] == []  # already fitted: nothing changes
+
+
+def test_the_cluster_rules_are_tested_at_their_scrape_interval_and_fail_with_short_windows(
+    tmp_path: Path,
+) -> None:
+    """Samples 30 s apart, as a cluster's Prometheus scrapes them: the attack's alerts fire with
+    the fitted windows; with the embedded stack's 15 s and 30 s windows no rate() has the two
+    samples it needs, and the same tests fail."""
+    tests = yaml.safe_load((CLUSTER_DIR / "tests" / "robustloop.test.yml").read_text())["tests"]
+    scraped = [t for t in tests if t["name"].startswith("An attack scraped every")]
+    assert len(scraped) == 1 and scraped[0]["interval"] == CLUSTER_SCRAPE
+    assert "AdversarialAttackDetected" in str(scraped[0])
+    write_generated(_cluster_config(), tmp_path)
+    assert _promtool_test(tmp_path).returncode == 0
+    rules = tmp_path / "robustloop.rules.yaml"
+    narrow = rules.read_text().replace("[120s]", "[30s]")
+    rules.write_text(narrow)
+    done = _promtool_test(tmp_path)
+    assert done.returncode != 0
+    assert f"An attack scraped every {CLUSTER_SCRAPE}" in done.stdout + done.stderr
+
+
+def test_render_for_a_scrape_interval_says_what_it_widened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["rules", "render", "--defaults", "--scrape-interval", "30s", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "alerts.squeeze.window: 30s -> 120s" in out
+    assert (tmp_path / "robustloop.alerts.yaml").is_file()
+    assert main([*argv[:3], "--scrape-interval", "0s", "--out", str(tmp_path / "x")]) == 2
+    assert "--scrape-interval '0s'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -47,7 +47,11 @@ FULLNAME = f"{RELEASE}-robustloop"
 # The chart's kubeVersion floor and the newest Kubernetes that kubernetes-validate ships.
 KUBE_VERSIONS = ("1.27.0", "1.37.0")
 CHART_COPIES = {
-    "files/robustloop.rules.yaml": REPO_ROOT / "alert_rules" / "robustloop.rules.yaml",
+    "files/robustloop.rules.yaml": REPO_ROOT / "alert_rules" / "cluster" / "robustloop.rules.yaml",
+    "files/robustloop.alerts.yaml": REPO_ROOT
+    / "alert_rules"
+    / "cluster"
+    / "robustloop.alerts.yaml",
     "files/robustloop-remediate.yaml": REPO_ROOT / "workflows" / "robustloop-remediate.yaml",
 }
 # Where Argo places one step's pods (io.argoproj.workflow.v1alpha1.Template) or every step's
@@ -296,7 +300,7 @@ def test_chart_copies_equal_their_sources(copy_path: str) -> None:
 
 
 def _source_groups() -> list[Obj]:
-    source = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    source = yaml.safe_load(CHART_COPIES["files/robustloop.rules.yaml"].read_text())
     return list(source["groups"])
 
 
@@ -1364,3 +1368,30 @@ def test_the_receiver_token_file_is_owned_by_the_chart(helm: str) -> None:
     ref = _receiver_token(objects)  # the config names the mounted Secret's file
     assert ref == {"name": f"{FULLNAME}-receiver-token", "key": "token"}
     assert str(_config(objects).webhook.token_file) != "/etc/elsewhere/token"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_config_carries_the_alerts_section_its_rules_were_rendered_from(
+    rendered: dict[str, list[Obj]], scenario: str
+) -> None:
+    """The workflow recalibrates and republishes rules from the release's config: its alerts
+    section (windows fitted to a 30 s scrape) must be the one the chart's rules came from, and
+    it must load."""
+    from robustloop.config import RobustloopConfig
+
+    text = _one(rendered[scenario], "ConfigMap", f"{FULLNAME}-config")["data"]["robustloop.yaml"]
+    cfg = RobustloopConfig.model_validate(yaml.safe_load(text))
+    section = yaml.safe_load((CHART / "files" / "robustloop.alerts.yaml").read_text())
+    assert cfg.alerts.model_dump(mode="json", by_alias=True) == section
+    assert cfg.alerts.scrape_interval == "30s" and cfg.alerts.canary_accuracy.window == "120s"
+
+
+@pytest.mark.parametrize(("interval", "ok"), [("15s", True), ("30s", True), ("1m", False)])
+def test_a_scrape_interval_longer_than_the_rules_were_rendered_for_is_refused(
+    helm: str, interval: str, ok: bool
+) -> None:
+    done = _run_helm(helm, "template", RELEASE, "--set", f"server.monitor.interval={interval}")
+    assert (done.returncode == 0) is ok, done.stderr
+    if not ok:
+        assert "longer than the 30s the chart's rules were rendered for" in done.stderr
+        assert "--scrape-interval 1m" in done.stderr

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from robustloop.commands.base import CommandError
 from robustloop.config import DEFAULT_CONFIG_PATH, RobustloopConfig
 
@@ -38,6 +40,14 @@ def register(sub: Any) -> None:
         "--defaults",
         action="store_true",
         help="render from the built-in defaults, ignoring robustloop.yaml (the committed files)",
+    )
+    render.add_argument(
+        "--scrape-interval",
+        metavar="DURATION",
+        default=None,
+        help="render for a Prometheus that scrapes every DURATION (a cluster's ServiceMonitor, "
+        "e.g. 30s): windows shorter than 4 scrapes are widened, and the alerts section used is "
+        "written beside the rules (robustloop.alerts.yaml, which the Helm chart's config takes)",
     )
     render.add_argument(
         "--check",
@@ -76,16 +86,20 @@ def register(sub: Any) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from alert_rules import PACKAGE_DIR
-    from alert_rules.render import ALERTMANAGER_FILE, RULES_FILE, TESTS_FILE
+    from alert_rules.render import ALERTMANAGER_FILE, ALERTS_FILE, RULES_FILE, TESTS_FILE
 
     cfg: RobustloopConfig = RobustloopConfig() if args.defaults else args.cfg
     out: Path = args.out if args.out is not None else PACKAGE_DIR
+    names = [RULES_FILE, ALERTMANAGER_FILE, TESTS_FILE]
+    if args.scrape_interval is not None:
+        cfg = _for_scrape_interval(cfg, args.scrape_interval)
+        names.append(ALERTS_FILE)
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
-            _write_generated(cfg, Path(tmp))
+            _write_generated(cfg, Path(tmp), alerts_section=ALERTS_FILE in names)
             stale = [
                 name
-                for name in (RULES_FILE, ALERTMANAGER_FILE, TESTS_FILE)
+                for name in names
                 if not (out / name).is_file()
                 or (out / name).read_text(encoding="utf-8")
                 != (Path(tmp) / name).read_text(encoding="utf-8")
@@ -93,12 +107,26 @@ def _render(args: argparse.Namespace) -> int:
         for name in stale:
             print(f"stale: {out / name} (run `robustloop rules render`)")
         return 1 if stale else 0
-    for path in _write_generated(cfg, out):
+    for path in _write_generated(cfg, out, alerts_section=ALERTS_FILE in names):
         print(f"wrote {path}")
     return 0
 
 
-def _write_generated(cfg: RobustloopConfig, out: Path) -> list[Path]:
+def _for_scrape_interval(cfg: RobustloopConfig, interval: str) -> RobustloopConfig:
+    """``cfg`` with its alerts fitted to a Prometheus scraping every ``interval``."""
+    try:
+        alerts, changes = cfg.alerts.for_scrape_interval(interval)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CommandError(f"--scrape-interval {interval!r}: {first['msg']}") from None
+    for change in changes:
+        print(f"scrape interval {interval}: {change}")
+    return cfg.model_copy(update={"alerts": alerts})
+
+
+def _write_generated(
+    cfg: RobustloopConfig, out: Path, *, alerts_section: bool = False
+) -> list[Path]:
     """Render everything into ``out``; nothing is written when the tests cannot be generated."""
     from alert_rules import GenerationError, render_promtool_tests, write_generated
 
@@ -106,7 +134,7 @@ def _write_generated(cfg: RobustloopConfig, out: Path) -> list[Path]:
         render_promtool_tests(cfg)
     except GenerationError as exc:
         raise CommandError(f"cannot generate the promtool tests: {exc}") from None
-    return write_generated(cfg, out)
+    return write_generated(cfg, out, alerts_section=alerts_section)
 
 
 # -- calibrate -------------------------------------------------------------------------------

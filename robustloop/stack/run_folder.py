@@ -21,6 +21,7 @@ stack reloads Prometheus.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -31,6 +32,8 @@ from pathlib import Path
 import yaml
 
 from robustloop.config import RobustloopConfig, dump_config
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "robustloop.yaml"
 TOKEN_NAME = "webhook-token"
@@ -162,6 +165,9 @@ def stack_config(cfg: RobustloopConfig, root: Path, ports: Ports) -> RobustloopC
     out.serving.feedback_token_file = root / FEEDBACK_TOKEN_NAME  # the traffic generator's
     out.submitter.kind = "local"
     out.submitter.runs_dir = cfg.submitter.runs_dir.resolve()  # where `robustloop runs` looks
+    out.alerts, widened = out.alerts.for_scrape_interval(cfg.stack.scrape_interval)
+    for change in widened:
+        log.warning("stack.scrape_interval %s: %s", cfg.stack.scrape_interval, change)
     out.alerts.receiver_url = f"http://{LOCALHOST}:{ports.webhook}/api/v1/alerts"
     out.alerts.credentials_file = str(root / TOKEN_NAME)
     out.rollout.prometheus_url = f"http://{LOCALHOST}:{ports.prometheus}"

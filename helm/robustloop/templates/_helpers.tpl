@@ -188,6 +188,33 @@ kubelet updates the Secret's files). */}}
 {{- end }}
 
 {{/* The config file: the user's `config` under the keys the chart must own. */}}
+{{/* The alerts section the chart's rules were rendered from (`make chart-sync`): the workflow
+recalibrates and republishes rules from it, so it must be the one in force. A ServiceMonitor
+scraping less often than it was rendered for would leave the rules' windows without samples. */}}
+{{- define "robustloop.alertsSection" -}}
+{{- $alerts := .Files.Get "files/robustloop.alerts.yaml" | fromYaml }}
+{{- if or (not $alerts) (hasKey $alerts "Error") }}
+{{- fail "files/robustloop.alerts.yaml is missing; run `make chart-sync` from the repository root" }}
+{{- end }}
+{{- $rendered := include "robustloop.seconds" $alerts.scrape_interval | int }}
+{{- $scraped := include "robustloop.seconds" .Values.server.monitor.interval | int }}
+{{- if gt $scraped $rendered }}
+{{- fail (printf "server.monitor.interval %s is longer than the %s the chart's rules were rendered for: their windows would hold too few samples; render them for it (`robustloop rules render --scrape-interval %s`, see docs/kubernetes.md)" .Values.server.monitor.interval $alerts.scrape_interval .Values.server.monitor.interval) }}
+{{- end }}
+{{- toYaml $alerts }}
+{{- end }}
+
+{{/* Seconds in a Prometheus duration made of h, m and s parts (e.g. 30s, 1m30s). */}}
+{{- define "robustloop.seconds" -}}
+{{- $total := 0 }}
+{{- range $part := regexFindAll "[0-9]+[hms]" (toString .) -1 }}
+{{- $n := regexFind "[0-9]+" $part | int }}
+{{- $unit := regexFind "[hms]" $part }}
+{{- $total = add $total (mul $n (get (dict "h" 3600 "m" 60 "s" 1) $unit)) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
 {{- define "robustloop.configYaml" -}}
 {{- $owned := dict
   "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
@@ -203,6 +230,7 @@ kubelet updates the Secret's files). */}}
       "ca_file" ((include "robustloop.argoCaFile" .) | default nil)))
   "rollout" (dict "prometheus_url" .Values.prometheusUrl)
   "stack" (dict "run_dir" "/tmp/robustloop-stack")
+  "alerts" (include "robustloop.alertsSection" . | fromYaml)
 }}
 {{- $cfg := mustMergeOverwrite (deepCopy .Values.config) $owned }}
 {{- toYaml $cfg }}
