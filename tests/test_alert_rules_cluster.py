@@ -44,6 +44,16 @@ def _groups(threshold: str) -> list[dict[str, Any]]:
     ]
 
 
+def _namespaced(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups as published: every alert labelled with the rule's namespace, which the
+    operator's default AlertmanagerConfig route matches on."""
+    for group in groups:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["labels"] = {**rule["labels"], "namespace": NS}
+    return groups
+
+
 @pytest.fixture
 def kube(schemas: Path) -> Iterator[KubeStandIn]:
     validator = load_crd_validators(schemas)[("monitoring.coreos.com/v1", "PrometheusRule")]
@@ -72,7 +82,7 @@ def test_publish_replaces_the_groups_and_keeps_the_objects_metadata(
     assert request.path == f"/apis/monitoring.coreos.com/v1/namespaces/{NS}/prometheusrules/{NAME}"
     assert set(request.body) == {"spec"} and set(request.body["spec"]) == {"groups"}
     stored = kube.objects[(NS, NAME)]
-    assert stored["spec"]["groups"] == _groups("0.41")
+    assert stored["spec"]["groups"] == _namespaced(_groups("0.41"))
     assert stored["metadata"]["labels"] == {"release": "rl"}  # a merge patch keeps the rest
 
 
