@@ -70,8 +70,7 @@ def health_alerts(cfg: RobustloopConfig) -> tuple[Alert, ...]:
     sel = f'model="{model}"'
     out: list[Alert] = []
     calibrated = cfg.alerts.calibrated_version
-    label_free = cfg.alerts.entropy.enabled or cfg.alerts.squeeze.enabled
-    if calibrated and label_free:
+    if calibrated and cfg.alerts.label_free_enabled:
         out.append(
             _alert(
                 model,

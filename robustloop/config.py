@@ -575,6 +575,12 @@ class AlertsConfig(_Section):
                 )
         return self
 
+    @property
+    def label_free_enabled(self) -> bool:
+        """Whether a label-free alert (entropy, squeeze) is on: those judge only
+        ``calibrated_version``."""
+        return self.entropy.enabled or self.squeeze.enabled
+
     def for_scrape_interval(self, interval: str) -> tuple[AlertsConfig, list[str]]:
         """This section for a Prometheus that scrapes every ``interval``: windows shorter than
         4 scrapes are widened to that (and ``for`` durations under one scrape raised to one).
@@ -594,11 +600,7 @@ class AlertsConfig(_Section):
                 old = getattr(signal, key)
                 changes.append(f"alerts.{name}.{key.rstrip('_')}: {old} -> {value}")
             update[name] = signal.model_copy(update=widened)
-        merged = self.model_dump(by_alias=False) | {
-            k: (v.model_dump(by_alias=False) if isinstance(v, BaseModel) else v)
-            for k, v in update.items()
-        }
-        return AlertsConfig.model_validate(merged), changes
+        return AlertsConfig.model_validate(self.model_dump() | update), changes
 
 
 class WebhookConfig(_Section):

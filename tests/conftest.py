@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from robustloop.config import RobustloopConfig
 
@@ -28,6 +33,50 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@contextlib.contextmanager
+def running_prometheus(folder: Path, config: str, *flags: str) -> Iterator[str]:
+    """A real Prometheus (the Debian package) on a free port with ``config`` as its
+    ``prometheus.yml`` in ``folder`` (relative rule files resolve there): its URL once ready.
+    Always stopped; its log is ``folder/prometheus.log``."""
+    binary = shutil.which("prometheus")
+    assert binary is not None, "prometheus is not installed (Debian package prometheus)"
+    (folder / "prometheus.yml").write_text(config, encoding="utf-8")
+    port = free_port()
+    log_path = folder / "prometheus.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                *flags,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 30
+            while True:
+                assert proc.poll() is None, log_path.read_text()[-2000:]
+                try:
+                    if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.time() < deadline, "Prometheus did not become ready in 30 s"
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def schemas_dir() -> Path | None:

@@ -20,8 +20,6 @@ continuous one.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -36,9 +34,8 @@ from prometheus_client.registry import Collector
 
 from alert_rules import render_rules
 from robustloop.config import RobustloopConfig, SignalAlert
-from tests.conftest import free_port
+from tests.conftest import free_port, running_prometheus
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 WINDOW, FOR, SCRAPE, EVAL, SLACK = 5.0, 3.0, 1.0, 1.0, 0.5
 MODEL, VERSION = "fashion-cnn", "v0001-00000000"
 RATE = 20.0  # images (and feedback) per second
@@ -118,53 +115,22 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, _SwitchableExporter]]:
     exporter_port = free_port()
     server, thread = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
     (tmp_path / "rules.yaml").write_text(render_rules(_config()))
-    (tmp_path / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": f"{SCRAPE:g}s", "evaluation_interval": f"{EVAL:g}s"},
-                "rule_files": ["rules.yaml"],
-                "scrape_configs": [
-                    {
-                        "job_name": "exporter",
-                        "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
-                    }
-                ],
-            }
-        )
+    config = yaml.safe_dump(
+        {
+            "global": {"scrape_interval": f"{SCRAPE:g}s", "evaluation_interval": f"{EVAL:g}s"},
+            "rule_files": ["rules.yaml"],
+            "scrape_configs": [
+                {
+                    "job_name": "exporter",
+                    "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
+                }
+            ],
+        }
     )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.time() < deadline, "Prometheus did not become ready in 30 s"
-            time.sleep(0.1)
-        yield url, exporter
+        with running_prometheus(tmp_path, config) as url:
+            yield url, exporter
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -5,9 +5,6 @@ retried. Prometheus is real where the rules' being in force is checked."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ import pytest
 import requests
 
 from robustloop.config import RobustloopConfig, dump_config, load_config
-from tests.conftest import DATASET_ROOT, free_port
+from tests.conftest import DATASET_ROOT, free_port, running_prometheus
 
 pytestmark = pytest.mark.skipif(
     not (DATASET_ROOT / "train-images-idx3-ubyte.gz").exists(),
@@ -198,40 +195,11 @@ def test_a_production_moved_by_someone_else_is_not_overwritten(
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real Prometheus reading one rules file, reloadable over HTTP."""
-    binary = shutil.which("prometheus")
-    assert binary is not None, "prometheus is not installed (Debian package prometheus)"
     rules = tmp_path / "robustloop.rules.yaml"
     rules.write_text("groups: []\n")
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{rules}']\n"
-    )
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("Prometheus did not become ready in 30 s")
+    config = f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{rules}']\n"
+    with running_prometheus(tmp_path, config, "--web.enable-lifecycle") as url:
         yield url, rules
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_rules_are_in_force_once_prometheus_has_loaded_them(

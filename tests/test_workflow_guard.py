@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from robustloop.config import RobustloopConfig, dump_config
-from tests.conftest import free_port
+from tests.conftest import free_port, running_prometheus
 from workflows.guard import (
     CAP_REACHED,
     KEEP,
@@ -102,8 +100,7 @@ def test_an_unreachable_prometheus_leaves_the_version_unwatched_not_rolled_back(
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, Counter]]:
     """A real Prometheus scraping a feedback counter exported on a free port, every second."""
-    binary = shutil.which("prometheus")
-    if binary is None:
+    if shutil.which("prometheus") is None:
         pytest.skip("prometheus is not installed (Debian package prometheus)")
     registry = CollectorRegistry()
     feedback = Counter(
@@ -114,37 +111,15 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Counter]]:
     )
     exporter_port = free_port()
     server, _thread = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
+    config = (
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
         f"- job_name: serving\n  static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n"
     )
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("Prometheus did not become ready in 30 s")
-        yield url, feedback
+        with running_prometheus(tmp_path, config) as url:
+            yield url, feedback
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         server.shutdown()
 
 

@@ -259,9 +259,7 @@ def _wait_rules_in_force(cfg: RobustloopConfig, version: str) -> None:
     from alert_rules.in_force import RulesNotInForce, wait_until_in_force
 
     rollout = cfg.rollout
-    if rollout.rules_wait_seconds == 0 or not (
-        cfg.alerts.entropy.enabled or cfg.alerts.squeeze.enabled
-    ):
+    if rollout.rules_wait_seconds == 0 or not cfg.alerts.label_free_enabled:
         return
     try:
         waited = wait_until_in_force(rollout.prometheus_url, version, rollout.rules_wait_seconds)
