@@ -321,13 +321,17 @@ class ServingConfig(_Section):
         "reacts to natural noise, so that drift looks like an attack (docs/alerts.md).",
     )
     feedback_ttl_seconds: float = Field(
-        600.0, gt=0, description="How long a prediction waits for its ground-truth feedback."
+        600.0,
+        gt=0,
+        description="How long a prediction waits for its ground-truth feedback; with "
+        "feedback_signing_key_file, how long its signed sample id is valid (later is a 410).",
     )
     feedback_max_entries: int = Field(
         100_000,
         ge=1,
         description="Bound of the map of predictions awaiting feedback (when full, the client "
-        "holding the most gives up its oldest) and of the entries of one feedback request.",
+        "holding the most gives up its oldest), of the signed sample ids remembered against "
+        "replay (the same rule), and of the entries of one feedback request.",
     )
     feedback_rate_per_client: float = Field(
         500.0,
@@ -352,14 +356,23 @@ class ServingConfig(_Section):
         8,
         ge=1,
         le=64,
-        description="Requests the model server handles at once (threads of its one process: "
-        "the feedback map and the metrics live in it).",
+        description="Requests one model server process handles at once (its threads share "
+        "the process's metrics and, without feedback_signing_key_file, its feedback map).",
     )
     feedback_token_file: Path | None = Field(
         None,
         description="File holding the bearer token that feedback must carry, a credential "
         "separate from inference (a client that may classify must not be able to forge canary "
         "accuracy); null = feedback is open: only on a network trusted labellers alone reach.",
+    )
+    feedback_signing_key_file: Path | None = Field(
+        None,
+        description="File holding a secret of at least 32 characters, read at start, with "
+        "which the server signs each prediction's sample id (HMAC-SHA256 over the model, the "
+        "version, the predicted class, an expiry and a nonce): feedback is then judged from "
+        "the id alone, by any replica that holds the same key, so replicas behind one Service "
+        "need no session affinity. null = each process remembers its own predictions, and "
+        "feedback must reach the process that made them.",
     )
     reload_interval_seconds: float = Field(
         1.0, gt=0, description="How often the server checks the production pointer."

@@ -1,7 +1,8 @@
-"""Bearer tokens: reading one from a file, and checking an ``Authorization`` header against it.
+"""Bearer tokens and keys: reading one from a file, and checking an ``Authorization`` header
+against a token.
 
 Shared by the receiver (Alertmanager's deliveries) and the model server (feedback, a credential
-separate from inference). Standard library only.
+separate from inference, and the key that signs its sample ids). Standard library only.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ class TokenFileError(ValueError):
     """The token file cannot be read or is empty; the message names it."""
 
 
-def read_token_file(path: Path, what: str) -> str:
+def read_token_file(path: Path, what: str, *, min_length: int = 1) -> str:
     """The token in ``path``, surrounding whitespace stripped (as Alertmanager's
     ``credentials_file`` is).
 
+    Args:
+        path: the file.
+        what: the setting that names it, for the error message.
+        min_length: the fewest characters a usable secret has (a signing key needs more than
+            a bearer token that merely has to be present).
+
     Raises:
-        TokenFileError: the file cannot be read or holds no token; ``what`` names the setting.
+        TokenFileError: the file cannot be read or holds no token, or a shorter one than
+            ``min_length``; ``what`` names the setting.
     """
     try:
         token = path.read_text(encoding="utf-8").strip()
@@ -27,6 +35,12 @@ def read_token_file(path: Path, what: str) -> str:
         raise TokenFileError(f"cannot read {what} {path}: {exc.strerror}") from None
     if not token:
         raise TokenFileError(f"{what} {path} is empty")
+    if len(token) < min_length:
+        raise TokenFileError(
+            f"{what} {path} holds {len(token)} characters, fewer than the {min_length} a key "
+            "needs; write a random one, e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'`"
+        )
     return token
 
 

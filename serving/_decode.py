@@ -24,8 +24,11 @@ DATATYPES = ("FP32", "UINT8")
 BYTES_PER_VALUE = 24
 """Room for one FP32 value written as JSON with its separator (``-1.1754943508222875e-38, ``
 is 24 bytes); binary tensor data needs 4."""
-BYTES_PER_FEEDBACK = 48
-"""Room for one feedback entry: a 32-character id in quotes and a label, with separators."""
+PLAIN_ID_CHARS = 32
+"""Characters of an unsigned sample id (a UUID's hex); signed ids are longer
+(:data:`serving.signed_ids.MAX_ID_CHARS`)."""
+FEEDBACK_ENTRY_BYTES = 16
+"""Room for what a feedback entry holds besides its id: quotes, a label and separators."""
 ENVELOPE_VALUES = 1024
 """Values besides the data a legal request may hold (name, shape, datatype, id, parameters)."""
 ENVELOPE_BYTES = 64 * 1024
@@ -47,10 +50,13 @@ def infer_bounds(configured: int, max_batch: int, image_shape: tuple[int, ...]) 
     return BodyBounds(min(configured, values * BYTES_PER_VALUE + ENVELOPE_BYTES), values)
 
 
-def feedback_bounds(configured: int, max_entries: int) -> BodyBounds:
-    """Bounds of a feedback request of at most ``max_entries`` ids and labels."""
+def feedback_bounds(
+    configured: int, max_entries: int, id_chars: int = PLAIN_ID_CHARS
+) -> BodyBounds:
+    """Bounds of a feedback request of at most ``max_entries`` ids of up to ``id_chars``
+    characters and their labels."""
     return BodyBounds(
-        min(configured, max_entries * BYTES_PER_FEEDBACK + ENVELOPE_BYTES),
+        min(configured, max_entries * (id_chars + FEEDBACK_ENTRY_BYTES) + ENVELOPE_BYTES),
         2 * max_entries + ENVELOPE_VALUES,
     )
 
@@ -228,6 +234,7 @@ def decode_feedback(
 
 
 __all__ = [
+    "PLAIN_ID_CHARS",
     "BodyBounds",
     "decode_feedback",
     "decode_infer_request",

@@ -9,9 +9,11 @@ Endpoints (as KServe and Triton speak them, plus feedback and metrics):
   [N, C*H*W], the served version's input shape (its manifest's spec, also in the model
   metadata); the response holds ``probabilities`` [N, K], ``predicted_class`` [N],
   ``predicted_label`` [N] (class names) and ``sample_ids`` [N] (one id per image, to send ground
-  truth for later);
+  truth for later; signed, :mod:`serving.signed_ids`, when ``serving.feedback_signing_key_file``
+  is set);
 - ``POST /v2/models/{name}/feedback`` with ``{"ids": [...], "labels": [...]}`` (its own bearer
-  token when ``serving.feedback_token_file`` is set; rate-limited per client);
+  token when ``serving.feedback_token_file`` is set; rate-limited per client): signed ids are
+  judged by any replica holding the key, other ids only by the process that issued them;
 - ``GET /metrics``: Prometheus text format (see :mod:`serving.metrics`).
 
 Errors are raised as :mod:`serving.errors` exceptions and turned into ``{"error": message}``
@@ -27,6 +29,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +43,7 @@ from robustloop.jsonbody import content_type_problem
 from robustloop.tokens import TokenFileError, read_token_file, token_matches
 from serving._binary import BINARY_CONTENT_TYPE, HEADER, encode, split_body, wanted_binary
 from serving._decode import (
+    PLAIN_ID_CHARS,
     BodyBounds,
     decode_feedback,
     decode_infer_request,
@@ -49,6 +53,7 @@ from serving._decode import (
 )
 from serving.errors import (
     BadRequest,
+    Conflict,
     ModelNotFound,
     NotReady,
     PayloadTooLarge,
@@ -57,10 +62,11 @@ from serving.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from serving.feedback import FeedbackMap, RateLimiter
+from serving.feedback import FeedbackMap, Pending, RateLimiter, SeenNonces
 from serving.metrics import ServingMetrics
 from serving.reload import ModelWatcher, ServedModel, Store
 from serving.signals import max_probability, normalised_entropy, squeeze_score
+from serving.signed_ids import MAX_ID_CHARS, MIN_KEY_CHARS, SampleIdSigner, SignedPrediction
 from training import model_device, resolve_device
 
 log = logging.getLogger(__name__)
@@ -75,7 +81,7 @@ bp = Blueprint("oip_v2", __name__)
 
 @dataclass
 class ServingState:
-    """Everything one app instance holds: config, model watcher, feedback map, metrics."""
+    """Everything one app instance holds: config, model watcher, feedback state, metrics."""
 
     config: RobustloopConfig
     watcher: ModelWatcher
@@ -87,6 +93,11 @@ class ServingState:
     rng: random.Random = field(default_factory=random.Random)
     feedback_token: str | None = None
     """The bearer token feedback must carry; None: feedback is open."""
+    signer: SampleIdSigner | None = None
+    """Signs and verifies sample ids (``serving.feedback_signing_key_file``); None: the
+    predictions wait in :attr:`feedback`."""
+    seen: SeenNonces | None = None
+    """The signed ids this process has judged (with :attr:`signer`)."""
 
     @property
     def model_name(self) -> str:
@@ -130,17 +141,18 @@ def create_app(
 
     Raises:
         training.DeviceError: ``config.device`` names a device this machine lacks.
-        robustloop.config.ConfigError: ``serving.feedback_token_file`` cannot be read.
+        robustloop.config.ConfigError: ``serving.feedback_token_file`` or
+            ``serving.feedback_signing_key_file`` cannot be read, or the key is too short.
     """
     device = resolve_device(config.device)
-    feedback_token = None
-    if config.serving.feedback_token_file is not None:
-        try:
-            feedback_token = read_token_file(
-                config.serving.feedback_token_file, "serving.feedback_token_file"
-            )
-        except TokenFileError as exc:
-            raise ConfigError(str(exc)) from None
+    serving = config.serving
+    feedback_token = _read_secret(serving.feedback_token_file, "serving.feedback_token_file")
+    key = _read_secret(
+        serving.feedback_signing_key_file, "serving.feedback_signing_key_file", MIN_KEY_CHARS
+    )
+    signer = None
+    if key is not None:
+        signer = SampleIdSigner(key.encode(), config.model.name, serving.feedback_ttl_seconds)
     if store is None:
         from training import ModelStore
 
@@ -178,6 +190,8 @@ def create_app(
         registry=registry,
         instrument=instrument,
         feedback_token=feedback_token,
+        signer=signer,
+        seen=SeenNonces(serving.feedback_max_entries) if signer is not None else None,
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.serving.max_body_bytes
@@ -188,6 +202,16 @@ def create_app(
     if watch:
         watcher.start()
     return app
+
+
+def _read_secret(path: Path | None, what: str, min_length: int = 1) -> str | None:
+    """The secret in ``path`` (None when the setting is null), read once at start."""
+    if path is None:
+        return None
+    try:
+        return read_token_file(path, what, min_length=min_length)
+    except TokenFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -372,8 +396,11 @@ def _classify(
         probs = torch.softmax(served.model(images), dim=1)
     predicted = probs.argmax(dim=1).tolist()
     n = len(predicted)
-    ids = [uuid.uuid4().hex for _ in range(n)]
-    state.feedback.add(ids, predicted, served.version, _client())
+    if state.signer is not None:
+        ids = state.signer.issue(served.version, predicted)
+    else:
+        ids = [uuid.uuid4().hex for _ in range(n)]
+        state.feedback.add(ids, predicted, served.version, _client())
     if state.instrument:
         _observe_signals(state, served, images, probs)
     return {
@@ -432,7 +459,8 @@ def feedback(name: str) -> Response:
     _check_content_type(binary_ok=False)
     limiter = state.feedback_limiter
     max_entries = min(state.config.serving.feedback_max_entries, limiter.burst)
-    bounds = feedback_bounds(state.config.serving.max_body_bytes, max_entries)
+    id_chars = MAX_ID_CHARS if state.signer is not None else PLAIN_ID_CHARS
+    bounds = feedback_bounds(state.config.serving.max_body_bytes, max_entries, id_chars)
     payload = parse_json(_read_body(bounds), bounds.max_values)
     served = state.watcher.current  # its classes bound the labels
     num_classes = served.spec.num_classes if served is not None else None
@@ -444,16 +472,38 @@ def feedback(name: str) -> Response:
             f"{wait:.1f} s (serving.feedback_rate_per_client)",
             retry_after=wait,
         )
+    judged: list[Pending | None] | list[SignedPrediction]
+    if state.signer is not None:
+        judged = _judge_signed(state, state.signer, ids)
+    else:
+        judged = [state.feedback.take(sample_id) for sample_id in ids]
     counts = {"correct": 0, "wrong": 0, "unknown": 0}
-    for sample_id, label in zip(ids, labels, strict=True):
-        pending = state.feedback.take(sample_id)
-        if pending is None:
+    for prediction, label in zip(judged, labels, strict=True):
+        if prediction is None:
             counts["unknown"] += 1
             continue
-        outcome = "correct" if pending.predicted == label else "wrong"
+        outcome = "correct" if prediction.predicted == label else "wrong"
         counts[outcome] += 1
-        state.metrics.feedback.labels(name, pending.version, outcome).inc()
+        state.metrics.feedback.labels(name, prediction.version, outcome).inc()
     return jsonify(counts)
+
+
+def _judge_signed(
+    state: ServingState, signer: SampleIdSigner, ids: list[str]
+) -> list[SignedPrediction]:
+    """The predictions that signed ``ids`` carry, all verified and none judged before by this
+    process; else an error, and nothing judged (one bad id refuses the whole request)."""
+    predictions = [signer.verify(sample_id, f"ids[{i}]") for i, sample_id in enumerate(ids)]
+    if state.seen is None:
+        raise RuntimeError("a signing server remembers the ids it judged")
+    repeated = state.seen.claim(
+        [p.nonce for p in predictions], [p.expires_at for p in predictions], _client()
+    )
+    if repeated is not None:
+        raise Conflict(
+            f"ids[{repeated}] was already judged by this server: each prediction counts once"
+        )
+    return predictions
 
 
 def _client() -> str:

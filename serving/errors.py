@@ -30,10 +30,29 @@ class Unauthorized(ServingError):
     status = 401
 
 
+class Forbidden(ServingError):
+    """A signed sample id whose signature does not hold: forged, altered, or signed with another
+    key or for another model; nothing counted."""
+
+    status = 403
+
+
 class ModelNotFound(ServingError):
     """The URL names a model this server does not serve."""
 
     status = 404
+
+
+class Conflict(ServingError):
+    """A signed sample id this server has already judged (a replay); nothing counted."""
+
+    status = 409
+
+
+class Gone(ServingError):
+    """A signed sample id past its expiry (``serving.feedback_ttl_seconds``); nothing counted."""
+
+    status = 410
 
 
 class PayloadTooLarge(ServingError):
@@ -67,6 +86,9 @@ class NotReady(ServingError):
 
 __all__ = [
     "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "Gone",
     "ModelNotFound",
     "NotReady",
     "PayloadTooLarge",

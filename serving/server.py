@@ -1,8 +1,10 @@
 """Serve the model server app over HTTP: :class:`robustloop.httpserver.HttpServer` (waitress).
 
 ``robustloop serve`` runs a :class:`RunningServer` in the foreground; tests start one on a free
-port and always stop it. One process only: the feedback map and the Prometheus registry live in
-it (docs/serving.md).
+port and always stop it. The Prometheus registry lives in the process (Prometheus scrapes each
+replica and the rules sum them); so does the feedback map, unless sample ids are signed
+(``serving.feedback_signing_key_file``), which lets several replicas judge each other's
+predictions (docs/serving.md).
 """
 
 from __future__ import annotations

@@ -271,7 +271,7 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     yet) it lives but is not ready; once a production model is registered (the bootstrap Job's
     work) it turns ready without a restart, and serves /metrics for the ServiceMonitor. The
     chart's config makes feedback need the token of the mounted Secret: none or a wrong one is
-    a 401, the Secret's token is accepted.
+    a 401, the Secret's token is accepted; the sample ids are signed with the mounted key.
     """
     from tests.support import register_model
     from training import ModelStore
@@ -300,6 +300,13 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
     mounted.parent.mkdir()
     mounted.write_text("labeller-token-of-the-test", encoding="utf-8")
     config["serving"]["feedback_token_file"] = str(mounted)
+    key_file = Path(config["serving"]["feedback_signing_key_file"])
+    key_mount = next(m for m in container["volumeMounts"] if m["name"] == "feedback-signing-key")
+    assert key_file.parent == Path(key_mount["mountPath"])
+    signing = tmp_path / "signing-secret" / key_file.name
+    signing.parent.mkdir()
+    signing.write_text("k" * 64, encoding="utf-8")
+    config["serving"]["feedback_signing_key_file"] = str(signing)
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     env_names = {e["name"] for e in container["env"]}
     assert "ROBUSTLOOP_CONFIG" in env_names
@@ -321,13 +328,19 @@ def test_server_pod_command_serves_and_its_probes_follow_the_store(
         assert f'version="{version}"' in metrics.text
         model = RobustloopConfig.model_validate(config).model.name
         feedback = f"{url}/v2/models/{model}/feedback"
-        labels = {"ids": ["not-a-prediction"], "labels": [0]}
+        image = {
+            "inputs": [{"name": "x", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}]
+        }
+        infer = requests.post(f"{url}/v2/models/{model}/infer", json=image, timeout=30).json()
+        outputs = {o["name"]: o["data"] for o in infer["outputs"]}
+        labels = {"ids": outputs["sample_ids"], "labels": outputs["predicted_class"]}
         for headers in ({}, {"Authorization": "Bearer guess"}):
             refused = requests.post(feedback, json=labels, headers=headers, timeout=5)
             assert refused.status_code == 401, refused.text
         good = {"Authorization": "Bearer labeller-token-of-the-test"}
         accepted = requests.post(feedback, json=labels, headers=good, timeout=5)
         assert accepted.status_code == 200, accepted.text
+        assert accepted.json() == {"correct": 1, "wrong": 0, "unknown": 0}
     assert process.returncode == 0, "SIGTERM (as kubelet sends it) must stop the server cleanly"
 
 

@@ -141,6 +141,10 @@ when the store mounts on one node; empty when there is nothing to say. */}}
 {{- default (printf "%s-feedback-token" (include "robustloop.fullname" .)) .Values.server.feedbackToken.existingSecret }}
 {{- end }}
 
+{{- define "robustloop.feedbackSigningKeySecret" -}}
+{{- default (printf "%s-signing-key" (include "robustloop.fullname" .)) .Values.server.feedbackSigningKey.existingSecret }}
+{{- end }}
+
 {{/* Where the receiver pod mounts its bearer token (config webhook.token_file, re-read when the
 kubelet updates the Secret's files). */}}
 {{- define "robustloop.receiverTokenDir" -}}/var/run/secrets/robustloop/webhook{{- end }}
@@ -150,6 +154,13 @@ kubelet updates the Secret's files). */}}
 
 {{- define "robustloop.feedbackTokenFile" -}}
 {{- include "robustloop.feedbackTokenDir" . }}/token
+{{- end }}
+
+{{/* Where the server pods mount the key that signs sample ids (serving.feedback_signing_key_file). */}}
+{{- define "robustloop.feedbackSigningKeyDir" -}}/var/run/secrets/robustloop/feedback-signing{{- end }}
+
+{{- define "robustloop.feedbackSigningKeyFile" -}}
+{{- include "robustloop.feedbackSigningKeyDir" . }}/key
 {{- end }}
 
 {{- define "robustloop.configMap" -}}
@@ -219,7 +230,8 @@ scraping less often than it was rendered for would leave the rules' windows with
 {{- $owned := dict
   "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
   "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port) "http_threads" (int .Values.server.threads)
-      "feedback_token_file" (include "robustloop.feedbackTokenFile" .))
+      "feedback_token_file" (include "robustloop.feedbackTokenFile" .)
+      "feedback_signing_key_file" (include "robustloop.feedbackSigningKeyFile" .))
   "webhook" (dict "host" "0.0.0.0" "port" (int .Values.receiver.port) "db_path" "/var/lib/robustloop-webhook/webhook.sqlite3"
       "token_file" (printf "%s/token" (include "robustloop.receiverTokenDir" .)))
   "submitter" (dict "kind" "argo" "runs_dir" "/tmp/robustloop-runs" "argo" (dict
