@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,9 +101,6 @@ def replicas(small_config: RobustloopConfig, tmp_path: Path) -> Iterator[list[st
     try:
         yield [server.announced().group(3) for server in servers]
     finally:
-        for server in servers:  # both at once, as a rollout's SIGTERMs may come
-            if server.proc.poll() is None:
-                server.proc.send_signal(signal.SIGTERM)
         stopped = [server.stop() for server in servers]
     for code, stderr in stopped:
         assert code == 0, stderr

@@ -21,11 +21,14 @@ import requests
 import tritonclient.http as triton
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from robustloop.config import ConfigError, RobustloopConfig, dump_config
 from serving import RunningServer, create_app, get_state
 from serving._decode import feedback_bounds, parse_json
+from serving.errors import ServingError
 from serving.feedback import SeenNonces
 from serving.signed_ids import MAX_ID_CHARS, MIN_KEY_CHARS, SampleIdSigner
 from tests.support import register_model
@@ -268,6 +271,20 @@ def test_a_replay_to_another_replica_within_the_ttl_is_not_detected(
     assert first.post(FEEDBACK, json={"ids": ids, "labels": predicted}).status_code == 200
     assert second.post(FEEDBACK, json={"ids": ids, "labels": predicted}).status_code == 200
     assert counted(first_registry) == counted(second_registry) == {(version, "correct"): 1}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200) | st.from_regex(r"[A-Za-z0-9_-]{80,170}", fullmatch=True))
+def test_any_string_is_judged_or_refused_as_a_client_error(sample_id: str) -> None:
+    """Whatever a client sends as an id, verification ends in a 4xx error, never anything else
+    (a 5xx); only a signed id passes."""
+    signer = SampleIdSigner(KEY.encode(), MODEL, 600.0)
+    try:
+        signer.verify(sample_id, "ids[0]")
+    except ServingError as exc:
+        assert 400 <= exc.status < 500 and exc.message.startswith("ids[0] ")
+    else:
+        pytest.fail(f"{sample_id!r} verified")
 
 
 # -- the key, the bounds ---------------------------------------------------------------------
