@@ -11,7 +11,21 @@ A real HTTP server on 127.0.0.1 (a free port) implementing what the receiver cal
   409 for a name it already has, like Argo; :meth:`ArgoStandIn.effective_parameters` are the
   parameters a run gets, the template's defaults under the workflow's own, as Argo merges them;
 * ``GET /api/v1/workflows/{namespace}/{name}``: the stored workflow with a ``status`` in
-  Argo's shape (phase, nodes with ``displayName`` and output parameters), 404 if unknown.
+  Argo's shape (phase, times, the DAG's node with its steps inside its boundary, each step a
+  ``Retry`` node over its pod, output parameters on both), 404 if unknown;
+* ``GET /api/v1/workflows/{namespace}?listOptions.labelSelector=...&fields=...``: a
+  ``WorkflowList`` of the namespace's workflows whose labels match the selector (Kubernetes
+  equality-based semantics: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, terms joined by commas
+  all hold; a selector it cannot parse is a 400, kept in :attr:`invalid`), with ``"items":
+  null`` when none match, as the Argo Server answers; ``fields`` projects the answer as Argo's
+  does (``a.b,c``: those paths and their parents only; ``-a.b,c``: all but those), arrays
+  traversed without an index (``items.metadata.name``).
+
+Workflows that no receiver created (another team's, or a run submitted by hand) are put in with
+:meth:`ArgoStandIn.add_workflow`, checked against the schema's ``Workflow`` and Kubernetes'
+label rules like a created one. Every workflow served, alone or in a list, is checked against
+the schema's ``Workflow`` and ``WorkflowList`` before any projection; a failure is kept in
+:attr:`errors` (a fault of the stand-in, not of the client).
 
 With ``tls=(certificate, key)`` it serves HTTPS like the Argo Server in secure mode (Go's
 ``tls.NewListener`` under ``cmux``): a client that does not complete the handshake, plain HTTP
@@ -26,6 +40,7 @@ which tests assert to be empty.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import re
@@ -38,6 +53,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import referencing
@@ -54,6 +70,12 @@ _DEF = "io.argoproj.workflow.v1alpha1."
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_SELECTOR_TERM = re.compile(
+    r"\s*(?:(?P<absent>!)\s*(?P<nkey>[^\s=!,]+)"
+    r"|(?P<key>[^\s=!,]+)\s*(?:(?P<op>==|=|!=)\s*(?P<value>[^\s=!,]*))?)\s*"
+)
+_STEPS = ("harden", "evaluate", "gate", "promote", "guard")
+"""The remediation DAG's tasks, in order (each depends on the one before)."""
 
 
 def label_problems(labels: dict[str, Any]) -> list[str]:
@@ -70,6 +92,85 @@ def label_problems(labels: dict[str, Any]) -> list[str]:
     return problems
 
 
+Requirement = tuple[str, str, str]
+"""One term of a label selector: (operator, key, value); operators ``=``, ``!=``, ``exists``,
+``!exists``."""
+
+
+def parse_selector(text: str) -> list[Requirement]:
+    """The terms of a Kubernetes equality-based label selector; every one must hold.
+
+    Raises:
+        ValueError: a term is neither ``k=v``, ``k==v``, ``k!=v``, ``k`` nor ``!k``, or a key or
+            value is no valid label key or value (the API server answers 400 then). Set-based
+            terms (``k in (a,b)``) are not served: a client relying on them learns here.
+    """
+    requirements: list[Requirement] = []
+    if not text.strip():
+        return requirements
+    for term in text.split(","):
+        match = _SELECTOR_TERM.fullmatch(term)
+        if match is None:
+            raise ValueError(f"unable to parse requirement: {term!r}")
+        if match["absent"]:
+            key, op, value = match["nkey"], "!exists", ""
+        elif match["op"] is None:
+            key, op, value = match["key"], "exists", ""
+        else:
+            key, op, value = match["key"], "!=" if match["op"] == "!=" else "=", match["value"]
+        problems = label_problems({key: value})
+        if problems:
+            raise ValueError(f"unable to parse requirement {term!r}: {'; '.join(problems)}")
+        requirements.append((op, key, value))
+    return requirements
+
+
+def selector_matches(requirements: list[Requirement], labels: dict[str, str]) -> bool:
+    """Whether ``labels`` satisfy every requirement (``k!=v`` holds where ``k`` is absent)."""
+    for op, key, value in requirements:
+        held = {
+            "=": key in labels and labels[key] == value,
+            "!=": labels.get(key) != value,
+            "exists": key in labels,
+            "!exists": key not in labels,
+        }[op]
+        if not held:
+            return False
+    return True
+
+
+def project(document: Any, fields: str) -> Any:
+    """``document`` cut down by the Argo Server's ``fields`` parameter.
+
+    ``a.b,c`` keeps those paths, their parents and everything under them; ``-a.b,c`` (one
+    leading ``-``) keeps everything but those paths. Lists are traversed without an index.
+    """
+    if not fields:
+        return document
+    exclude = fields.startswith("-")
+    paths = {path for path in fields.removeprefix("-").split(",") if path}
+
+    def keep(path: str) -> bool:
+        listed = path in paths or any(path.startswith(p + ".") for p in paths)
+        if exclude:
+            return not listed
+        return listed or any(p.startswith(path + ".") for p in paths)
+
+    def walk(value: Any, prefix: str) -> Any:
+        if isinstance(value, list):
+            return [walk(item, prefix) for item in value]
+        if not isinstance(value, dict):
+            return value
+        kept = {}
+        for key, child in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if keep(path):
+                kept[key] = walk(child, path)
+        return kept
+
+    return walk(document, "")
+
+
 def template_parameters() -> dict[str, str]:
     """The parameters the remediation WorkflowTemplate declares, with their defaults (its
     golden YAML, else the contract)."""
@@ -81,8 +182,9 @@ def template_parameters() -> dict[str, str]:
 
 
 @functools.cache
-def _validators(schema_path: Path) -> tuple[Any, Any]:
-    """Validators of Argo's ``WorkflowCreateRequest`` and ``Workflow`` (``$ref``\\ s resolved)."""
+def _validators(schema_path: Path) -> tuple[Any, Any, Any]:
+    """Validators of Argo's ``WorkflowCreateRequest``, ``Workflow`` and ``WorkflowList``
+    (``$ref``\\ s resolved)."""
     document = json.loads(schema_path.read_text(encoding="utf-8"))
     base = document.get("$id", "urn:argo-workflows-schema")
     registry: referencing.Registry[Any] = referencing.Registry().with_resource(
@@ -94,6 +196,7 @@ def _validators(schema_path: Path) -> tuple[Any, Any]:
             {"$ref": f"{base}#/definitions/{_DEF}WorkflowCreateRequest"}, registry=registry
         ),
         validator_class({"$ref": f"{base}#/definitions/{_DEF}Workflow"}, registry=registry),
+        validator_class({"$ref": f"{base}#/definitions/{_DEF}WorkflowList"}, registry=registry),
     )
 
 
@@ -102,7 +205,7 @@ class Fault:
     """What the stand-in does to the next matching call."""
 
     method: str
-    """``POST`` (create) or ``GET`` (read)."""
+    """``POST`` (create) or ``GET`` (read one, or list)."""
     status: int | None = None
     """Answer with this HTTP status (after the delay, if any) and do nothing else."""
     delay: float = 0.0
@@ -123,13 +226,14 @@ class ArgoStandIn(StandInServer):
     def __init__(
         self, schema_path: Path, token: str | None = None, tls: tuple[Path, Path] | None = None
     ) -> None:
-        self._create_request, self._workflow = _validators(schema_path)
+        self._create_request, self._workflow, self._workflow_list = _validators(schema_path)
         self.token = token
         self.templates: dict[str, dict[str, str]] = {TEMPLATE_NAME: template_parameters()}
         """WorkflowTemplates in the namespace: name -> {parameter: default}. A test may change
         the defaults, as the chart's ``workflow.parameters`` do."""
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
-        self.run_status: dict[str, dict[str, Any]] = {}
+        self.run_status: dict[str, tuple[str, bool | None]] = {}
+        """Workflow name -> (phase, gate passed) it reports; absent: ``Running``."""
         self.auto_finish: tuple[str, bool] | None = None
         """(phase, gate passed) every workflow reports from its first read on; None: Running."""
         self.received: list[tuple[str, str]] = []
@@ -171,7 +275,36 @@ class ArgoStandIn(StandInServer):
     def set_phase(self, name: str, phase: str, gate_passed: bool | None = None) -> None:
         """Make workflow ``name`` report ``phase`` (and the gate's output) from now on."""
         with self._lock:
-            self.run_status[name] = _status(name, phase, gate_passed)
+            self.run_status[name] = (phase, gate_passed)
+
+    def add_workflow(
+        self,
+        workflow: dict[str, Any],
+        namespace: str = "robustloop",
+        phase: str = "Running",
+        gate_passed: bool | None = None,
+    ) -> None:
+        """Put ``workflow`` in ``namespace`` as if someone had created it (another team's
+        workflow, a run submitted by hand), reporting ``phase`` (and the gate's output).
+
+        Raises:
+            ValueError: Argo would refuse it (schema, labels) or the name is taken.
+        """
+        problems = [
+            f"schema (Workflow): {error.message} at {list(error.absolute_path)}"
+            for error in self._workflow.iter_errors(workflow)
+        ]
+        problems += label_problems((workflow.get("metadata") or {}).get("labels") or {})
+        name = (workflow.get("metadata") or {}).get("name")
+        if not name:
+            problems.append("metadata.name is empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+        with self._lock:
+            if (namespace, name) in self.workflows:
+                raise ValueError(f'workflows.argoproj.io "{name}" already exists')
+            self.workflows[(namespace, name)] = self._stored(workflow, namespace)
+            self.run_status[name] = (phase, gate_passed)
 
     def created(self) -> list[str]:
         """Names of the workflows created, in any namespace."""
@@ -246,23 +379,68 @@ class ArgoStandIn(StandInServer):
                     "code": 6,
                     "message": f'workflows.argoproj.io "{name}" already exists',
                 }
-            stored = json.loads(json.dumps(workflow))
-            stored["metadata"]["namespace"] = namespace
-            stored["metadata"]["uid"] = f"uid-{len(self.workflows)}"
+            stored = self._stored(workflow, namespace)
             self.workflows[(namespace, name)] = stored
         if fault is not None and fault.store_first:
             time.sleep(fault.delay)
         return 200, stored
+
+    def _stored(self, workflow: dict[str, Any], namespace: str) -> dict[str, Any]:
+        """A copy of ``workflow`` as the API server stores it (namespace, uid, creation time).
+        Called under the lock."""
+        stored: dict[str, Any] = json.loads(json.dumps(workflow))
+        stored["metadata"]["namespace"] = namespace
+        stored["metadata"]["uid"] = f"uid-{len(self.workflows)}"
+        stored["metadata"]["creationTimestamp"] = _now()
+        return stored
+
+    def _served(self, name: str, workflow: dict[str, Any]) -> dict[str, Any]:
+        """The stored workflow with its status, as Argo serves it. Called under the lock."""
+        if name not in self.run_status and self.auto_finish is not None:
+            self.run_status[name] = self.auto_finish
+        phase, gate_passed = self.run_status.get(name, ("Running", None))
+        started = workflow["metadata"]["creationTimestamp"]
+        served = {**workflow, "status": _status(name, phase, gate_passed, started)}
+        self._check_served(self._workflow, served, f"workflow {name}")
+        return served
+
+    def _check_served(self, validator: Any, document: Any, what: str) -> None:
+        """Keep in :attr:`errors` each way a served document breaks Argo's schema."""
+        self.errors.extend(
+            f"the stand-in served {what} that breaks the schema: {error.message} "
+            f"at {list(error.absolute_path)}"
+            for error in validator.iter_errors(document)
+        )
 
     def _get(self, namespace: str, name: str) -> tuple[int, Any]:
         with self._lock:
             workflow = self.workflows.get((namespace, name))
             if workflow is None:
                 return 404, {"code": 5, "message": f'workflows.argoproj.io "{name}" not found'}
-            if name not in self.run_status and self.auto_finish is not None:
-                self.run_status[name] = _status(name, *self.auto_finish)
-            status = self.run_status.get(name) or _status(name, "Running", None)
-            return 200, {**workflow, "status": status}
+            return 200, self._served(name, workflow)
+
+    def _list(self, namespace: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        selector = (query.get("listOptions.labelSelector") or [""])[0]
+        try:
+            requirements = parse_selector(selector)
+        except ValueError as exc:
+            with self._lock:
+                self.invalid.append(f"label selector {selector!r}: {exc}")
+            return 400, {"code": 3, "message": str(exc)}
+        with self._lock:
+            items = [
+                self._served(name, workflow)
+                for (ns, name), workflow in self.workflows.items()
+                if ns == namespace
+                and selector_matches(requirements, workflow["metadata"].get("labels") or {})
+            ]
+            resource_version = str(len(self.workflows))
+        items.sort(key=lambda w: w["metadata"]["creationTimestamp"], reverse=True)
+        answer = {"metadata": {"resourceVersion": resource_version}, "items": items or None}
+        if items:  # the schema says "array"; the Argo Server answers null for none (Go's nil)
+            with self._lock:
+                self._check_served(self._workflow_list, answer, "a WorkflowList")
+        return 200, project(answer, (query.get("fields") or [""])[0])
 
     def _handler_class(self) -> type[JSONHandler]:
         standin = self
@@ -291,7 +469,7 @@ class ArgoStandIn(StandInServer):
                     standin.calls.append((self.command, self.path, status))
 
             def _route(self) -> tuple[str, str | None] | None:
-                parts = self.path.split("?")[0].strip("/").split("/")
+                parts = urlsplit(self.path).path.strip("/").split("/")
                 if parts[:3] != ["api", "v1", "workflows"] or len(parts) not in (4, 5):
                     return None
                 return parts[3], parts[4] if len(parts) == 5 else None
@@ -327,7 +505,7 @@ class ArgoStandIn(StandInServer):
 
             def do_GET(self) -> None:
                 route = self._route()
-                if route is None or route[1] is None:
+                if route is None:
                     return self._answer(404, {"code": 5, "message": "no such route"})
                 if not self._authorised():
                     return self._answer(401, {"code": 16, "message": "token not valid"})
@@ -336,34 +514,90 @@ class ArgoStandIn(StandInServer):
                     time.sleep(fault.delay)
                 if fault is not None and fault.status is not None:
                     return self._answer(fault.status, {"code": 14, "message": "injected fault"})
-                status, answer = standin._get(route[0], route[1])
+                with standin._lock:
+                    standin.received.append((self.command, self.path))
+                if route[1] is None:
+                    query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+                    status, answer = standin._list(route[0], query)
+                else:
+                    status, answer = standin._get(route[0], route[1])
                 return self._answer(status, answer)
 
         return Handler
 
 
-def _status(name: str, phase: str, gate_passed: bool | None) -> dict[str, Any]:
-    """An Argo ``WorkflowStatus`` with a gate node (and a promote node when it passed)."""
-    nodes: dict[str, Any] = {}
-    if gate_passed is not None:
-        nodes[f"{name}-1"] = {
-            "id": f"{name}-1",
-            "name": f"{name}.gate",
-            "displayName": "gate",
-            "type": "Pod",
-            "phase": "Succeeded",
-            "outputs": {"parameters": [{"name": "passed", "value": str(gate_passed).lower()}]},
-        }
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(name: str, phase: str, gate_passed: bool | None, started: str) -> dict[str, Any]:
+    """An Argo ``WorkflowStatus`` of the remediation DAG, as the controller records it.
+
+    The DAG's node (the entrypoint, ``remediate``) is the root; each task is a ``Retry`` node
+    (the template's ``retryStrategy``) inside the DAG's boundary, whose child is its pod
+    ``<task>(0)``; the pod's children are the next task's node. Outputs are on the pod and copied
+    to its ``Retry`` node. A run whose gate has not decided has ``harden`` running; a decided
+    gate has run harden, evaluate and gate (``passed``), and promote (``version``) when it passed.
+    """
+    finished = phase in ("Succeeded", "Failed", "Error")
+    if gate_passed is None:
+        done: list[tuple[str, str, list[dict[str, str]]]] = []
+        if not finished:
+            done.append(("harden", "Running", []))
+    else:
+        done = [
+            ("harden", "Succeeded", []),
+            ("evaluate", "Succeeded", []),
+            ("gate", "Succeeded", [{"name": "passed", "value": str(gate_passed).lower()}]),
+        ]
         if gate_passed:
-            nodes[f"{name}-2"] = {
-                "id": f"{name}-2",
-                "name": f"{name}.promote",
-                "displayName": "promote",
-                "type": "Pod",
-                "phase": "Succeeded",
-                "outputs": {"parameters": [{"name": "version", "value": "v0002"}]},
-            }
-    return {"phase": phase, "nodes": nodes, "message": "" if phase != "Failed" else "step failed"}
+            done.append(("promote", "Succeeded", [{"name": "version", "value": "v0002"}]))
+    nodes: dict[str, Any] = {}
+    root: dict[str, Any] = {
+        "id": name,
+        "name": name,
+        "displayName": name,
+        "type": "DAG",
+        "templateName": "remediate",
+        "templateScope": "local/",
+        "phase": phase,
+        "startedAt": started,
+        "children": [],
+    }
+    nodes[name] = root
+    previous = root
+    for index, (task, task_phase, outputs) in enumerate(done):
+        step_id, pod_id = f"{name}-{2 * index + 1}", f"{name}-{2 * index + 2}"
+        common = {
+            "templateName": task,
+            "templateScope": "local/",
+            "boundaryID": name,
+            "phase": task_phase,
+            "startedAt": started,
+        }
+        if task_phase == "Succeeded":
+            common["finishedAt"] = started
+        step = {"id": step_id, "name": f"{name}.{task}", "displayName": task, "type": "Retry"}
+        pod = {"id": pod_id, "name": f"{name}.{task}(0)", "displayName": f"{task}(0)"}
+        nodes[step_id] = {**step, **common, "children": [pod_id]}
+        nodes[pod_id] = {**pod, **common, "type": "Pod"}
+        if outputs:
+            nodes[step_id]["outputs"] = nodes[pod_id]["outputs"] = {"parameters": outputs}
+        previous.setdefault("children", []).append(step_id)
+        previous = nodes[pod_id]
+    pods = [node for node in nodes.values() if node["type"] == "Pod"]
+    succeeded = sum(node["phase"] == "Succeeded" for node in pods)
+    status: dict[str, Any] = {
+        "phase": phase,
+        "startedAt": started,
+        "nodes": nodes,
+        "message": "" if phase != "Failed" else "step failed",
+        "progress": f"{succeeded}/{max(1, len(pods))}",
+    }
+    if finished:
+        status["finishedAt"] = started
+        root["finishedAt"] = started
+    return status
 
 
 def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:

@@ -1,7 +1,11 @@
-"""Reading and showing recorded local runs the way the Argo UI and ``argo list``/``argo get`` do.
+"""Reading recorded local runs, and showing runs the way ``argo list``/``argo get`` do.
 
-Standard library only: a run is the Argo-shaped ``Workflow`` JSON the local executor writes to
-``<runs_dir>/<name>/workflow.json``.
+Standard library only: a run is a ``Workflow`` object, the Argo-shaped JSON the local executor
+writes to ``<runs_dir>/<name>/workflow.json`` or the Argo Server's own (read by
+:class:`webhook.submitters.ArgoSubmitter`); :func:`format_list` and :func:`format_show` print
+both alike. In a run's step tree, the steps of a DAG are the nodes whose ``boundaryID`` is the
+DAG's node, listed under it, and a step Argo retried lists its attempts under it, as
+``argo get`` shows them.
 """
 
 from __future__ import annotations
@@ -74,8 +78,23 @@ def load_run(runs_dir: Path, name: str) -> dict[str, Any]:
         return {"metadata": {"name": name}, "status": {"phase": PHASE_PENDING, "nodes": {}}}
 
 
-def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """All recorded runs, newest first."""
+def run_model(wf: dict[str, Any]) -> str | None:
+    """The model a run remediates: its ``model`` parameter (None when it has none)."""
+    for param in ((wf.get("spec") or {}).get("arguments") or {}).get("parameters") or []:
+        if param.get("name") == "model":
+            return str(param.get("value", ""))
+    return None
+
+
+def newest_first(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` by start, newest first; runs not started yet (no ``startedAt``) lead."""
+    return sorted(
+        runs, key=lambda w: (w.get("status") or {}).get("startedAt") or "9999", reverse=True
+    )
+
+
+def list_runs(runs_dir: Path, model: str | None = None) -> list[dict[str, Any]]:
+    """All recorded runs (of ``model`` when given, by its ``model`` parameter), newest first."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
@@ -84,8 +103,7 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
         for child in root.iterdir()
         if child.is_dir() and not child.name.startswith(".")
     ]
-    runs.sort(key=lambda w: (w.get("status") or {}).get("startedAt") or "9999", reverse=True)
-    return runs
+    return newest_first([wf for wf in runs if model is None or run_model(wf) == model])
 
 
 def format_list(runs: list[dict[str, Any]], now: dt.datetime | None = None) -> str:
@@ -139,12 +157,14 @@ def format_show(wf: dict[str, Any], now: dt.datetime | None = None) -> str:
     nodes: dict[str, Any] = status.get("nodes") or {}
     if nodes:
         lines += ["", "STEP                      TEMPLATE        DURATION  MESSAGE"]
+        attempts = _attempts(nodes)
         roots = [n for n in nodes.values() if "boundaryID" not in n]
         for root in roots:
             _tree(root, nodes, 0, lines, now)
         outputs = [
-            (n["displayName"], p["name"], p.get("value", ""))
-            for n in nodes.values()
+            (n.get("displayName", ""), p["name"], p.get("value", ""))
+            for key, n in nodes.items()
+            if key not in attempts  # a retried step carries its last attempt's outputs
             for p in (n.get("outputs") or {}).get("parameters") or []
         ]
         if outputs:
@@ -155,18 +175,61 @@ def format_show(wf: dict[str, Any], now: dt.datetime | None = None) -> str:
     return "\n".join(lines)
 
 
+def _attempts(nodes: dict[str, Any]) -> set[str]:
+    """Ids of the nodes that are attempts of a retried step (children of a ``Retry`` node)."""
+    return {
+        child
+        for node in nodes.values()
+        if node.get("type") == "Retry"
+        for child in node.get("children") or []
+    }
+
+
+def _shown_children(node: dict[str, Any], nodes: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes shown under ``node`` in the step tree.
+
+    Under a DAG (or steps) node: every node inside its boundary but the attempts of retried
+    steps, in the order of its ``children``, then by start. Under a ``Retry`` node: its attempts.
+    Other nodes show nothing under them: their ``children`` are the next steps of the DAG,
+    shown under the DAG already.
+    """
+    node_id = node.get("id")
+    inside = [
+        n
+        for n in nodes.values()
+        if node_id is not None and n.get("boundaryID") == node_id and n is not node
+    ]
+    if inside:
+        attempts = _attempts(nodes)
+        order = {child: i for i, child in enumerate(node.get("children") or [])}
+        steps = [n for n in inside if n.get("id") not in attempts]
+        return sorted(
+            steps,
+            key=lambda n: (order.get(n.get("id"), len(order)), n.get("startedAt") or "9999"),
+        )
+    if node.get("type") == "Retry" or "boundaryID" not in node:
+        return [nodes[child] for child in node.get("children") or [] if child in nodes]
+    return []
+
+
 def _tree(
     node: dict[str, Any], nodes: dict[str, Any], depth: int, lines: list[str], now: dt.datetime
 ) -> None:
     icon = _ICONS.get(str(node.get("phase")), "?")
     label = "  " * depth + ("└─" if depth else "") + f"{icon} {node.get('displayName', '')}"
     duration = _duration(node.get("startedAt"), node.get("finishedAt"), now)
-    lines.append(
-        f"{label:<26}{node.get('templateName', ''):<16}{duration:<10}{node.get('message', '')}"
-    )
-    for child in node.get("children") or []:
-        if child in nodes:
-            _tree(nodes[child], nodes, depth + 1, lines, now)
+    template = node.get("templateName", "")
+    lines.append(f"{label:<25} {template:<15} {duration:<9} {node.get('message', '')}".rstrip())
+    for child in _shown_children(node, nodes):
+        _tree(child, nodes, depth + 1, lines, now)
 
 
-__all__ = ["RunNotFound", "format_list", "format_show", "list_runs", "load_run"]
+__all__ = [
+    "RunNotFound",
+    "format_list",
+    "format_show",
+    "list_runs",
+    "load_run",
+    "newest_first",
+    "run_model",
+]

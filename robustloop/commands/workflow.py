@@ -8,11 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from robustloop.commands.base import add_device_option
-from robustloop.config import DEFAULT_CONFIG_PATH
+from robustloop.config import DEFAULT_CONFIG_PATH, RobustloopConfig
+
+if TYPE_CHECKING:  # annotations only: the Argo client is imported where it is used
+    from webhook.submitters import ArgoSubmitter
+
+_T = TypeVar("_T")
+SOURCES = ("local", "argo")
 
 
 def register(sub: Any) -> None:
@@ -48,15 +55,21 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=_run_local)
 
-    runs = sub.add_parser("runs", help="recorded local workflow runs, shown as Argo shows them")
+    runs = sub.add_parser(
+        "runs",
+        help="the remediation workflow's runs, local or on the Argo Server, as Argo shows them",
+    )
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     p = runs_sub.add_parser("list", help="list runs, newest first")
+    _add_source_option(p)
+    p.add_argument("--model", default=None, metavar="NAME", help="only the runs of this model")
     p.add_argument("--json", action="store_true", help="print the Workflow objects as JSON")
     p.set_defaults(handler=_runs_list)
     p = runs_sub.add_parser("show", help="show one run: status, parameters, steps, outputs")
     p.add_argument("name", metavar="ID", help="the run's (workflow's) name")
+    _add_source_option(p)
     p.add_argument("--json", action="store_true", help="print the Workflow object as JSON")
-    p.add_argument("--logs", action="store_true", help="print every step's log too")
+    p.add_argument("--logs", action="store_true", help="print every step's log too (local runs)")
     p.set_defaults(handler=_runs_show)
 
     p = sub.add_parser(
@@ -132,16 +145,54 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0 if phase == "Succeeded" else 1
 
 
-def _runs_list(args: argparse.Namespace) -> int:
-    from workflows.runs import format_list, list_runs
+def _add_source_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default=None,
+        help="where the runs are: local (the local executor's submitter.runs_dir) or argo (the "
+        "Argo Server of submitter.argo: host, namespace, token, TLS); default: submitter.kind",
+    )
 
-    runs = list_runs(args.cfg.submitter.runs_dir)
+
+def _source(args: argparse.Namespace) -> str:
+    return str(args.source or args.cfg.submitter.kind)
+
+
+def _argo_where(cfg: RobustloopConfig) -> str:
+    return f"namespace {cfg.submitter.argo.namespace} of the Argo Server {cfg.submitter.argo.host}"
+
+
+def _from_argo(cfg: RobustloopConfig, read: Callable[[ArgoSubmitter], _T]) -> _T:
+    """``read(client)`` with the receiver's Argo client; its failures are the CLI's errors."""
+    from robustloop.commands.base import CommandError
+    from webhook.submitters import SubmitError, build_argo_submitter
+
+    argo = build_argo_submitter(cfg)
+    try:
+        return read(argo)
+    except SubmitError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        argo.close()
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    from workflows.runs import format_list, list_runs, newest_first
+
+    of_model = f" of model {args.model}" if args.model is not None else ""
+    if _source(args) == "argo":
+        runs = newest_first(_from_argo(args.cfg, lambda argo: argo.list_runs(args.model)))
+        where = _argo_where(args.cfg)
+    else:
+        runs = list_runs(args.cfg.submitter.runs_dir, model=args.model)
+        where = str(args.cfg.submitter.runs_dir)
     if args.json:
         print(json.dumps(runs, indent=2, sort_keys=True))
     elif runs:
         print(format_list(runs))
     else:
-        print(f"no runs in {args.cfg.submitter.runs_dir}")
+        print(f"no runs{of_model} in {where}")
     return 0
 
 
@@ -149,10 +200,25 @@ def _runs_show(args: argparse.Namespace) -> int:
     from robustloop.commands.base import CommandError
     from workflows.runs import RunNotFound, format_show, load_run
 
-    try:
-        wf = load_run(args.cfg.submitter.runs_dir, args.name)
-    except RunNotFound as exc:
-        raise CommandError(str(exc)) from None
+    argo = _source(args) == "argo"
+    if argo and args.logs:
+        raise CommandError(
+            "--logs prints the local executor's step logs; for a run on the Argo Server use "
+            f"`argo -n {args.cfg.submitter.argo.namespace} logs {args.name}`"
+        )
+    if argo:
+        found = _from_argo(args.cfg, lambda client: client.get_run(args.name))
+        if found is None:
+            raise CommandError(
+                f"no run named {args.name!r} in {_argo_where(args.cfg)} "
+                "(see `robustloop runs list --source argo`)"
+            )
+        wf = found
+    else:
+        try:
+            wf = load_run(args.cfg.submitter.runs_dir, args.name)
+        except RunNotFound as exc:
+            raise CommandError(str(exc)) from None
     if args.json:
         print(json.dumps(wf, indent=2, sort_keys=True))
         return 0

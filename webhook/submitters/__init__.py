@@ -16,6 +16,20 @@ from webhook.submitters.base import (
 from webhook.submitters.local import LocalSubmitter, default_command
 
 
+def build_argo_submitter(config: RobustloopConfig) -> ArgoSubmitter:
+    """An Argo submitter set up from ``submitter.argo`` (whatever ``submitter.kind`` says):
+    the receiver's, and the one ``robustloop runs --source argo`` reads runs with."""
+    section = config.submitter.argo
+    return ArgoSubmitter(
+        host=section.host,
+        namespace=section.namespace,
+        token_file=section.token_file,
+        verify_tls=section.verify_tls,
+        ca_file=section.ca_file,
+        timeout=config.webhook.submit_timeout_seconds,
+    )
+
+
 def build_submitter(config: RobustloopConfig, config_path: Path | None = None) -> Submitter:
     """The submitter ``submitter.kind`` selects, set up from the config.
 
@@ -24,18 +38,10 @@ def build_submitter(config: RobustloopConfig, config_path: Path | None = None) -
         config_path: the file it came from, passed to the local executor (``--config``) so
             that the run sees the same configuration as the receiver.
     """
-    section = config.submitter
-    if section.kind == "argo":
-        return ArgoSubmitter(
-            host=section.argo.host,
-            namespace=section.argo.namespace,
-            token_file=section.argo.token_file,
-            verify_tls=section.argo.verify_tls,
-            ca_file=section.argo.ca_file,
-            timeout=config.webhook.submit_timeout_seconds,
-        )
+    if config.submitter.kind == "argo":
+        return build_argo_submitter(config)
     return LocalSubmitter(
-        runs_dir=section.runs_dir,
+        runs_dir=config.submitter.runs_dir,
         log_dir=config.webhook.db_path.parent / "webhook-runs",
         command=default_command(config_path),
     )
@@ -49,5 +55,6 @@ __all__ = [
     "Submitted",
     "Submitter",
     "TransientSubmitError",
+    "build_argo_submitter",
     "build_submitter",
 ]

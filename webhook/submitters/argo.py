@@ -1,18 +1,26 @@
-"""Submit remediations to the Argo Server with Hera's ``WorkflowsService``.
+"""Submit remediations to the Argo Server with Hera's ``WorkflowsService``, and read them back.
 
 Each incident becomes one ``Workflow`` that references the ``robustloop-remediate``
 WorkflowTemplate (``spec.workflowTemplateRef``) with the incident's parameters, under the
 deterministic name :func:`workflows.contract.workflow_name_for` gives: submitting it again is
 a 409 from the Argo Server, taken as success, so retries and restarts never start a second run.
+
+``robustloop runs list|show`` reads the runs through the same connection (address, token, TLS
+policy, timeout): :meth:`ArgoSubmitter.list_runs` lists the workflows carrying robustloop's
+labels (:func:`runs_selector`), :meth:`ArgoSubmitter.get_run` reads one. Both keep the
+Argo Server's JSON as it is (``format_list``/``format_show`` of :mod:`workflows.runs` read it),
+and every failure is one line naming the setting to change.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urljoin
 
 import requests
 from hera.workflows import WorkflowsService
@@ -26,6 +34,7 @@ from hera.workflows.models import (
     WorkflowTemplateRef,
 )
 
+from webhook._labels import MODEL_LABEL, label_value
 from webhook.submitters._connection import classify_connection_error
 from webhook.submitters.base import (
     RefusedSubmitError,
@@ -38,6 +47,61 @@ from workflows.contract import TEMPLATE_NAME, RunSummary, summarise_workflow
 
 ARGO_TOKEN_ENV = "ARGO_TOKEN"
 """Environment variable read for the Argo Server token when no token file is configured."""
+
+TEMPLATE_LABEL = "workflows.argoproj.io/workflow-template"
+"""Label of a workflow started from a WorkflowTemplate (Argo sets it; so does the receiver)."""
+
+LIST_FIELDS = ",".join(
+    (
+        "metadata",
+        "items.metadata.name",
+        "items.metadata.namespace",
+        "items.metadata.creationTimestamp",
+        "items.metadata.labels",
+        "items.status.phase",
+        "items.status.startedAt",
+        "items.status.finishedAt",
+        "items.status.message",
+        "items.status.progress",
+    )
+)
+"""The Argo Server's ``fields`` projection of a run listing: what the table shows, without the
+step nodes (the bulk of a workflow)."""
+
+_WORKFLOW_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+_MAX_SERVER_MESSAGE = 200
+
+
+def runs_selector(model: str | None = None) -> str:
+    """The Kubernetes label selector of robustloop's remediation runs, of ``model`` when given.
+
+    A run is a workflow of the ``robustloop-remediate`` WorkflowTemplate that carries the
+    ``robustloop.dev/model`` label: the receiver's runs and those submitted by hand from the
+    template (whose ``workflowMetadata`` labels them) alike; other workflows in the namespace
+    are left out.
+    """
+    model_term = MODEL_LABEL if model is None else f"{MODEL_LABEL}={label_value(model)}"
+    return f"{TEMPLATE_LABEL}={TEMPLATE_NAME},{model_term}"
+
+
+def _server_message(response: requests.Response) -> str:
+    """The Argo Server's own error message (``{"code": .., "message": ..}``), on one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    text = str(body.get("message", "")) if isinstance(body, dict) else response.text
+    text = " ".join(text.split()) or response.reason or "no message"
+    return text if len(text) <= _MAX_SERVER_MESSAGE else text[:_MAX_SERVER_MESSAGE] + "…"
+
+
+def _no_answer_reason(exc: requests.RequestException, timeout: float) -> str:
+    """Why a request got no HTTP answer, in a few words (``Connection refused``)."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout:g} s"
+    match = _ERRNO.search(str(exc))
+    return match.group(1).strip() if match else type(exc).__name__
 
 
 class _TimeoutSession(requests.Session):
@@ -148,7 +212,7 @@ class ArgoSubmitter:
                 labels={
                     **(labels or {}),
                     "app.kubernetes.io/managed-by": "robustloop-webhook",
-                    "workflows.argoproj.io/workflow-template": TEMPLATE_NAME,
+                    TEMPLATE_LABEL: TEMPLATE_NAME,
                 },
                 annotations={"robustloop.io/incident": parameters.get("incident-id", "")},
             ),
@@ -209,9 +273,126 @@ class ArgoSubmitter:
             workflow.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
 
+    def list_runs(self, model: str | None = None) -> list[dict[str, Any]]:
+        """robustloop's remediation runs in the namespace (of ``model`` when given).
+
+        Returns:
+            The Argo Server's ``Workflow`` objects with the fields a listing shows
+            (:data:`LIST_FIELDS`), in the server's order; empty when there are none (the server
+            answers ``"items": null`` then).
+
+        Raises:
+            RefusedSubmitError: the server refused (401, 403, a certificate that does not verify,
+                a scheme it does not speak, an answer that is no WorkflowList); the message says
+                what to set.
+            TransientSubmitError: no answer (refused connection, timeout) or a 5xx.
+        """
+        doing = "listing runs"
+        body = self._read(
+            f"api/v1/workflows/{quote(self.namespace, safe='')}",
+            {"listOptions.labelSelector": runs_selector(model), "fields": LIST_FIELDS},
+            doing,
+        )
+        items = body.get("items") if isinstance(body, dict) else ()
+        if items is None:
+            return []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise self._not_argo(doing, "something other than a WorkflowList")
+        return [dict(item) for item in items]
+
+    def get_run(self, name: str) -> dict[str, Any] | None:
+        """The ``Workflow`` object of run ``name`` as the Argo Server holds it; None when the
+        namespace has no workflow of that name, or one that is not robustloop's run
+        (:func:`runs_selector`).
+
+        Raises:
+            RefusedSubmitError: ``name`` is no workflow name, or as :meth:`list_runs`.
+            TransientSubmitError: as :meth:`list_runs`.
+        """
+        if not _WORKFLOW_NAME.fullmatch(name):
+            raise RefusedSubmitError(
+                f"{name!r} is not a workflow name (lower-case letters, digits, '-' and '.'; "
+                "see `robustloop runs list`)"
+            )
+        doing = f"reading run {name}"
+        path = f"api/v1/workflows/{quote(self.namespace, safe='')}/{name}"
+        workflow = self._read(path, None, doing, missing_ok=True)
+        if workflow is None:
+            return None
+        if not isinstance(workflow, dict) or not isinstance(workflow.get("metadata"), dict):
+            raise self._not_argo(doing, "something other than a Workflow")
+        labels = workflow["metadata"].get("labels") or {}
+        if labels.get(TEMPLATE_LABEL) != TEMPLATE_NAME or MODEL_LABEL not in labels:
+            return None
+        return dict(workflow)
+
+    def _not_argo(self, doing: str, what: str) -> RefusedSubmitError:
+        return RefusedSubmitError(
+            f"the server at {self.host.rstrip('/')} answered {doing} with {what}: set "
+            "submitter.argo.host to the Argo Server's URL"
+        )
+
+    def _token_source(self) -> str:
+        if self.token_file is not None:
+            return f"the token in submitter.argo.token_file {self.token_file}"
+        if os.environ.get(ARGO_TOKEN_ENV):
+            return f"the token in ${ARGO_TOKEN_ENV}"
+        return f"no token (neither submitter.argo.token_file nor ${ARGO_TOKEN_ENV} is set)"
+
+    def _read(
+        self, path: str, params: dict[str, str] | None, doing: str, missing_ok: bool = False
+    ) -> Any:
+        """GET ``path`` of the Argo Server as the submitter calls it (session, token, TLS);
+        its JSON body, or None for a 404 when ``missing_ok``."""
+        host = self.host.rstrip("/")
+        with self._lock:
+            self._check_ca_file(doing)
+            token = self._service().token  # Hera's form of the header: "Bearer <token>"
+            try:
+                response = self._session.request(
+                    "GET",
+                    urljoin(self.host, path),
+                    params=params,
+                    headers={"Authorization": token} if token else {},
+                )
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                error = self._no_answer(exc, doing)
+                if isinstance(error, RefusedSubmitError):
+                    raise error from None
+                raise TransientSubmitError(
+                    f"the Argo Server at {host} did not answer {doing} "
+                    f"({_no_answer_reason(exc, self.timeout)}): check submitter.argo.host "
+                    "(from outside the cluster, port-forward the server's Service and use "
+                    "its local address)"
+                ) from None
+        status = response.status_code
+        if status == 404 and missing_ok:
+            return None
+        if status in (401, 403):
+            what = "not authenticated" if status == 401 else "forbidden"
+            raise RefusedSubmitError(
+                f"the Argo Server at {host} answered {status} {doing} ({what}: "
+                f"{_server_message(response)}) with {self._token_source()}: set "
+                "submitter.argo.token_file (or $ARGO_TOKEN) to a token of a service account "
+                f"that may list and get workflows in namespace {self.namespace} "
+                "(submitter.argo.namespace)",
+                status,
+            )
+        if not 200 <= status < 300:
+            raise classify_status(
+                status,
+                f"the Argo Server at {host} answered {status} {doing}: "
+                f"{_server_message(response)} (check submitter.argo.host and "
+                "submitter.argo.namespace)",
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise self._not_argo(doing, "something other than JSON") from None
+
     def close(self) -> None:
         """Close the HTTP session."""
         self._session.close()
 
 
-__all__ = ["ARGO_TOKEN_ENV", "ArgoSubmitter"]
+__all__ = ["ARGO_TOKEN_ENV", "LIST_FIELDS", "TEMPLATE_LABEL", "ArgoSubmitter", "runs_selector"]
