@@ -271,6 +271,44 @@ def test_an_unreadable_token_file_is_one_line(deployment: Deployment, tmp_path: 
     assert "cannot read --token-file" in line and "absent" in line
 
 
+def test_the_helm_test_pods_own_command_passes(deployment: Deployment) -> None:
+    """The chart's `helm test` Pod's command and arguments, run here: only what the cluster
+    provides is redirected (the Services' addresses, the mounted token file and config)."""
+    from tests.test_helm import _find_helm
+    from tests.test_helm_smoke import SMOKE, render
+
+    helm = _find_helm()
+    if helm is None:
+        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
+            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
+        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
+    (pod,) = [o for o in render(helm) if o["kind"] == "Pod" and o["metadata"]["name"] == SMOKE]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["robustloop"]
+    args = list(container["args"])
+    here = {
+        "--server": deployment.server,
+        "--receiver": deployment.receiver,
+        "--token-file": str(deployment.token_file),
+        "--config": str(deployment.config_file),
+    }
+    for flag, value in here.items():
+        args[args.index(flag) + 1] = value
+    env = {k: v for k, v in os.environ.items() if k != "ROBUSTLOOP_WEBHOOK_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "smoke test passed" in done.stdout
+    assert _remediations(deployment)["remediations"] == []
+
+
 # -- the parts, without processes ----------------------------------------------------------------
 
 
