@@ -10,11 +10,12 @@ APT_STAMP := .robustloop/.apt-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := prometheus prometheus-alertmanager dataset-fashion-mnist
 CLUSTER_SCRAPE := 30s
+DASHBOARD := helm/robustloop/files/grafana-dashboard.json
 NEEDED := /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool \
           /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format setup system venv helm generate rules chart-sync docs bench clean
+.PHONY: help demo test lint format setup system venv helm generate rules dashboard chart-sync docs bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -55,11 +56,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
-generate: setup ## regenerate every generated file (rules, Alertmanager config, workflow YAML, chart copies)
+generate: setup ## regenerate every generated file (rules, Alertmanager config, workflow YAML, dashboard, chart copies)
 	$(BIN)/robustloop rules render --defaults
 	$(BIN)/robustloop rules render --defaults --scrape-interval $(CLUSTER_SCRAPE) --out alert_rules/cluster
 	$(BIN)/robustloop workflow render
+	$(BIN)/robustloop rules dashboard --defaults --scrape-interval $(CLUSTER_SCRAPE) --out $(DASHBOARD)
 	$(MAKE) chart-sync
+
+dashboard: setup ## render the chart's Grafana dashboard for the cluster's rules (files/grafana-dashboard.json)
+	$(BIN)/robustloop rules dashboard --defaults --scrape-interval $(CLUSTER_SCRAPE) --out $(DASHBOARD)
 
 rules: setup ## render alert_rules/ from the default config, then promtool and amtool check it
 	$(BIN)/robustloop rules render --defaults

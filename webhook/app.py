@@ -5,6 +5,9 @@ Routes (blueprint ``webhook``):
 * ``POST /api/v1/alerts``: Alertmanager's webhook payload v4; bearer token; body size limit.
   Answers 200 once every alert is durably recorded (new or duplicate), 4xx for garbage (which
   Alertmanager does not retry), 503 only when the outbox could not record (a resend is wanted).
+  With ``?dry_run=true`` the payload is authenticated, validated and decided as the dispatcher
+  would decide it now, and the answer says so, alert by alert; nothing is recorded, nothing
+  submitted (a smoke test of a deployment, ``robustloop smoke``).
 * ``GET /api/v1/remediations`` (``?state=&limit=``), ``GET /api/v1/remediations/<id>``: the
   incidents with their states and history; bearer token too.
 * ``GET /healthz`` (the process lives), ``GET /readyz`` (outbox open and dispatcher running),
@@ -36,7 +39,16 @@ from webhook._auth import BearerToken, load_bearer
 from webhook.dispatcher import Dispatcher
 from webhook.metrics import WebhookMetrics
 from webhook.models import Alert, WebhookPayload
-from webhook.outbox import STATES, AlertRecord, Outbox
+from webhook.outbox import (
+    REASON_NOT_ALLOWED,
+    REASON_RESOLVED,
+    REDECIDED_STATES,
+    RETRYABLE_REASONS,
+    STATES,
+    SUPPRESSED,
+    AlertRecord,
+    Outbox,
+)
 from webhook.submitters import Submitter, build_submitter
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,8 @@ MODEL_LABEL = "model"
 """The alert label naming the model to remediate (every robustloop series carries it)."""
 _MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MAX_PROBLEMS = 5
+DRY_RUN_PARAMETER = "dry_run"
+"""The query parameter of ``POST /api/v1/alerts`` that asks for a decision only."""
 
 bp = Blueprint("webhook", __name__)
 
@@ -254,21 +268,98 @@ def _records(receiver: Receiver, payload: WebhookPayload) -> list[AlertRecord]:
     ]
 
 
+def _dry_run_requested() -> bool:
+    """Whether the request asks for a dry run (``?dry_run=true``); anything but true or false
+    is refused, so that a typo never records what was meant as a test."""
+    raw = request.args.get(DRY_RUN_PARAMETER)
+    if raw is None or raw.lower() in ("false", "0"):
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    raise errors.BadPayload(
+        f"query parameter {DRY_RUN_PARAMETER} must be true or false, got {_short(raw)}"
+    )
+
+
+def _preview(receiver: Receiver, alert: AlertRecord) -> dict[str, Any]:
+    """What a delivery of ``alert`` would do now: the decision the outbox and the dispatcher
+    would take, worked out from the outbox as it is, with nothing written."""
+    shown: dict[str, Any] = {
+        "incident": alert.incident_id,
+        "model": alert.model,
+        "alertname": alert.alertname,
+        "status": alert.status,
+        "duplicate": False,
+        "workflow": None,
+    }
+    known = receiver.outbox.get(alert.incident_id, with_events=False)
+    if known is not None:
+        shown["duplicate"] = True
+        decided_again = (
+            alert.status == "firing"
+            and known.resolved_at is None
+            and (
+                known.state in REDECIDED_STATES
+                or (known.state == SUPPRESSED and known.reason_code in RETRYABLE_REASONS)
+            )
+        )
+        if not decided_again:
+            resolves = alert.status == "resolved" and known.resolved_at is None
+            return shown | {
+                "decision": "duplicate",
+                "state": known.state,
+                "workflow": known.workflow,
+                "reason": f"incident already recorded ({known.state}): a delivery would "
+                + ("record the resolution" if resolves else "only count the delivery"),
+            }
+    elif alert.status == "resolved":
+        return shown | {
+            "decision": REASON_RESOLVED,
+            "state": SUPPRESSED,
+            "reason": "resolved before it was seen firing",
+        }
+    elif alert.not_allowed is not None:
+        return shown | {
+            "decision": REASON_NOT_ALLOWED,
+            "state": SUPPRESSED,
+            "reason": alert.not_allowed,
+        }
+    preview = receiver.dispatcher.preview(alert.incident_id, alert.model)
+    return shown | {
+        "decision": preview.decision,
+        "state": preview.state,
+        "workflow": preview.workflow,
+        "reason": preview.reason,
+    }
+
+
 @bp.post("/api/v1/alerts")
 def post_alerts() -> tuple[Response, int]:
-    """Record one Alertmanager delivery; 200 once it is on disk."""
+    """Record one Alertmanager delivery; 200 once it is on disk. With ``?dry_run=true``: the
+    decisions it would lead to, and nothing recorded."""
     receiver = _receiver()
     started = time.perf_counter()
     status = 500
+    dry_run = False
     try:
         _authenticate(receiver)
+        dry_run = _dry_run_requested()
         problem = content_type_problem(request.headers.get("Content-Type"))
         if problem is not None:
             raise errors.UnsupportedMediaType(problem)
         payload = _parse(_read_body(receiver.config.webhook.max_body_bytes))
+        records = _records(receiver, payload)
         try:
-            results = receiver.outbox.record(_records(receiver, payload))
+            if dry_run:
+                previews = [_preview(receiver, record) for record in records]
+            else:
+                results = receiver.outbox.record(records)
         except sqlite3.Error as exc:
+            if dry_run:
+                log.error("cannot read the outbox for a dry run: %s", exc)
+                raise errors.StorageUnavailable(
+                    f"cannot read the outbox now ({exc}); nothing was decided"
+                ) from None
             log.error("cannot record a delivery: %s", exc)
             raise errors.StorageUnavailable(
                 f"cannot record the alerts now ({exc}); Alertmanager will resend"
@@ -279,6 +370,14 @@ def post_alerts() -> tuple[Response, int]:
         raise
     finally:
         receiver.metrics.requests.labels(code=str(status)).inc()
+    if dry_run:
+        body: dict[str, Any] = {
+            "status": "dry-run",
+            "recorded": False,
+            "alerts": previews,
+            "truncated_alerts": payload.truncated_alerts,
+        }
+        return jsonify(body), 200
     receiver.metrics.request_seconds.observe(time.perf_counter() - started)
     for alert, result in zip(payload.alerts, results, strict=True):
         outcome = "new" if result.new else "duplicate"
@@ -363,4 +462,4 @@ def metrics() -> Response:
     return Response(generate_latest(receiver.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-__all__ = ["Receiver", "create_app", "receiver_of"]
+__all__ = ["DRY_RUN_PARAMETER", "Receiver", "create_app", "receiver_of"]

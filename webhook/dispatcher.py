@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from robustloop.config import RobustloopConfig
@@ -50,6 +51,22 @@ from workflows.contract import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the dispatcher would decide for an incident (:meth:`Dispatcher.preview`)."""
+
+    decision: str
+    """``submit``, ``wait`` (another remediation of the model is active) or the reason code of
+    a suppression (``cooldown``, ``budget``, ``dry-run``)."""
+    reason_code: str | None
+    reason: str
+    """The human reason the incident would carry."""
+    state: str
+    """The state the incident would be in after the decision."""
+    workflow: str | None
+    """The workflow that would be submitted (``submit`` only)."""
 
 
 def workflow_parameters(incident: Incident) -> dict[str, str]:
@@ -238,7 +255,7 @@ class Dispatcher:
                 if row["state"] != ob.RECEIVED:
                     continue
                 decision, code, reason, fields = self._decision(
-                    conn, incident, row["resolved_at"], now
+                    conn, incident.id, incident.model, row["resolved_at"], now
                 )
                 if decision == "wait":
                     if reason != incident.reason:
@@ -250,11 +267,29 @@ class Dispatcher:
             self.metrics.decisions.labels(decision=decision).inc()
             log.info("incident %s (model %s): %s", incident.id, incident.model, reason)
 
+    def preview(self, incident_id: str, model: str, now: float | None = None) -> Preview:
+        """What the next pass would decide for a firing incident of ``model`` received now,
+        from the outbox as it is, without recording anything (the receiver's dry run).
+
+        The decision is :meth:`_decision`'s, read inside a transaction that writes nothing, so
+        that a dry run and a real delivery are judged by the same rules.
+        """
+        now = self.clock() if now is None else now
+        with self.outbox.transaction() as conn:
+            decision, code, reason, fields = self._decision(conn, incident_id, model, None, now)
+        workflow = workflow_name_for(incident_id, model)
+        state = str(fields.get("state", ob.RECEIVED))
+        return Preview(decision, code, reason, state, workflow if decision == "submit" else None)
+
     def _decision(
-        self, conn: sqlite3.Connection, incident: Incident, resolved_at: float | None, now: float
+        self,
+        conn: sqlite3.Connection,
+        incident_id: str,
+        model: str,
+        resolved_at: float | None,
+        now: float,
     ) -> tuple[str, str | None, str, dict[str, object]]:
-        """(decision, reason code, reason, columns to set) for a received incident."""
-        model = incident.model
+        """(decision, reason code, reason, columns to set) for a received incident; reads only."""
         settings = self.settings
         suppressed: dict[str, object] = {"state": ob.SUPPRESSED, "decided_at": now}
         if resolved_at is not None:
@@ -304,7 +339,7 @@ class Dispatcher:
                 f"webhook.daily_budget is {settings.daily_budget}",
                 suppressed,
             )
-        name = workflow_name_for(incident.id, model)
+        name = workflow_name_for(incident_id, model)
         if settings.dry_run:
             return (
                 ob.REASON_DRY_RUN,
@@ -495,4 +530,4 @@ def _finished_reason(state: str, summary: RunSummary) -> str:
     return f"workflow {summary.name} ended {summary.phase}{message}"
 
 
-__all__ = ["Dispatcher", "workflow_parameters"]
+__all__ = ["Dispatcher", "Preview", "workflow_parameters"]

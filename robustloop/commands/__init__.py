@@ -5,8 +5,8 @@ Each module defines ``register(subparsers)``, which adds its sub-commands and se
 :class:`~robustloop.config.RobustloopConfig`). Handlers import torch lazily.
 """
 
-from robustloop.commands import alerts, serving, stack, training, webhook, workflow
+from robustloop.commands import alerts, serving, smoke, stack, training, webhook, workflow
 
-COMMAND_MODULES = [training, serving, alerts, webhook, workflow, stack]
+COMMAND_MODULES = [training, serving, alerts, webhook, workflow, stack, smoke]
 
 __all__ = ["COMMAND_MODULES"]

@@ -1,7 +1,9 @@
-"""``robustloop rules render`` and ``robustloop calibrate``: the alert thresholds and rules.
+"""``robustloop rules render``, ``rules dashboard`` and ``robustloop calibrate``: the alert
+thresholds, rules and dashboard.
 
 ``rules render`` writes the Prometheus rules, the Alertmanager config and their promtool tests
-from the config (:mod:`alert_rules`). ``calibrate`` runs :func:`workflows.calibrate.
+from the config (:mod:`alert_rules`); ``rules dashboard`` the Grafana dashboard over them
+(:mod:`alert_rules.dashboard`). ``calibrate`` runs :func:`workflows.calibrate.
 calibrate_version` (the workflow's recalibration runs it too) and prints what it chose. torch is
 imported inside ``calibrate`` only.
 """
@@ -55,6 +57,34 @@ def register(sub: Any) -> None:
         help="write nothing; exit 1 when a file differs from what would be written",
     )
     render.set_defaults(handler=_render)
+
+    dashboard = rules_sub.add_parser(
+        "dashboard",
+        help="write the Grafana dashboard of the rules' signals, alerts, versions and receiver",
+        description="Render the Grafana dashboard (JSON) whose panels read the recording rules "
+        "of the alerts section (their names carry its windows), the robustloop alerts, the "
+        "served version and the receiver's metrics. The Helm chart ships the one rendered with "
+        "`--defaults --scrape-interval 30s` (`make generate`).",
+    )
+    dashboard.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    dashboard.add_argument(
+        "--defaults",
+        action="store_true",
+        help="render from the built-in defaults, ignoring robustloop.yaml (the committed file)",
+    )
+    dashboard.add_argument(
+        "--scrape-interval",
+        metavar="DURATION",
+        default=None,
+        help="for rules rendered with the same --scrape-interval (`rules render`), whose "
+        "recording rules are named after the widened windows",
+    )
+    dashboard.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when the file differs from what would be written",
+    )
+    dashboard.set_defaults(handler=_dashboard)
 
     cal = sub.add_parser(
         "calibrate",
@@ -112,16 +142,41 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _for_scrape_interval(cfg: RobustloopConfig, interval: str) -> RobustloopConfig:
+def _for_scrape_interval(
+    cfg: RobustloopConfig, interval: str, *, quiet: bool = False
+) -> RobustloopConfig:
     """``cfg`` with its alerts fitted to a Prometheus scraping every ``interval``."""
     try:
         alerts, changes = cfg.alerts.for_scrape_interval(interval)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise CommandError(f"--scrape-interval {interval!r}: {first['msg']}") from None
-    for change in changes:
+    for change in [] if quiet else changes:
         print(f"scrape interval {interval}: {change}")
     return cfg.model_copy(update={"alerts": alerts})
+
+
+# -- rules dashboard -------------------------------------------------------------------------
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from alert_rules.dashboard import dashboard_json
+    from robustloop.atomic import atomic_write_text
+
+    cfg: RobustloopConfig = RobustloopConfig() if args.defaults else args.cfg
+    if args.scrape_interval is not None:
+        cfg = _for_scrape_interval(cfg, args.scrape_interval, quiet=True)
+    text = dashboard_json(cfg)
+    out: Path = args.out
+    if args.check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else None
+        if current != text:
+            print(f"stale: {out} (run `robustloop rules dashboard` or `make generate`)")
+            return 1
+        return 0
+    atomic_write_text(out, text)
+    print(f"wrote {out}")
+    return 0
 
 
 def _write_generated(
