@@ -74,9 +74,9 @@ rules: setup ## render alert_rules/ from the default config, then promtool and a
 	$(BIN)/robustloop rules render --defaults --scrape-interval $(CLUSTER_SCRAPE) --out alert_rules/cluster
 	promtool test rules alert_rules/cluster/tests/robustloop.test.yml
 
-chart-sync: ## copy the cluster's alert rules (and their alerts section) and the workflow YAML into the chart
+chart-sync: ## copy the cluster's fixed alert rules (and their alerts section) and the workflow YAML into the chart
 	@mkdir -p helm/robustloop/files
-	cp alert_rules/cluster/robustloop.rules.yaml helm/robustloop/files/robustloop.rules.yaml
+	cp alert_rules/cluster/robustloop.fixed.rules.yaml helm/robustloop/files/robustloop.fixed.rules.yaml
 	cp alert_rules/cluster/robustloop.alerts.yaml helm/robustloop/files/robustloop.alerts.yaml
 	cp workflows/robustloop-remediate.yaml helm/robustloop/files/robustloop-remediate.yaml
 

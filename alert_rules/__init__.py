@@ -19,6 +19,7 @@ from alert_rules.promtool_tests import GenerationError, render_promtool_tests
 from alert_rules.render import (
     ALERTMANAGER_FILE,
     DEFAULT_RECEIVER,
+    FIXED_RULES_FILE,
     PACKAGE_DIR,
     REMEDIATION_RECEIVER,
     RULES_FILE,
@@ -41,6 +42,7 @@ __all__ = [
     "ALERTMANAGER_FILE",
     "ALERT_NAMES",
     "DEFAULT_RECEIVER",
+    "FIXED_RULES_FILE",
     "GROUP",
     "HEALTH_ALERT_NAMES",
     "HEALTH_GROUP",

@@ -32,6 +32,9 @@ HEALTH_ALERT_NAMES = (
     "RobustloopDispatcherStalled",
     "RobustloopReceiverMissing",
 )
+CALIBRATED_HEALTH_ALERTS = ("RobustloopServedVersionUncalibrated",)
+"""The health alerts whose rule names the calibrated version: they change with every
+calibration, the others never do (a cluster publishes the two kinds in different objects)."""
 
 MODEL_INFO = "robustloop_model_info"
 RELOAD_FAILURES = "robustloop_model_reload_failures_total"
@@ -270,4 +273,10 @@ def health_tests(cfg: RobustloopConfig) -> list[dict[str, Any]]:
     return tests
 
 
-__all__ = ["HEALTH_ALERT_NAMES", "HEALTH_GROUP", "health_alerts", "health_tests"]
+__all__ = [
+    "CALIBRATED_HEALTH_ALERTS",
+    "HEALTH_ALERT_NAMES",
+    "HEALTH_GROUP",
+    "health_alerts",
+    "health_tests",
+]

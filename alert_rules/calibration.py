@@ -294,11 +294,7 @@ def calibrate_alerts(
         CalibrationError: too few images, or a target false-alarm rate that cannot be met.
     """
     a = cfg.alerts
-    rates = {
-        "entropy": a.expected_rate,
-        "squeeze": a.expected_rate * cfg.serving.squeeze_fraction,
-    }
-    updates: dict[str, Any] = {}
+    rates = _rates(cfg)
     record: dict[str, Any] = {
         "version": version,
         "false_alarms_per_hour": a.false_alarms_per_hour,
@@ -309,9 +305,9 @@ def calibrate_alerts(
     }
     for name, values in (("entropy", signals.entropy), ("squeeze", signals.squeeze)):
         current = getattr(a, name)
-        if not current.enabled or rates[name] == 0:
-            why = "disabled" if not current.enabled else "serving.squeeze_fraction is 0"
-            record["signals"][name] = {"skipped": why}
+        skipped = _skipped(cfg, name)
+        if skipped:
+            record["signals"][name] = {"skipped": skipped}
             continue
         result = window_threshold(
             SignalStats.of(values),
@@ -325,25 +321,85 @@ def calibrate_alerts(
             window_seconds=max(1, round(duration_seconds(current.window))),
             for_seconds=round(duration_seconds(current.for_)),
         )
-        delta = round(checked.threshold - result.baseline, 4)
-        updates[name] = current.model_copy(
-            update={"mode": "relative", "baseline": result.baseline, "threshold": delta}
-        )
         record["signals"][name] = {
             "window": current.window,
             "for": current.for_,
             **result.to_dict(),
             "simulation": asdict(checked),
             "threshold": checked.threshold,
-            "delta": delta,
+            "delta": round(checked.threshold - result.baseline, 4),
             "gaussian_threshold": result.threshold,
         }
-    updates["canary_accuracy"] = a.canary_accuracy.model_copy(
-        update={"baseline": round(signals.accuracy, 4)}
-    )
-    updates["calibrated_version"] = version
-    new = AlertsConfig.model_validate({**a.model_dump(by_alias=True), **_dumped(updates)})
+    new = alerts_from_record(cfg, record)
+    assert new is not None, "a record fits the config it was made with"
     return new, record
+
+
+def alerts_from_record(cfg: RobustloopConfig, record: dict[str, Any]) -> AlertsConfig | None:
+    """The ``alerts`` section that a recorded calibration (:func:`calibrate_alerts`' record)
+    gives ``cfg``, or None when the record does not fit ``cfg``.
+
+    What :func:`calibrate_alerts` returns is made by this very function from its record, so a
+    version's rules can be rendered again from the record alone, without measuring the model
+    again (the Helm chart's bootstrap Job does, after each upgrade). Every setting of ``cfg``
+    is kept but the calibrated ones: the entropy and squeeze baselines and shifts, the canary
+    accuracy's baseline and ``calibrated_version``.
+
+    A record fits when it was measured for what decides the thresholds in ``cfg``: the
+    false-alarm rate, the expected traffic, the squeeze fraction, the same signals enabled,
+    and each signal's window and ``for:``. Else (or a record of another shape) it is None: the
+    version must be calibrated again.
+    """
+    a = cfg.alerts
+    try:
+        if (
+            record["false_alarms_per_hour"] != a.false_alarms_per_hour
+            or record["expected_rate"] != a.expected_rate
+            or record["squeeze_fraction"] != cfg.serving.squeeze_fraction
+        ):
+            return None
+        updates: dict[str, Any] = {}
+        for name in ("entropy", "squeeze"):
+            current = getattr(a, name)
+            entry = record["signals"][name]
+            skipped = _skipped(cfg, name)
+            if skipped or "skipped" in entry:
+                if entry.get("skipped") != skipped:
+                    return None
+                continue
+            if duration_seconds(entry["window"]) != duration_seconds(current.window) or (
+                duration_seconds(entry["for"]) != duration_seconds(current.for_)
+            ):
+                return None
+            updates[name] = current.model_copy(
+                update={
+                    "mode": "relative",
+                    "baseline": float(entry["baseline"]),
+                    "threshold": float(entry["delta"]),
+                }
+            )
+        updates["canary_accuracy"] = a.canary_accuracy.model_copy(
+            update={"baseline": round(float(record["clean_accuracy"]), 4)}
+        )
+        updates["calibrated_version"] = str(record["version"])
+        return AlertsConfig.model_validate({**a.model_dump(by_alias=True), **_dumped(updates)})
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
+def _rates(cfg: RobustloopConfig) -> dict[str, float]:
+    """Scored images per second of each label-free signal at the expected traffic."""
+    a = cfg.alerts
+    return {"entropy": a.expected_rate, "squeeze": a.expected_rate * cfg.serving.squeeze_fraction}
+
+
+def _skipped(cfg: RobustloopConfig, name: str) -> str | None:
+    """Why signal ``name`` is not calibrated (disabled, or no image scored), or None."""
+    if not getattr(cfg.alerts, name).enabled:
+        return "disabled"
+    if _rates(cfg)[name] == 0:
+        return "serving.squeeze_fraction is 0"
+    return None
 
 
 def _dumped(updates: dict[str, Any]) -> dict[str, Any]:
@@ -400,6 +456,7 @@ __all__ = [
     "MeasuredSignals",
     "SignalStats",
     "WindowThreshold",
+    "alerts_from_record",
     "calibrate_alerts",
     "check_threshold",
     "rewrite_alerts_section",

@@ -417,11 +417,13 @@ def _cluster_config() -> RobustloopConfig:
     return cfg
 
 
-@pytest.mark.parametrize("name", [*GENERATED, "robustloop.alerts.yaml"])
+@pytest.mark.parametrize(
+    "name", [*GENERATED, "robustloop.alerts.yaml", "robustloop.fixed.rules.yaml"]
+)
 def test_the_committed_cluster_rules_equal_a_fresh_render_for_a_30s_scrape(
     tmp_path: Path, name: str
 ) -> None:
-    write_generated(_cluster_config(), tmp_path, alerts_section=True)
+    write_generated(_cluster_config(), tmp_path, alerts_section=True, fixed_rules=True)
     committed = (CLUSTER_DIR / name).read_text(encoding="utf-8")
     assert committed == (tmp_path / name).read_text(encoding="utf-8"), (
         f"alert_rules/cluster/{name} is stale: run `make generate`"
@@ -465,6 +467,7 @@ def test_render_for_a_scrape_interval_says_what_it_widened(
     out = capsys.readouterr().out
     assert "alerts.squeeze.window: 30s -> 120s" in out
     assert (tmp_path / "robustloop.alerts.yaml").is_file()
+    assert (tmp_path / "robustloop.fixed.rules.yaml").is_file()
     assert main([*argv[:3], "--scrape-interval", "0s", "--out", str(tmp_path / "x")]) == 2
     assert "--scrape-interval '0s'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

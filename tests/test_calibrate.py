@@ -9,6 +9,7 @@ import shutil
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import yaml
 from alert_rules.calibration import (
     CalibrationError,
     SignalStats,
+    alerts_from_record,
     calibrate_alerts,
     check_threshold,
     rewrite_alerts_section,
@@ -322,17 +324,100 @@ def test_calibrate_bad_input_is_a_clear_error_and_changes_nothing(
     assert not rules.exists()
 
 
+def _clean_signals() -> CleanSignals:
+    values = [0.05 + 0.3 * ((i * 7919) % 101) / 101 for i in range(300)]
+    return CleanSignals(entropy=values, squeeze=[v / 2 for v in values], accuracy=0.83)
+
+
+def test_a_record_gives_back_the_calibrated_alerts_section() -> None:
+    """What calibrate_alerts returns is what its record gives again: a version's rules can be
+    rendered anew from the store without measuring the model (the chart's bootstrap Job)."""
+    cfg = RobustloopConfig()
+    alerts, record = calibrate_alerts(cfg, _clean_signals(), "v0007-00c0ffee")
+    again = alerts_from_record(cfg, json.loads(json.dumps(record)))  # as stored
+    assert again == alerts
+    assert again.calibrated_version == "v0007-00c0ffee" and again.entropy.mode == "relative"
+    # Settings that do not decide a threshold come from the config in force.
+    louder = cfg.model_copy(
+        update={"alerts": cfg.alerts.model_copy(update={"runbook_base_url": "https://x/rb"})}
+    )
+    kept = alerts_from_record(louder, record)
+    assert kept is not None and kept.runbook_base_url == "https://x/rb"
+    assert kept.squeeze.baseline == alerts.squeeze.baseline
+
+
+def _changed(cfg: RobustloopConfig, changes: dict[str, Any]) -> RobustloopConfig:
+    """``cfg`` with ``changes`` merged in, two levels deep (a section, then a signal)."""
+    data = cfg.model_dump(by_alias=True, mode="json")
+    for section, values in changes.items():
+        for key, value in values.items():
+            old = data[section][key]
+            data[section][key] = {**old, **value} if isinstance(value, dict) else value
+    return RobustloopConfig.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"alerts": {"false_alarms_per_hour": 0.5}},
+        {"alerts": {"expected_rate": 20.0}},
+        {"alerts": {"entropy": {"window": "60s"}}},
+        {"alerts": {"squeeze": {"for": "20s"}}},
+        {"alerts": {"entropy": {"enabled": False}}},
+        {"serving": {"squeeze_fraction": 0.5}},
+    ],
+    ids=["false-alarms", "traffic", "window", "for", "a-signal-off", "squeeze-fraction"],
+)
+def test_a_record_made_for_other_settings_does_not_fit(changes: dict[str, Any]) -> None:
+    cfg = RobustloopConfig()
+    _, record = calibrate_alerts(cfg, _clean_signals(), "v0007-00c0ffee")
+    assert alerts_from_record(_changed(cfg, changes), record) is None
+    assert alerts_from_record(cfg, {"version": "v1"}) is None  # another shape: no fit either
+
+
+def test_production_is_calibrated_once_then_republished_from_its_record(
+    calibration_setup: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The bootstrap Job's use case: no record, a calibration (recorded); then the record;
+    with another window, a calibration again. Nothing is written to a config file."""
+    from workflows.calibrate import production_calibration
+
+    original, version = calibration_setup
+    store = tmp_path / "store"
+    shutil.copytree(load_config(original).store.path, store)
+    for recorded in store.rglob(f"{ANNOTATION_KEY}.json"):  # other tests calibrated it
+        recorded.unlink()
+    cfg = load_config(original).model_copy(
+        update={"store": load_config(original).store.model_copy(update={"path": store})}
+    )
+    first = production_calibration(cfg)
+    assert (first.version, first.source) == (version, "calibrated")
+    assert first.config.alerts.calibrated_version == version
+    again = production_calibration(cfg)
+    assert (again.source, again.config) == ("recorded", first.config)
+    wider = cfg.model_copy(
+        update={
+            "alerts": cfg.alerts.model_copy(
+                update={"entropy": cfg.alerts.entropy.model_copy(update={"window": "60s"})}
+            )
+        }
+    )
+    assert production_calibration(wider).source == "calibrated"
+    assert load_config(original).alerts == cfg.alerts, "no config file is written"
+
+
 def test_in_a_cluster_the_promote_step_publishes_the_recalibrated_rules(
     calibration_setup: tuple[Path, str],
     tmp_path: Path,
     schemas: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """GIVEN the chart's environment for the workflow's pods and a PrometheusRule holding the
-    committed (build-time) rules, WHEN the promote step recalibrates for a new version, THEN the
-    PrometheusRule holds exactly the rules rendered from the recalibrated thresholds."""
-    from alert_rules import prometheus_rule_groups
-    from alert_rules.cluster import API_ENV, NAMESPACE_ENV, RULE_ENV
+    """GIVEN the chart's environment for the workflow's pods and the chart's PrometheusRule
+    holding the fixed rules, WHEN the promote step recalibrates for a new version, THEN
+    robustloop's own PrometheusRule, owned by the chart's, holds exactly the calibrated groups
+    rendered from the new thresholds, and the chart's object is untouched."""
+    from alert_rules import FIXED_RULES_FILE, prometheus_rule_groups
+    from alert_rules.cluster import API_ENV, NAMESPACE_ENV, OWNER_ENV, RULE_ENV
     from tests.kube_standin import KubeStandIn
     from tests.support import load_crd_validators
     from workflows.steps import CONFIG_ENV, recalibrate
@@ -340,26 +425,29 @@ def test_in_a_cluster_the_promote_step_publishes_the_recalibrated_rules(
     original, version = calibration_setup
     config = tmp_path / "robustloop.yaml"
     shutil.copy(original, config)
-    committed = yaml.safe_load((REPO_ROOT / "alert_rules" / "robustloop.rules.yaml").read_text())
+    fixed = yaml.safe_load((REPO_ROOT / "alert_rules" / "cluster" / FIXED_RULES_FILE).read_text())
     validator = load_crd_validators(schemas)[("monitoring.coreos.com/v1", "PrometheusRule")]
     with KubeStandIn(validator) as kube:
-        kube.add_rule("robustloop", "rl-robustloop", committed["groups"])
+        chart_rule = kube.add_rule("robustloop", "rl-robustloop", fixed["groups"])
         for name, value in {
             CONFIG_ENV: str(config),
-            RULE_ENV: "rl-robustloop",
+            RULE_ENV: "rl-robustloop-calibrated",
+            OWNER_ENV: "rl-robustloop",
             NAMESPACE_ENV: "robustloop",
             API_ENV: kube.url,
         }.items():
             monkeypatch.setenv(name, value)
         recalibrate(load_config(config), version)
-    published = kube.objects[("robustloop", "rl-robustloop")]["spec"]["groups"]
+    published = kube.objects[("robustloop", "rl-robustloop-calibrated")]
     cfg = load_config(config)
     assert cfg.alerts.calibrated_version == version
-    expected = prometheus_rule_groups(cfg)
+    expected = prometheus_rule_groups(cfg, "calibrated")
     for group in expected:  # every alert carries the release's namespace, as the chart's do
         for rule in group["rules"]:
             if "alert" in rule:
                 rule["labels"] = {**rule["labels"], "namespace": "robustloop"}
-    assert published == expected
-    assert published != committed["groups"]  # the thresholds really changed
-    assert len(kube.requests) == 1
+    assert published["spec"]["groups"] == expected
+    assert version in str(published["spec"])  # the rules judge the new version
+    assert published["metadata"]["ownerReferences"][0]["uid"] == chart_rule["metadata"]["uid"]
+    assert kube.objects[("robustloop", "rl-robustloop")] == chart_rule
+    assert [r.method for r in kube.requests] == ["GET", "GET", "POST"]

@@ -47,7 +47,10 @@ FULLNAME = f"{RELEASE}-robustloop"
 # The chart's kubeVersion floor and the newest Kubernetes that kubernetes-validate ships.
 KUBE_VERSIONS = ("1.27.0", "1.37.0")
 CHART_COPIES = {
-    "files/robustloop.rules.yaml": REPO_ROOT / "alert_rules" / "cluster" / "robustloop.rules.yaml",
+    "files/robustloop.fixed.rules.yaml": REPO_ROOT
+    / "alert_rules"
+    / "cluster"
+    / "robustloop.fixed.rules.yaml",
     "files/robustloop.alerts.yaml": REPO_ROOT
     / "alert_rules"
     / "cluster"
@@ -300,15 +303,30 @@ def test_chart_copies_equal_their_sources(copy_path: str) -> None:
 
 
 def _source_groups() -> list[Obj]:
-    source = yaml.safe_load(CHART_COPIES["files/robustloop.rules.yaml"].read_text())
+    """The chart's part of the cluster's rules: those no calibration changes."""
+    source = yaml.safe_load(CHART_COPIES["files/robustloop.fixed.rules.yaml"].read_text())
     return list(source["groups"])
+
+
+def _all_source_groups() -> list[Obj]:
+    """Every rule of the cluster, as generated (before any calibration)."""
+    path = REPO_ROOT / "alert_rules" / "cluster" / "robustloop.rules.yaml"
+    return list(yaml.safe_load(path.read_text())["groups"])
+
+
+def _calibrated_groups(objects: list[Obj]) -> list[Obj]:
+    """What robustloop publishes to its own PrometheusRule for the rendered config, before any
+    calibration (alert_rules.cluster, as the bootstrap Job does without a production model)."""
+    from alert_rules.cluster import calibrated_groups
+
+    return calibrated_groups(_config(objects), NAMESPACE)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_prometheus_rule_equals_the_generated_alert_rules(
     rendered: dict[str, list[Obj]], scenario: str
 ) -> None:
-    """The generated groups, unchanged but for the release's namespace on every alert."""
+    """The generated fixed groups, unchanged but for the release's namespace on every alert."""
     expected = _source_groups()
     for group in expected:
         for rule in group["rules"]:
@@ -346,20 +364,22 @@ def test_every_alert_carries_the_namespace_the_operators_route_matcher_wants(
 ) -> None:
     """GIVEN the Prometheus Operator's default AlertmanagerConfig matcher strategy (OnNamespace),
     which adds namespace="<release namespace>" to the route, and rules that aggregate the
-    namespace away THEN every alert carries the release's namespace as a static label, so the
-    remediating alerts reach the receiver, and the others do not."""
+    namespace away THEN every alert, of the chart's PrometheusRule and of the one robustloop
+    publishes, carries the release's namespace as a static label, so the remediating alerts
+    reach the receiver, and the others do not."""
     objects = rendered[scenario]
     config = _one(objects, "AlertmanagerConfig")
     namespace = config["metadata"]["namespace"]
-    alerts = _alerts(_one(objects, "PrometheusRule")["spec"]["groups"])
-    assert alerts, "the PrometheusRule has no alerts"
+    chart_alerts = _alerts(_one(objects, "PrometheusRule")["spec"]["groups"])
+    assert chart_alerts, "the PrometheusRule has no alerts"
+    alerts = chart_alerts + _alerts(_calibrated_groups(objects))
     for alert in alerts:
         assert alert["labels"]["namespace"] == namespace == NAMESPACE, alert["alert"]
         routed = _operator_route_matches(config["spec"]["route"], namespace, alert["labels"])
         remediates = alert["labels"].get(REMEDIATION_LABEL) == REMEDIATION_VALUE
         assert routed == remediates, f"{alert['alert']}: routed={routed}"
     # The generated rules alone would never match: why the chart adds the label.
-    for alert in _alerts(_source_groups()):
+    for alert in _alerts(_all_source_groups()):
         assert not _operator_route_matches(config["spec"]["route"], namespace, alert["labels"])
 
 
@@ -417,17 +437,12 @@ def test_the_release_label_follows_prometheus_release_and_each_objects_labels(he
 def test_prometheus_rule_alerts_are_routed_to_the_receiver(
     rendered: dict[str, list[Obj]],
 ) -> None:
-    """Some alert in the rules carries the label the AlertmanagerConfig routes on."""
+    """Some alert robustloop publishes carries the label the AlertmanagerConfig routes on."""
     objects = rendered["default"]
     matchers = _one(objects, "AlertmanagerConfig")["spec"]["route"]["matchers"]
     assert matchers == [{"name": REMEDIATION_LABEL, "value": REMEDIATION_VALUE, "matchType": "="}]
-    alerts = [
-        r
-        for g in _one(objects, "PrometheusRule")["spec"]["groups"]
-        for r in g["rules"]
-        if "alert" in r
-    ]
-    assert alerts, "the PrometheusRule has no alerts"
+    alerts = _alerts(_calibrated_groups(objects))
+    assert alerts, "robustloop publishes no alerts"
     routed = [a for a in alerts if a.get("labels", {}).get(REMEDIATION_LABEL) == REMEDIATION_VALUE]
     assert routed, f"no alert carries {REMEDIATION_LABEL}={REMEDIATION_VALUE}"
 
@@ -465,7 +480,15 @@ def test_workflow_template_is_the_golden_one_completed_for_the_release(
     image = _container(server, "server")["image"]
     steps = _steps(template)
     assert steps, "the WorkflowTemplate runs no pod"
-    assert {s["image"] for s in steps} == {image}
+    own_images = {
+        name: step["image"]
+        for name, step in _scenario_values(scenario).get("workflow", {}).get("steps", {}).items()
+        if "image" in step
+    }
+    for template_ in spec["templates"]:
+        step_ = template_.get("script") or template_.get("container")
+        if step_ is not None and template_["name"] not in own_images:
+            assert step_["image"] == image, f"{template_['name']} is not in the server's image"
     volumes = {v["name"]: v for v in spec["volumes"]}
     server_claims = {
         v["persistentVolumeClaim"]["claimName"]
@@ -497,9 +520,9 @@ def test_workflow_parameter_and_resource_overrides(rendered: dict[str, list[Obj]
     for name, value in values["workflow"]["parameters"].items():
         assert parameters[name] == str(value)
     by_name = {t["name"]: t for t in template["spec"]["templates"]}
-    for name, resources in values["workflow"]["templateResources"].items():
+    for name, step in values["workflow"]["steps"].items():
         assert name in by_name, f"ci/gpu-values.yaml names a template {name} the workflow lacks"
-        for section, quantities in resources.items():
+        for section, quantities in step.get("resources", {}).items():
             got = _resources(by_name[name])[section]
             assert {k: got.get(k) for k in quantities} == {k: str(v) for k, v in quantities.items()}
 
@@ -545,7 +568,7 @@ def test_default_values_put_nothing_on_a_gpu(rendered: dict[str, list[Obj]]) -> 
 def test_a_steps_own_placement_joins_the_gpus_and_replaces_the_workflows(
     helm: str, argo_validator: jsonschema.protocols.Validator
 ) -> None:
-    """templatePlacement places one step; on the harden step it adds to workflow.gpu's."""
+    """workflow.steps places one step; on the harden step it adds to workflow.gpu's."""
     pool = {"nodeSelector": {"pool": "cpu"}}
     harden = {
         "nodeSelector": {"pool": "train"},
@@ -574,7 +597,7 @@ def test_a_steps_own_placement_joins_the_gpus_and_replaces_the_workflows(
         "--values",
         _values_file("gpu"),
         "--set-json",
-        f"workflow.templatePlacement={json.dumps(placement)}",
+        f"workflow.steps={json.dumps(placement)}",
         "--set-json",
         f"workflow.nodeSelector={json.dumps({'pool': 'any'})}",
     )
@@ -742,7 +765,7 @@ def test_with_a_one_node_store_every_pod_that_mounts_it_joins_the_servers_node(
 def test_a_steps_own_affinity_keeps_the_store_term(
     helm: str, argo_validator: jsonschema.protocols.Validator
 ) -> None:
-    """A step given its own affinity (templatePlacement) loses the workflow's, so the store's
+    """A step given its own affinity (workflow.steps) loses the workflow's, so the store's
     term is added to it; the bootstrap Job keeps it under its own placement too."""
     zone = {
         "nodeAffinity": {
@@ -756,7 +779,7 @@ def test_a_steps_own_affinity_keeps_the_store_term(
     objects = _template(
         helm,
         "--set-json",
-        f"workflow.templatePlacement={json.dumps({'evaluate': {'affinity': zone}})}",
+        f"workflow.steps={json.dumps({'evaluate': {'affinity': zone}})}",
     )
     template = _one(objects, "WorkflowTemplate")
     problems = _argo_problems(argo_validator, template)
@@ -804,9 +827,9 @@ def test_a_colocated_gpu_pool_keeps_the_one_node_store(
                 "--set",
                 "workflow.gpu.enabled=true",
                 "--set",
-                "workflow.templatePlacement.harden.nodeSelector.pool=gpu",
+                "workflow.steps.harden.nodeSelector.pool=gpu",
             ],
-            ["workflow.templatePlacement.harden.nodeSelector", "persistence.colocated=true"],
+            ["workflow.steps.harden.nodeSelector", "persistence.colocated=true"],
         ),
         (
             ["--set", "bootstrap.nodeSelector.pool=gpu"],
@@ -852,6 +875,26 @@ def _rules(objects: list[Obj], name: str) -> list[Obj]:
     return _one(objects, "Role", name)["rules"]
 
 
+# Publishing the calibrated rules: read the chart's PrometheusRule (its uid, for the owner
+# reference) and robustloop's own, replace robustloop's own alone, and create (which RBAC cannot
+# restrict to a name). Nothing may change the chart's object.
+_RULE_PUBLISHER = [
+    {
+        "apiGroups": ["monitoring.coreos.com"],
+        "resources": ["prometheusrules"],
+        "resourceNames": [FULLNAME, f"{FULLNAME}-calibrated"],
+        "verbs": ["get"],
+    },
+    {
+        "apiGroups": ["monitoring.coreos.com"],
+        "resources": ["prometheusrules"],
+        "resourceNames": [f"{FULLNAME}-calibrated"],
+        "verbs": ["update"],
+    },
+    {"apiGroups": ["monitoring.coreos.com"], "resources": ["prometheusrules"], "verbs": ["create"]},
+]
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_rbac_is_minimal_and_has_no_wildcards(
     rendered: dict[str, list[Obj]], scenario: str
@@ -878,13 +921,9 @@ def test_rbac_is_minimal_and_has_no_wildcards(
             "resources": ["workflowtaskresults"],
             "verbs": ["create", "patch"],
         },
-        {  # the release's own PrometheusRule, nothing else
-            "apiGroups": ["monitoring.coreos.com"],
-            "resources": ["prometheusrules"],
-            "resourceNames": [_one(objects, "PrometheusRule")["metadata"]["name"]],
-            "verbs": ["patch"],
-        },
+        *_RULE_PUBLISHER,
     ]
+    assert _rules(objects, f"{FULLNAME}-bootstrap") == _RULE_PUBLISHER
     for binding in (o for o in objects if o["kind"] == "RoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
         assert binding["subjects"] == [
@@ -894,29 +933,31 @@ def test_rbac_is_minimal_and_has_no_wildcards(
     assert server["automountServiceAccountToken"] is False, "the server needs no API access"
 
 
-def test_workflow_steps_know_the_prometheus_rule_they_may_patch(
+def test_workflow_steps_know_the_prometheus_rule_they_publish_to(
     helm: str, rendered: dict[str, list[Obj]]
 ) -> None:
-    """The promote and guard steps publish recalibrated rules to the release's PrometheusRule
-    (alert_rules.cluster): its name and namespace reach every step; without the rule, neither
-    the variables nor the permission exist."""
-    from alert_rules.cluster import NAMESPACE_ENV, RULE_ENV
+    """The promote and guard steps publish recalibrated rules to robustloop's own PrometheusRule
+    (alert_rules.cluster), owned by the chart's: both names and the namespace reach every step;
+    without the chart's rule, neither the variables nor the permission exist."""
+    from alert_rules.cluster import NAMESPACE_ENV, OWNER_ENV, RULE_ENV
 
     objects = rendered["default"]
     rule = _one(objects, "PrometheusRule")["metadata"]
     for step in _steps(_one(objects, "WorkflowTemplate")):
-        assert _env(step, RULE_ENV)["value"] == rule["name"]
+        assert _env(step, RULE_ENV)["value"] == f"{rule['name']}-calibrated"
+        assert _env(step, OWNER_ENV)["value"] == rule["name"]
         assert _env(step, NAMESPACE_ENV)["value"] == rule["namespace"] == NAMESPACE
 
     without = _template(helm, "--set", "prometheusRule.enabled=false")
     assert not [o for o in without if o["kind"] == "PrometheusRule"]
     for step in _steps(_one(without, "WorkflowTemplate")):
         names = {variable["name"] for variable in step.get("env", [])}
-        assert not names & {RULE_ENV, NAMESPACE_ENV}
+        assert not names & {RULE_ENV, OWNER_ENV, NAMESPACE_ENV}
     assert all(
         "prometheusrules" not in rule.get("resources", [])
         for rule in _rules(without, f"{FULLNAME}-workflow")
     )
+    assert not [o for o in without if o["kind"] == "Role" and "bootstrap" in o["metadata"]["name"]]
 
 
 def _pod_specs(objects: list[Obj]) -> Iterator[tuple[str, Obj]]:
@@ -1214,7 +1255,9 @@ def test_existing_claim_and_secret_are_used_not_created(rendered: dict[str, list
     values = yaml.safe_load(Path(_values_file("existing-pvc")).read_text())
     objects = rendered["existing-pvc"]
     assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
-    assert not [o for o in objects if o["kind"] == "Job"], "bootstrap is off in this scenario"
+    job = _one(objects, "Job", f"{FULLNAME}-bootstrap")["spec"]["template"]["spec"]
+    assert "initContainers" not in job, "bootstrap is off: the Job only publishes the rules"
+    assert [c["name"] for c in job["containers"]] == ["publish-rules"]
     claim = values["persistence"]["existingClaim"]
     template = _one(objects, "WorkflowTemplate")
     assert claim in {
@@ -1256,12 +1299,18 @@ def test_external_argo_server_with_a_token_from_a_secret(rendered: dict[str, lis
         (["--set", "argo.serverUrl=argo:2746"], "/argo/serverUrl"),
         (["--set", "persistence.accessModes={ReadWriteSometimes}"], "/persistence/accessModes"),
         (["--set", "workflow.parameters.epsilon=0.2"], "workflow.parameters.epsilon"),
-        (["--set", "workflow.templateResources.hardn.limits.cpu=1"], "templateResources.hardn"),
+        (["--set", "workflow.steps.hardn.resources.limits.cpu=1"], "workflow.steps.hardn"),
         (
-            ["--set", "workflow.templatePlacement.remediate.nodeSelector.a=b"],
-            "templatePlacement.remediate",
+            ["--set", "workflow.steps.remediate.image.tag=x"],
+            "workflow.steps.remediate: the WorkflowTemplate has no step",
         ),
-        (["--set", "workflow.templatePlacement.harden.nodeSelectr.a=b"], "/templatePlacement"),
+        (["--set", "workflow.steps.harden.nodeSelectr.a=b"], "/workflow/steps/harden"),
+        (["--set", "workflow.steps.harden.image.tagg=x"], "/workflow/steps/harden/image"),
+        (["--set", "workflow.image.pullPolicy=Sometimes"], "/workflow/image/pullPolicy"),
+        (
+            ["--set", "workflow.templatePlacement.harden.nodeSelector.a=b"],
+            "additional properties 'templatePlacement' not allowed",
+        ),
         (["--set", "workflow.gpu.tolerations[0].operator=Maybe"], "/workflow/gpu/tolerations"),
         (["--set", "config.model.name=other-model"], "run `make generate`"),
         (["--set", "server.feedbackToken.key=a/b"], "/server/feedbackToken/key"),

@@ -6,6 +6,11 @@ squeeze score on the held-out eval split (:func:`serving.signals.measure_clean_s
 thresholds for the configured false-alarm rate (:func:`alert_rules.calibration.calibrate_alerts`),
 record them with the version in the store, write them into the config file's ``alerts`` section
 (every other line is kept), and render the rules. torch is imported when it runs, not on import.
+
+In a cluster, :func:`publish_production` puts the rules that judge the production version in
+force (the Helm chart's bootstrap Job runs it, as ``robustloop rules publish``, after every
+install, upgrade and rollback of the release): from the calibration recorded with that version
+when it fits the config (no model is loaded then), else from a new calibration.
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from alert_rules import GenerationError, render_promtool_tests, write_generated
-from alert_rules.calibration import CalibrationError, calibrate_alerts, rewrite_alerts_section
+from alert_rules.calibration import (
+    CalibrationError,
+    alerts_from_record,
+    calibrate_alerts,
+    rewrite_alerts_section,
+)
+from alert_rules.cluster import Outcome, Target, publish_rules
 from robustloop.atomic import atomic_write_text
 from robustloop.config import RobustloopConfig
 
@@ -155,4 +166,103 @@ def calibrate_version(
     return result
 
 
-__all__ = ["ANNOTATION_KEY", "MIN_IMAGES", "CalibrateError", "Calibration", "calibrate_version"]
+Source = Literal["recorded", "calibrated", "config"]
+
+
+@dataclass(frozen=True)
+class InForce:
+    """The alerts section that judges the production version, and where it comes from.
+
+    Attributes:
+        version: the production version, or None when the store has none yet.
+        config: the config with that alerts section.
+        source: ``recorded``: the version's calibration in the store; ``calibrated``: measured
+            now (none recorded, or one made for other settings); ``config``: no production
+            version, the config's own thresholds.
+    """
+
+    version: str | None
+    config: RobustloopConfig
+    source: Source
+
+
+def production_calibration(cfg: RobustloopConfig) -> InForce:
+    """The alerts section for the production version: recorded if it fits ``cfg``, else new.
+
+    Raises:
+        CalibrateError: the store cannot be read, or a needed calibration fails.
+    """
+    import training
+
+    try:
+        store = training.ModelStore(cfg.store.path)
+        version = store.production()
+        record = None if version is None else store.annotation(version, ANNOTATION_KEY)
+    except training.StoreError as exc:
+        raise CalibrateError(str(exc)) from None
+    if version is None:
+        return InForce(None, cfg, "config")
+    alerts = None if record is None else alerts_from_record(cfg, record)
+    if alerts is not None:
+        return InForce(version, cfg.model_copy(update={"alerts": alerts}), "recorded")
+    log.info("no calibration of %s fits the config's alerts section: calibrating it", version)
+    return InForce(
+        version,
+        calibrate_version(cfg, version, config_path=None, rules_out=None).config,
+        "calibrated",
+    )
+
+
+@dataclass(frozen=True)
+class Published:
+    """What :func:`publish_production` wrote: for which version, from what, and how."""
+
+    version: str | None
+    source: Source
+    outcome: Outcome
+
+
+PUBLISH_ROUNDS = 3
+"""Times :func:`publish_production` follows a production pointer that moves while it writes."""
+
+
+def publish_production(cfg: RobustloopConfig, target: Target, *, api: Any = None) -> Published:
+    """Publish the calibrated rules that judge the production version to ``target``.
+
+    A promotion may move production while this runs; the pointer is read again after the
+    write, and a version that changed is published in turn, so that the last write judges what
+    is served.
+
+    Raises:
+        CalibrateError: the store cannot be read, a calibration fails, or production kept
+            moving.
+        alert_rules.cluster.PublishError: the API refused or could not be reached.
+    """
+    import training
+
+    for _ in range(PUBLISH_ROUNDS):
+        in_force = production_calibration(cfg)
+        outcome = publish_rules(in_force.config, target, api=api)
+        try:
+            now = training.ModelStore(cfg.store.path).production()
+        except training.StoreError as exc:
+            raise CalibrateError(str(exc)) from None
+        if now == in_force.version:
+            return Published(in_force.version, in_force.source, outcome)
+        log.info("production moved to %s while the rules were published: again", now)
+    raise CalibrateError(
+        f"production moved during each of {PUBLISH_ROUNDS} publications of its rules; run again"
+    )
+
+
+__all__ = [
+    "ANNOTATION_KEY",
+    "MIN_IMAGES",
+    "CalibrateError",
+    "Calibration",
+    "InForce",
+    "Published",
+    "calibrate_version",
+    "production_calibration",
+    "publish_production",
+]

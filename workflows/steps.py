@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -274,10 +273,10 @@ def recalibrate(cfg: RobustloopConfig, version: str, *, promoted: bool = True) -
     The thresholds are recorded with the version in the store. Where the step's config file is
     writable (the local executor), they are written into it and the rules rendered into
     ``<stack.run_dir>/alert_rules``, which the local stack's Prometheus reads. A pod's config is
-    a read-only ConfigMap: there, in a cluster (the chart sets
-    :data:`alert_rules.cluster.RULE_ENV` and ``NAMESPACE_ENV``), the rules are rendered into a
-    scratch folder and published to the release's PrometheusRule, which the cluster's
-    Prometheus evaluates.
+    a read-only ConfigMap: there, in a cluster (the chart names the PrometheusRule robustloop
+    owns with :data:`alert_rules.cluster.RULE_ENV` and its companions), the calibrated rule
+    groups are published to that object, which the cluster's Prometheus evaluates; the chart's
+    own PrometheusRule is never written.
 
     Args:
         cfg: the step's config.
@@ -287,7 +286,6 @@ def recalibrate(cfg: RobustloopConfig, version: str, *, promoted: bool = True) -
     Raises:
         StepError: calibration or publication failed (the message says what is stale).
     """
-    from alert_rules import RULES_FILE
     from alert_rules.cluster import PublishError, publish_rules, target_from_env
     from workflows.calibrate import CalibrateError, calibrate_version
 
@@ -300,36 +298,30 @@ def recalibrate(cfg: RobustloopConfig, version: str, *, promoted: bool = True) -
     writable = config is not None and os.access(config, os.W_OK)
     if config is not None and not writable:
         log.info("recalibrate: %s is read-only; the thresholds go to the store", config)
-    with tempfile.TemporaryDirectory(prefix="robustloop-calibrate-") as tmp:
-        local = writable and target is None
-        rules_out = cfg.stack.run_dir / "alert_rules" if local else Path(tmp)
+    local = writable and target is None
+    rules_out = cfg.stack.run_dir / "alert_rules" if local else None
+    try:
+        result = calibrate_version(
+            cfg,
+            version,
+            config_path=Path(config) if writable and config else None,
+            rules_out=rules_out,
+        )
+    except CalibrateError as exc:
+        raise StepError(
+            f"{state} its alert thresholds could not be calibrated ({exc}); "
+            f"`robustloop calibrate --model {version}` fits them"
+        ) from None
+    log.info("recalibrate: thresholds fitted to %s; rules in %s", version, rules_out or "-")
+    if target is not None:
         try:
-            calibrate_version(
-                cfg,
-                version,
-                config_path=Path(config) if writable and config else None,
-                rules_out=rules_out,
-            )
-        except CalibrateError as exc:
+            outcome = publish_rules(result.config, target)
+        except PublishError as exc:
             raise StepError(
-                f"{state} its alert thresholds could not be calibrated ({exc}); "
-                f"`robustloop calibrate --model {version}` fits them"
+                f"{state} its thresholds are calibrated, yet {exc}; the cluster's "
+                "Prometheus keeps the previous rules until the rule is updated"
             ) from None
-        log.info("recalibrate: thresholds fitted to %s; rules in %s", version, rules_out)
-        if target is not None:
-            namespace, name = target
-            try:
-                publish_rules(rules_out / RULES_FILE, namespace=namespace, name=name)
-            except PublishError as exc:
-                raise StepError(
-                    f"{state} its thresholds are calibrated, yet {exc}; the cluster's "
-                    "Prometheus keeps the previous rules until the rule is updated"
-                ) from None
-            log.info(
-                "recalibrate: published the recalibrated rules to PrometheusRule %s/%s",
-                namespace,
-                name,
-            )
+        log.info("recalibrate: the rules calibrated for %s: %s %s", version, outcome, target)
 
 
 @script(resources=_LIGHT, **_COMMON)

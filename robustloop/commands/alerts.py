@@ -1,11 +1,12 @@
-"""``robustloop rules render``, ``rules dashboard`` and ``robustloop calibrate``: the alert
+"""``robustloop rules render|dashboard|publish`` and ``robustloop calibrate``: the alert
 thresholds, rules and dashboard.
 
 ``rules render`` writes the Prometheus rules, the Alertmanager config and their promtool tests
 from the config (:mod:`alert_rules`); ``rules dashboard`` the Grafana dashboard over them
 (:mod:`alert_rules.dashboard`). ``calibrate`` runs :func:`workflows.calibrate.
-calibrate_version` (the workflow's recalibration runs it too) and prints what it chose. torch is
-imported inside ``calibrate`` only.
+calibrate_version` (the workflow's recalibration runs it too) and prints what it chose.
+``rules publish`` runs :func:`workflows.calibrate.publish_production` in a cluster (the Helm
+chart's bootstrap Job). torch is imported inside ``calibrate`` and ``rules publish`` only.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def register(sub: Any) -> None:
         metavar="DURATION",
         default=None,
         help="render for a Prometheus that scrapes every DURATION (a cluster's ServiceMonitor, "
-        "e.g. 30s): windows shorter than 4 scrapes are widened, and the alerts section used is "
-        "written beside the rules (robustloop.alerts.yaml, which the Helm chart's config takes)",
+        "e.g. 30s): windows shorter than 4 scrapes are widened, and the alerts section used "
+        "and the rules no calibration changes are written beside the rules "
+        "(robustloop.alerts.yaml, which the Helm chart's config takes, and "
+        "robustloop.fixed.rules.yaml, its PrometheusRule)",
     )
     render.add_argument(
         "--check",
@@ -57,6 +60,19 @@ def register(sub: Any) -> None:
         help="write nothing; exit 1 when a file differs from what would be written",
     )
     render.set_defaults(handler=_render)
+    publish = rules_sub.add_parser(
+        "publish",
+        help="publish the rules calibrated for the production version to the cluster",
+        description="Write the rule groups that judge the production version (its recorded "
+        "calibration when that fits the config, else a new one; the config's thresholds when "
+        "there is no production version) into the PrometheusRule that robustloop owns, as the "
+        "workflow does after a promotion. It is named by the environment: "
+        "ROBUSTLOOP_PROMETHEUS_RULE, ROBUSTLOOP_PROMETHEUS_RULE_OWNER (the Helm chart's "
+        "PrometheusRule), ROBUSTLOOP_NAMESPACE and ROBUSTLOOP_PROMETHEUS_RULE_LABELS; the "
+        "chart's bootstrap Job sets them and runs this after every install, upgrade and "
+        "rollback.",
+    )
+    publish.set_defaults(handler=_publish)
 
     dashboard = rules_sub.add_parser(
         "dashboard",
@@ -116,17 +132,23 @@ def register(sub: Any) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from alert_rules import PACKAGE_DIR
-    from alert_rules.render import ALERTMANAGER_FILE, ALERTS_FILE, RULES_FILE, TESTS_FILE
+    from alert_rules.render import (
+        ALERTMANAGER_FILE,
+        ALERTS_FILE,
+        FIXED_RULES_FILE,
+        RULES_FILE,
+        TESTS_FILE,
+    )
 
     cfg: RobustloopConfig = RobustloopConfig() if args.defaults else args.cfg
     out: Path = args.out if args.out is not None else PACKAGE_DIR
     names = [RULES_FILE, ALERTMANAGER_FILE, TESTS_FILE]
     if args.scrape_interval is not None:
         cfg = _for_scrape_interval(cfg, args.scrape_interval)
-        names.append(ALERTS_FILE)
+        names += [ALERTS_FILE, FIXED_RULES_FILE]
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
-            _write_generated(cfg, Path(tmp), alerts_section=ALERTS_FILE in names)
+            _write_generated(cfg, Path(tmp), cluster=ALERTS_FILE in names)
             stale = [
                 name
                 for name in names
@@ -137,7 +159,7 @@ def _render(args: argparse.Namespace) -> int:
         for name in stale:
             print(f"stale: {out / name} (run `robustloop rules render`)")
         return 1 if stale else 0
-    for path in _write_generated(cfg, out, alerts_section=ALERTS_FILE in names):
+    for path in _write_generated(cfg, out, cluster=ALERTS_FILE in names):
         print(f"wrote {path}")
     return 0
 
@@ -179,17 +201,49 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_generated(
-    cfg: RobustloopConfig, out: Path, *, alerts_section: bool = False
-) -> list[Path]:
-    """Render everything into ``out``; nothing is written when the tests cannot be generated."""
+def _write_generated(cfg: RobustloopConfig, out: Path, *, cluster: bool = False) -> list[Path]:
+    """Render everything into ``out`` (``cluster``: with the alerts section and the fixed rules
+    the Helm chart takes); nothing is written when the tests cannot be generated."""
     from alert_rules import GenerationError, render_promtool_tests, write_generated
 
     try:
         render_promtool_tests(cfg)
     except GenerationError as exc:
         raise CommandError(f"cannot generate the promtool tests: {exc}") from None
-    return write_generated(cfg, out, alerts_section=alerts_section)
+    return write_generated(cfg, out, alerts_section=cluster, fixed_rules=cluster)
+
+
+# -- rules publish ---------------------------------------------------------------------------
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from alert_rules.cluster import (
+        NAMESPACE_ENV,
+        OWNER_ENV,
+        RULE_ENV,
+        PublishError,
+        target_from_env,
+    )
+    from workflows.calibrate import CalibrateError, publish_production
+
+    try:
+        target = target_from_env()
+        if target is None:
+            raise CommandError(
+                f"no PrometheusRule to publish to: set {RULE_ENV}, {OWNER_ENV} and "
+                f"{NAMESPACE_ENV} (the Helm chart sets them on its bootstrap Job)"
+            )
+        published = publish_production(args.cfg, target)
+    except (PublishError, CalibrateError) as exc:
+        raise CommandError(str(exc)) from None
+    judged = published.version or "no production version yet"
+    how = {
+        "recorded": "its recorded calibration",
+        "calibrated": "a new calibration",
+        "config": "the config's thresholds",
+    }[published.source]
+    print(f"{published.outcome} {target}: the rules for {judged}, from {how}")
+    return 0
 
 
 # -- calibrate -------------------------------------------------------------------------------

@@ -48,6 +48,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--epochs", type=_positive_int, help="epochs (default: training.epochs)")
     p.add_argument("--max-seconds", type=_positive_float, help="stop cleanly after S seconds")
+    p.add_argument(
+        "--unless-production",
+        action="store_true",
+        help="train nothing when the store has a production version already; print its id "
+        "(a first model, made once: the Helm chart's bootstrap Job runs after every upgrade)",
+    )
     add_device_option(p)
     p.set_defaults(handler=_train)
 
@@ -221,6 +227,17 @@ def _train(args: argparse.Namespace) -> int:
     from training import train_baseline
 
     cfg: RobustloopConfig = args.cfg
+    if args.unless_production:
+        try:
+            current = _store(cfg).production()
+        except _errors() as exc:
+            raise _fail(exc) from None
+        if current is not None:
+            print(
+                f"production is {current}; nothing trained (--unless-production)", file=sys.stderr
+            )
+            print(current)
+            return 0
     if args.epochs:
         cfg = override(cfg, {"training": {"epochs": args.epochs}})
     _setup_torch(cfg)

@@ -64,6 +64,21 @@ the object's own labels (call with (dict "ctx" $ "labels" X)); an own `release: 
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The image of the workflow's steps: call with (dict "ctx" $ "image" X), X a step's
+workflow.steps.<step>.image or nothing; each field falls back on its own to workflow.image's,
+then to the server's (image.*), the tag at last to the chart's appVersion. Returns
+{reference, pullPolicy} as YAML. */}}
+{{- define "robustloop.stepImage" -}}
+{{- $server := .ctx.Values.image }}
+{{- $workflow := default dict .ctx.Values.workflow.image }}
+{{- $step := default dict .image }}
+{{- $repository := $step.repository | default $workflow.repository | default $server.repository }}
+{{- $tag := $step.tag | default $workflow.tag | default $server.tag | default .ctx.Chart.AppVersion }}
+{{- $pullPolicy := $step.pullPolicy | default $workflow.pullPolicy | default $server.pullPolicy }}
+reference: {{ printf "%s:%s" $repository (toString $tag) | quote }}
+pullPolicy: {{ $pullPolicy | quote }}
+{{- end }}
+
 {{- define "robustloop.receiverImage" -}}
 {{- printf "%s:%s" .Values.receiverImage.repository (default .Chart.AppVersion .Values.receiverImage.tag) }}
 {{- end }}
@@ -93,13 +108,25 @@ that mounts it must then run on the server's node. */}}
 {{- fail (printf "server.replicas=%d with %s: the store mounts on one node only, so the replicas could not spread over nodes (on another node a replica cannot mount it); use server.replicas=1, or persistence.accessModes={ReadWriteMany} (a shared filesystem)" (int .Values.server.replicas) $shown) }}
 {{- end }}
 {{- if not .Values.persistence.colocated }}
+{{- /* A node pool named for pods that must join the server's node: every value that does so. */}}
+{{- $pools := list }}
+{{- with .Values.workflow.nodeSelector }}
+{{- $pools = append $pools "workflow.nodeSelector" }}
+{{- end }}
+{{- range $step, $values := (default dict .Values.workflow.steps) }}
+{{- if (default dict $values).nodeSelector }}
+{{- $pools = append $pools (printf "workflow.steps.%s.nodeSelector" $step) }}
+{{- end }}
+{{- end }}
 {{- $gpu := default dict .Values.workflow.gpu }}
-{{- $hardenPlacement := default dict (index (default dict .Values.workflow.templatePlacement) "harden") }}
-{{- if and $gpu.enabled (or $gpu.nodeSelector $hardenPlacement.nodeSelector) }}
-{{- fail (printf "workflow.gpu.enabled with a nodeSelector (workflow.gpu.nodeSelector, workflow.templatePlacement.harden.nodeSelector) and %s: the harden step must run on the server's node, which that node pool may not hold; use persistence.accessModes={ReadWriteMany} (a shared filesystem), or set persistence.colocated=true if the server runs in that node pool too (server.nodeSelector, server.tolerations)" $shown) }}
+{{- if and $gpu.enabled $gpu.nodeSelector }}
+{{- $pools = append $pools "workflow.gpu.nodeSelector" }}
 {{- end }}
 {{- if (default dict .Values.bootstrap).nodeSelector }}
-{{- fail (printf "bootstrap.nodeSelector with %s: the bootstrap Job must run on the server's node, which those nodes may not hold; use persistence.accessModes={ReadWriteMany} (a shared filesystem), or set persistence.colocated=true if the server runs on those nodes too (server.nodeSelector, server.tolerations)" $shown) }}
+{{- $pools = append $pools "bootstrap.nodeSelector" }}
+{{- end }}
+{{- if $pools }}
+{{- fail (printf "%s with %s: the pods they place (workflow steps, the bootstrap Job) mount the store, so they must run on the server's node, which those nodes may not hold; use persistence.accessModes={ReadWriteMany} (a shared filesystem), or set persistence.colocated=true if the server runs on those nodes too (server.nodeSelector, server.tolerations)" (join ", " $pools) $shown) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -177,6 +204,56 @@ kubelet updates the Secret's files). */}}
 
 {{- define "robustloop.workflowServiceAccount" -}}
 {{- printf "%s-workflow" (include "robustloop.fullname" .) }}
+{{- end }}
+
+{{- define "robustloop.bootstrapServiceAccount" -}}
+{{- printf "%s-bootstrap" (include "robustloop.fullname" .) }}
+{{- end }}
+
+{{/* The PrometheusRule that robustloop writes itself (never rendered here): the rules
+calibrated for the production version. The chart's own PrometheusRule owns it. */}}
+{{- define "robustloop.calibratedRule" -}}
+{{- printf "%s-calibrated" (include "robustloop.fullname" .) }}
+{{- end }}
+
+{{/* Labels of that object, as JSON: those Prometheus selects rules by (as on the chart's
+PrometheusRule) and the chart's name. Not app.kubernetes.io/instance, by which Argo CD's label
+tracking would count it among the objects it renders, nor Helm's own: Helm does not manage it. */}}
+{{- define "robustloop.calibratedRuleLabels" -}}
+{{- $labels := dict "app.kubernetes.io/name" (include "robustloop.name" .) "app.kubernetes.io/part-of" "robustloop" "app.kubernetes.io/component" "calibrated-rules" }}
+{{- $selected := include "robustloop.prometheusLabels" (dict "ctx" . "labels" .Values.prometheusRule.labels) | fromYaml }}
+{{- toJson (mustMergeOverwrite $labels (default dict $selected)) }}
+{{- end }}
+
+{{/* Environment of a pod that publishes the calibrated rules (alert_rules.cluster). */}}
+{{- define "robustloop.rulePublisherEnv" -}}
+- name: ROBUSTLOOP_PROMETHEUS_RULE
+  value: {{ include "robustloop.calibratedRule" . | quote }}
+- name: ROBUSTLOOP_PROMETHEUS_RULE_OWNER
+  value: {{ include "robustloop.fullname" . | quote }}
+- name: ROBUSTLOOP_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+- name: ROBUSTLOOP_PROMETHEUS_RULE_LABELS
+  value: {{ include "robustloop.calibratedRuleLabels" . | quote }}
+{{- end }}
+
+{{/* RBAC rules of a pod that publishes the calibrated rules: read the chart's PrometheusRule
+(its uid, which the written object's ownerReference names), read and replace the calibrated
+one, and create it. Kubernetes RBAC cannot restrict `create` by resourceNames (the name is not
+known when the request is authorized), so that verb is granted on prometheusrules in the
+namespace; everything else names its object. */}}
+{{- define "robustloop.rulePublisherRules" -}}
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["prometheusrules"]
+  resourceNames: [{{ include "robustloop.fullname" . | quote }}, {{ include "robustloop.calibratedRule" . | quote }}]
+  verbs: ["get"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["prometheusrules"]
+  resourceNames: [{{ include "robustloop.calibratedRule" . | quote }}]
+  verbs: ["update"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["prometheusrules"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Where every pod mounts robustloop.yaml; pods run in this folder, so ./robustloop.yaml is found. */}}
