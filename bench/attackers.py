@@ -14,7 +14,9 @@ prints for clean images and for each attacker of ``robustloop traffic`` at one e
 
 The attackers run with the traffic generator's settings: FGSM; PGD and BPDA with its default
 steps (``--steps``); Square with its default query budget (``--queries``), asking a local copy
-of the model for probabilities exactly as it asks the server's infer endpoint.
+of the model for probabilities exactly as it asks the server's infer endpoint. BPDA runs once
+per ``--bpda-weights`` value (its squeeze and entropy weights): the weight trades accuracy lost
+against signal shift.
 
 Run: ``.venv/bin/python bench/attackers.py [--config C] [--quick]``. ``--quick`` measures the
 model of ``robustloop demo --quick`` (its small store in the run folder) on fewer images.
@@ -48,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eps", type=float, default=0.1, help="L-inf radius (default 0.1)")
     parser.add_argument("--steps", type=int, default=None, help="PGD and BPDA steps")
     parser.add_argument("--queries", type=int, default=None, help="Square queries per image")
+    parser.add_argument(
+        "--bpda-weights",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.3],
+        help="BPDA's squeeze and entropy weights, one row each (default: 1, the traffic "
+        "generator's, and 0.3)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -114,17 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         "clean": lambda x, y: x,
         "fgsm": training.FGSM(model, eps=args.eps),
         f"pgd-{steps}": training.PGD(model, eps=args.eps, steps=steps),
-        f"bpda-{steps}": training.BPDA(
+    }
+    for weight in args.bpda_weights:
+        attackers[f"bpda-{steps} w{weight:g}"] = training.BPDA(
             model,
             eps=args.eps,
             steps=steps,
+            squeeze_weight=weight,
+            entropy_weight=weight,
             bits=serving.squeeze_bits,
             squeezers=tuple(serving.squeezers),
-        ),
-        f"square-{queries}": square,
-    }
+        )
+    attackers[f"square-{queries}"] = square
     header = (
-        f"{'attacker':12} {'accuracy':>8} {'squeeze':>8} {'(shift)':>8} {'entropy':>8} "
+        f"{'attacker':14} {'accuracy':>8} {'squeeze':>8} {'(shift)':>8} {'entropy':>8} "
         f"{'(shift)':>8} {'seconds':>8}  queries/image"
     )
     print(header)
@@ -140,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         if attack is square:
             spent = f"{spent_queries / len(images):.1f} (budget {queries})"
         print(
-            f"{name:12} {accuracy:8.3f} {squeeze:8.4f} {squeeze - clean[1]:+8.4f} "
+            f"{name:14} {accuracy:8.3f} {squeeze:8.4f} {squeeze - clean[1]:+8.4f} "
             f"{entropy:8.4f} {entropy - clean[2]:+8.4f} {seconds:8.1f}  {spent}",
             flush=True,
         )
     count = seen["images"]
     squeeze, entropy = seen["squeeze"] / count, seen["entropy"] / count
     print(
-        f"{'its queries':12} {'':>8} {squeeze:8.4f} {squeeze - clean[1]:+8.4f} {entropy:8.4f} "
+        f"{'its queries':14} {'':>8} {squeeze:8.4f} {squeeze - clean[1]:+8.4f} {entropy:8.4f} "
         f"{entropy - clean[2]:+8.4f} {'':>8}  ({count} query images; the server sees them too)"
     )
     return 0

@@ -66,9 +66,9 @@ ATTACK_MODES: tuple[str, ...] = ("fgsm", "pgd", "bpda", "square")
 WHITE_BOX_MODES: tuple[str, ...] = ("fgsm", "pgd", "bpda")
 """The attack modes that load the served version's weights from the store."""
 DEFAULT_QUERY_BUDGET = 100
-"""Queries per image of the black-box (``square``) attacker: on the demo's undefended CNN at eps
-0.1, enough to fool most images it can fool (bench/attackers.py), and few enough that the
-attacker still sends about one request a second."""
+"""Queries per image of the black-box (``square``) attacker. A live attacker pays a round trip
+per query, so the budget sets its pace (a hundred round trips to a server on the same machine
+take about a second); a larger budget fools more images (``bench/attackers.py --queries``)."""
 DEFAULT_NOISE_SIGMA = 0.3
 """Gaussian noise that costs an undefended CNN about as much accuracy as FGSM at eps 0.05
 (0.83 -> 0.60 and 0.59 in bench/detection.py)."""

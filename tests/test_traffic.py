@@ -152,14 +152,18 @@ def test_the_command_line_offers_every_mode_of_the_generator() -> None:
 
 
 def test_the_demo_refuses_attack_options_outside_the_attack_scenario(
-    capsys: pytest.CaptureFixture[str],
+    small_config: RobustloopConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--scenario", "drift", "--attack", "pgd"]) == 2
+    config = tmp_path / "robustloop.yaml"
+    config.write_text(dump_config(small_config))
+    demo = ["--config", str(config), "demo"]
+    assert main([*demo, "--scenario", "drift", "--attack", "pgd"]) == 2
     assert "apply to --scenario attack only" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
-        main(["demo", "--attack-fraction", "0"])
+        main([*demo, "--attack-fraction", "0"])
     assert exited.value.code == 2
     assert "must be in (0, 1]" in capsys.readouterr().err
+    assert not small_config.stack.run_dir.exists()
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 1 / 3, 0.5, 0.9, 1.0])
