@@ -1,9 +1,11 @@
-"""The traffic generator: its JSON-lines log, feedback, the adaptive attacker, a server outage."""
+"""The traffic generator: its JSON-lines log, feedback, the adaptive attacker, partial attacks,
+the black-box attacker through a real server, a server outage."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,25 +13,43 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import torch
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
 from robustloop.cli import main
+from robustloop.commands.serving import TRAFFIC_MODES
 from robustloop.config import RobustloopConfig, dump_config
 from serving import RunningServer, create_app, get_state
 from serving.traffic import (
+    MODES,
     AdaptiveAttacker,
+    AttackSchedule,
+    ServerClient,
     TrafficError,
     TrafficOptions,
     add_noise,
     run_traffic,
 )
-from tests.support import register_model
+from tests.support import Serve, register_model
 from training import ModelStore
 
 MODEL = "fashion-cnn"
-LOG_KEYS = {"t", "mode", "version", "sent", "images", "accuracy", "correct_fraction", "errors"}
+LOG_KEYS = {
+    "t",
+    "mode",
+    "version",
+    "sent",
+    "images",
+    "accuracy",
+    "correct_fraction",
+    "errors",
+    "attacked",
+    "attacked_accuracy",
+    "queries",
+}
 
 
 class CountingStore:
@@ -108,13 +128,60 @@ def test_traffic_command_logs_one_json_line_a_second_and_feeds_back_labels(
         (["--eps", "0"], "eps must be in (0, 1]"),
         (["--rate", "0"], "rate and duration must be > 0"),
         (["--threads", "0"], "--threads must be at least 1"),
+        (["--mode", "pgd", "--steps", "0"], "steps must be >= 1"),
+        (["--mode", "fgsm", "--attack-fraction", "0"], "attack fraction must be in (0, 1]"),
+        (["--mode", "bpda", "--attack-fraction", "1.5"], "attack fraction must be in (0, 1]"),
+        (["--attack-fraction", "0.5"], "applies to the attack modes"),
+        (["--mode", "noise", "--attack-fraction", "0.5"], "applies to the attack modes"),
+        (["--mode", "square", "--query-budget", "0"], "query budget must be >= 1"),
+        (["--mode", "pgd", "--query-budget", "10"], "applies to the square mode"),
     ],
 )
 def test_traffic_command_rejects_bad_options_clearly(
     option: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["traffic", "--url", "http://127.0.0.1:9", *option]) == 2
-    assert fragment in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_command_line_offers_every_mode_of_the_generator() -> None:
+    assert set(TRAFFIC_MODES) == set(MODES)
+    assert {"fgsm", "pgd", "bpda", "square"} <= set(MODES)
+
+
+def test_the_demo_refuses_attack_options_outside_the_attack_scenario(
+    small_config: RobustloopConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "robustloop.yaml"
+    config.write_text(dump_config(small_config))
+    demo = ["--config", str(config), "demo"]
+    assert main([*demo, "--scenario", "drift", "--attack", "pgd"]) == 2
+    assert "apply to --scenario attack only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main([*demo, "--attack-fraction", "0"])
+    assert exited.value.code == 2
+    assert "must be in (0, 1]" in capsys.readouterr().err
+    assert not small_config.stack.run_dir.exists()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 1 / 3, 0.5, 0.9, 1.0])
+def test_an_attack_schedule_attacks_the_fraction_asked_for_in_every_window(
+    fraction: float,
+) -> None:
+    """Any n consecutive requests hold n*F attacked ones, give or take one; the same seed
+    attacks the same requests."""
+    for seed in range(4):
+        schedule = AttackSchedule(fraction, seed)
+        marks = [schedule.attacked(k) for k in range(300)]
+        assert marks == [AttackSchedule(fraction, seed).attacked(k) for k in range(300)]
+        for size in (1, 7, 30, 300):
+            for start in range(0, 300 - size + 1, 13):
+                count = sum(marks[start : start + size])
+                assert math.floor(size * fraction) <= count <= math.ceil(size * fraction)
+    phases = {AttackSchedule(0.5, seed).phase for seed in range(4)}
+    assert len(phases) == 4, "the seed does not move the schedule"
 
 
 def test_adaptive_attacker_loads_each_new_version_once_and_attacks_it(
@@ -168,3 +235,102 @@ def test_attacker_without_the_servers_store_says_what_it_needs(tmp_path: Path) -
         attacker.craft(
             torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.int64), "v0001-deadbeef"
         )
+
+
+def _served_requests(registry: CollectorRegistry, version: str) -> float:
+    labels = {"model": MODEL, "version": version, "code": "200"}
+    return registry.get_sample_value("robustloop_inference_requests_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(("mode", "fraction", "sent"), [("fgsm", 0.25, 16), ("bpda", 0.5, 4)])
+def test_a_partial_attack_attacks_that_fraction_of_the_requests_and_says_so(
+    small_config: RobustloopConfig,
+    served: tuple[RunningServer, CollectorRegistry, str],
+    mode: str,
+    fraction: float,
+    sent: int,
+) -> None:
+    server, registry, version = served
+    images = torch.rand(sent, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(sent) % 10
+    out = io.StringIO()
+    options = TrafficOptions(
+        url=server.url,
+        rate=1000,
+        mode=mode,  # type: ignore[arg-type]
+        feedback_fraction=0.0,
+        pgd_steps=2,
+        requests=sent,
+        attack_fraction=fraction,
+    )
+    summary = run_traffic(small_config, options, out, data=(images, labels))
+    assert summary.errors == 0
+    assert summary.sent == sent and summary.attacked == int(sent * fraction)
+    assert summary.attacked_images == summary.attacked and summary.queries == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert all(set(line) >= LOG_KEYS for line in lines)
+    assert sum(line["attacked"] for line in lines) == summary.attacked
+    assert _served_requests(registry, version) == sent
+
+
+@pytest.fixture
+def serve_process(small_config: RobustloopConfig, tmp_path: Path, port: int) -> Iterator[str]:
+    """``robustloop serve`` as a real process on a free port, serving an untrained CNN: its URL."""
+    register_model(ModelStore(small_config.store.path), seed=0)
+    config_path = tmp_path / "robustloop.yaml"
+    config_path.write_text(dump_config(small_config))
+    server = Serve(config_path, "--host", "127.0.0.1", "--port", str(port))
+    try:
+        url = server.announced().group(3)
+        assert url == f"http://127.0.0.1:{port}"
+        yield url
+    finally:
+        code, err = server.stop()
+        assert code == 0, err
+
+
+def _served_infer_requests(url: str) -> float:
+    """Infer requests the server answered with 200, from its own /metrics."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "robustloop_inference_requests_total" and sample.labels["code"] == "200"
+    )
+
+
+def test_the_square_attacker_queries_only_the_api_within_its_budget(
+    small_config: RobustloopConfig, serve_process: str, tmp_path: Path
+) -> None:
+    """The black-box attacker reads no weights (its store is empty) and sends every query to the
+    server's infer endpoint: the server counts the attacked requests plus the queries, and the
+    queries stay within the budget per attacked image."""
+    url = serve_process
+    images = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    client = ServerClient(url, MODEL)
+    try:
+        predicted, _, _ = client.infer(images)  # labels the server agrees with: margins > 0
+    finally:
+        client.close()
+    small_config.store.path = tmp_path / "no-weights-here"
+    before = _served_infer_requests(url)
+    out = io.StringIO()
+    budget = 5
+    options = TrafficOptions(
+        url=url,
+        rate=1000,
+        mode="square",
+        eps=0.01,  # small enough that images rarely fool the model before the budget ends
+        feedback_fraction=0.0,
+        requests=6,
+        attack_fraction=0.5,
+        query_budget=budget,
+    )
+    summary = run_traffic(small_config, options, out, data=(images, torch.tensor(predicted)))
+    assert summary.errors == 0 and summary.sent == 6 and summary.attacked == 3
+    assert summary.attacked <= summary.queries <= budget * summary.attacked
+    assert _served_infer_requests(url) - before == summary.sent + summary.queries
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert sum(line["queries"] for line in lines) == summary.queries
+    assert not (tmp_path / "no-weights-here").exists()

@@ -16,6 +16,9 @@ from robustloop.commands.base import add_device_option
 
 log = logging.getLogger("robustloop.serve")
 
+TRAFFIC_MODES = ("clean", "fgsm", "pgd", "bpda", "square", "noise")
+"""``--mode`` choices: serving.traffic.MODES (not imported here: it loads torch)."""
+
 
 def register(sub: Any) -> None:
     """Add ``serve`` and ``traffic`` to the robustloop parser."""
@@ -36,23 +39,42 @@ def register(sub: Any) -> None:
 
     t = sub.add_parser(
         "traffic",
-        help="send clean, attacked (FGSM/PGD, adaptive) or noisy traffic to the server",
+        help="send clean, attacked (FGSM, PGD, BPDA, Square) or noisy traffic to the server",
         description="Stream images of the traffic split to the model server at a steady "
         "rate, attacked or not, feeding back ground truth for a fraction of requests; writes "
-        "one JSON line per second (t, mode, version, sent, accuracy, errors, ...).",
+        "one JSON line per second (t, mode, version, sent, accuracy, attacked, queries, "
+        "errors, ...). fgsm, pgd and bpda are white-box attackers that load the served "
+        "version from the store (bpda also keeps the squeeze score and entropy low); square "
+        "is a black-box attacker that only queries the infer endpoint (docs/serving.md).",
     )
     t.add_argument("--url", default=None, help="server base URL (default: from serving.*)")
     t.add_argument("--rate", type=float, default=10.0, help="requests per second (default 10)")
     t.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
     t.add_argument(
-        "--mode", choices=("clean", "fgsm", "pgd", "noise"), default="clean", help="traffic kind"
+        "--mode",
+        choices=TRAFFIC_MODES,
+        default="clean",
+        help="traffic kind: clean, an attack (fgsm, pgd, bpda, square) or noise",
     )
     t.add_argument(
         "--eps",
         type=float,
         default=None,
-        help="L-inf radius for fgsm/pgd (default 0.1); noise standard deviation for noise "
-        "(default 0.3)",
+        help="L-inf radius of an attack (default: stack.attack_eps, else remediation.eps); "
+        "noise standard deviation for noise (default 0.3)",
+    )
+    t.add_argument(
+        "--attack-fraction",
+        type=float,
+        default=1.0,
+        help="attack modes: fraction of requests attacked, in (0, 1]; the others are sent "
+        "clean (default 1)",
+    )
+    t.add_argument(
+        "--query-budget",
+        type=int,
+        default=None,
+        help="square: queries to the infer endpoint allowed per attacked image (default 100)",
     )
     t.add_argument(
         "--feedback-fraction",
@@ -61,11 +83,16 @@ def register(sub: Any) -> None:
         help="fraction of requests whose true labels are fed back (default 0.2)",
     )
     t.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
-    t.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    t.add_argument("--steps", type=int, default=10, help="PGD and BPDA steps (default 10)")
     t.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads for crafting (default 1)"
     )
-    t.add_argument("--seed", type=int, default=0, help="seed of image order and noise")
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of image order, noise, the attacked requests and the Square attack's search",
+    )
     t.add_argument("--log", type=Path, default=None, help="append JSON lines here (default stdout)")
     t.set_defaults(handler=_traffic)
 
@@ -140,6 +167,8 @@ def _traffic(args: argparse.Namespace) -> int:
             batch=args.batch,
             pgd_steps=args.steps,
             seed=args.seed,
+            attack_fraction=args.attack_fraction,
+            query_budget=args.query_budget,
         )
     except TrafficError as exc:
         raise CommandError(str(exc)) from None
@@ -148,6 +177,7 @@ def _traffic(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise CommandError(f"--threads must be at least 1 (got {args.threads})")
+
     use_threads(args.threads)
     out = open_log(args.log)
     started = time.monotonic()
@@ -159,12 +189,17 @@ def _traffic(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     accuracy = "n/a" if summary.accuracy is None else f"{summary.accuracy:.3f}"
+    attacked = summary.attacked_accuracy
     log.info(
-        "traffic done in %.1fs: %d requests, %d images, accuracy %s, %d errors, versions %s",
+        "traffic done in %.1fs: %d requests (%d attacked, accuracy on those %s), %d images, "
+        "accuracy %s, %d attacker queries, %d errors, versions %s",
         time.monotonic() - started,
         summary.sent,
+        summary.attacked,
+        "n/a" if attacked is None else f"{attacked:.3f}",
         summary.images,
         accuracy,
+        summary.queries,
         summary.errors,
         ",".join(summary.versions) or "none",
     )

@@ -31,6 +31,21 @@ def _positive(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 1]")
+    return value
+
+
+DEMO_ATTACKS = ("fgsm", "pgd", "bpda", "square")
+"""The attackers of the demo's attack scenario (``robustloop traffic`` modes)."""
+
+
 def register(sub: Any) -> None:
     """Add ``up`` and ``demo``."""
     p = sub.add_parser(
@@ -51,8 +66,8 @@ def register(sub: Any) -> None:
         "demo",
         help="`up` plus an attack scenario; writes a report (timeline, plot, summary)",
         description="Start the stack, send clean traffic, then attack the served model with "
-        "adaptive FGSM (or natural noise with --scenario drift) until the hardened model serves "
-        "and accuracy has recovered, or the timeout; write the report.",
+        "adaptive FGSM (or --attack; natural noise with --scenario drift) until the hardened "
+        "model serves and accuracy has recovered, or the timeout; write the report.",
     )
     p.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="report folder")
     p.add_argument(
@@ -72,6 +87,20 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=_positive, default=None, help="stack.timeout_seconds")
     p.add_argument("--drift-seconds", type=_positive, default=None, help="stack.drift_seconds")
     p.add_argument("--eps", type=eps_option, default=None, help="attack eps (stack.attack_eps)")
+    p.add_argument(
+        "--attack",
+        choices=DEMO_ATTACKS,
+        default=None,
+        help="the attacker of --scenario attack: fgsm (default), pgd, bpda (white-box, "
+        "detector-aware) or square (black-box, through the infer endpoint)",
+    )
+    p.add_argument(
+        "--attack-fraction",
+        type=_fraction,
+        default=None,
+        help="--scenario attack: fraction of the attacker's requests that are attacked, in "
+        "(0, 1] (default 1); the others are sent clean",
+    )
     p.add_argument("--rate", type=_positive, default=None, help="requests per second")
     p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.set_defaults(handler=_demo)
@@ -154,12 +183,16 @@ def _demo(args: argparse.Namespace) -> int:
     from robustloop.commands.base import CommandError
     from robustloop.stack import LocalStack, ScenarioOptions, ScenarioRunner, StackError
 
+    if args.scenario != "attack" and (args.attack or args.attack_fraction):
+        raise CommandError("--attack and --attack-fraction apply to --scenario attack only")
     cfg = _prepare(args)
     options = ScenarioOptions.from_config(cfg, args.scenario).with_overrides(
         clean_seconds=args.clean_seconds,
         attack_seconds=args.timeout if args.scenario == "attack" else args.drift_seconds,
         eps=args.eps,
         rate=args.rate,
+        attack=args.attack,
+        attack_fraction=args.attack_fraction,
     )
     report_dir: Path = args.report_dir
     try:

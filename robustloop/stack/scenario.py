@@ -1,13 +1,14 @@
 """The demo's scenario driver: clean traffic, then an attack (or drift), watched to the end.
 
 ``attack`` (the paper's experiment, live): clean traffic for ``clean_seconds``, then an adaptive
-FGSM attack at ``eps`` — the client attacks whatever version serves, so after a rollout it
-attacks the hardened model. The driver watches the loop close: alert firing in Prometheus, the
-alert reaching the receiver, the remediation workflow starting, the gate's decision, the
-promotion, the hardened model answering the attacked traffic; it stops once the hardened model
-has answered ``recovery_window`` seconds of attacked traffic (recovered if their accuracy
-reaches ``recovered_accuracy``: one fixed window from its first answer, never the best of
-several), when the remediation ended without a promotion, or at the timeout.
+FGSM attack at ``eps`` (or another attacker of ``robustloop traffic``: ``pgd``, ``bpda``,
+``square``; on ``attack_fraction`` of the requests) — the client attacks whatever version
+serves, so after a rollout it attacks the hardened model. The driver watches the loop close:
+alert firing in Prometheus, the alert reaching the receiver, the remediation workflow starting,
+the gate's decision, the promotion, the hardened model answering the attacked traffic; it stops
+once the hardened model has answered ``recovery_window`` seconds of attacked traffic (recovered
+if their accuracy reaches ``recovered_accuracy``: one fixed window from its first answer, never
+the best of several), when the remediation ended without a promotion, or at the timeout.
 
 ``drift``: clean traffic, then natural Gaussian noise for ``drift_seconds``; the report says
 whether a remediation was (wrongly) started.
@@ -64,6 +65,10 @@ class ScenarioOptions:
     feedback_fraction: float
     recovered_accuracy: float
     recovery_window: float
+    attack: str = "fgsm"
+    """The attacker: a ``robustloop traffic`` attack mode (fgsm, pgd, bpda, square)."""
+    attack_fraction: float = 1.0
+    """The fraction of the attacker's requests that are attacked; the others go clean."""
 
     @classmethod
     def from_config(cls, cfg: RobustloopConfig, scenario: Scenario) -> ScenarioOptions:
@@ -163,10 +168,11 @@ class ScenarioRunner:
             "--log",
             str(log_path),
         )
-        if mode in ("fgsm", "pgd"):
+        if mode not in ("clean", "noise"):
             # noise keeps the traffic generator's default strength (calibrated to be as
             # harmful as a weak attack); eps is the attack's L-inf radius only.
             argv += ["--eps", f"{self.options.eps:g}"]
+            argv += ["--attack-fraction", f"{self.options.attack_fraction:g}"]
         child = self.stack.supervisor.start(
             f"traffic-{mode}", argv, folder.logs / f"traffic-{mode}.log"
         )
@@ -264,9 +270,14 @@ class ScenarioRunner:
         self.phase = "attack" if self.options.scenario == "attack" else "drift"
         kind = rp.ATTACK_START if self.options.scenario == "attack" else rp.DRIFT_START
         eps = self.options.eps if mode != "noise" else None
-        self.timeline.add_event(kind, self._rel(unix), mode=mode, eps=eps)
+        fraction = self.options.attack_fraction if mode != "noise" else None
+        self.timeline.add_event(kind, self._rel(unix), mode=mode, eps=eps, attack_fraction=fraction)
         self._stop_traffic("clean")
-        self.echo(f"{self.phase} starts: mode={mode}" + (f" eps={eps:g}" if eps else ""))
+        self.echo(
+            f"{self.phase} starts: mode={mode}"
+            + (f" eps={eps:g}" if eps else "")
+            + (f" attack_fraction={fraction:g}" if fraction is not None else "")
+        )
 
     def _follow_workflow(self) -> str | None:
         """Record workflow start, gate decision and promotion; return the current step."""
@@ -328,7 +339,7 @@ class ScenarioRunner:
 
     def _run(self) -> None:
         opts = self.options
-        attack_mode = "fgsm" if opts.scenario == "attack" else "noise"
+        attack_mode = opts.attack if opts.scenario == "attack" else "noise"
         try:
             self._clean_phase()
             if opts.scenario == "clean":
@@ -430,6 +441,9 @@ class ScenarioRunner:
             remediation_started=started,
         )
         summary["interrupted"] = interrupted
+        if self.options.scenario == "attack":
+            summary["attack"] = self.options.attack
+            summary["attack_fraction"] = self.options.attack_fraction
         # False alarms: alerts firing, or reaching the receiver, before the attack began.
         summary["alerts_during_clean"] = sorted(self._clean_alerts)
         attack_t = self._attack_t if self._attack_t is not None else time.time()

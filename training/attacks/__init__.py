@@ -1,19 +1,32 @@
-"""L-inf evasion attacks, one per file under a small base class.
+"""L-inf evasion attacks, one per file under two small base classes.
 
-Public names: :class:`Attack` (the base), :class:`FGSM`, :class:`PGD`, :data:`ATTACKS` (the
-registry by name) and :func:`make_attack`.
+White-box (they hold the model and follow its gradient), under :class:`Attack`: :class:`FGSM`,
+:class:`PGD`, and :class:`BPDA`, a PGD that also keeps the server's detection signals at their
+clean levels. Black-box (they see only probabilities, through a :data:`Scores` callable, and
+count their queries), under :class:`ScoreAttack`: :class:`Square`. :func:`model_scores` turns a
+local model into such a callable.
+
+:data:`ATTACKS` and :func:`make_attack` name the attacks that evaluation and the gate run.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from training.attacks.base import Attack
+from training.attacks.base import (
+    Attack,
+    QueryBudgetExceeded,
+    ScoreAttack,
+    Scores,
+    model_scores,
+)
+from training.attacks.bpda import BPDA
 from training.attacks.fgsm import FGSM
 from training.attacks.pgd import PGD
+from training.attacks.square import Square
 
 ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
-"""Attack classes by name (the names the CLI and the gate accept)."""
+"""Attack classes by name: the names ``robustloop evaluate`` and the gate accept."""
 
 
 def make_attack(
@@ -36,4 +49,16 @@ def make_attack(
     raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
 
 
-__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "make_attack"]
+__all__ = [
+    "ATTACKS",
+    "BPDA",
+    "FGSM",
+    "PGD",
+    "Attack",
+    "QueryBudgetExceeded",
+    "ScoreAttack",
+    "Scores",
+    "Square",
+    "make_attack",
+    "model_scores",
+]

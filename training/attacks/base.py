@@ -1,12 +1,17 @@
-"""The base class of every attack: mode handling, clamping and the eps-ball guarantee.
+"""The base classes of the attacks: mode handling, clamping and the eps-ball guarantee.
 
-An attack holds the model and is called like a module, ``attack(images, labels) -> adv``.
+:class:`Attack` is the base of the white-box attacks; :class:`ScoreAttack` of the black-box ones,
+which see only the probabilities a :data:`Scores` callable returns and count their queries.
+
+A white-box attack holds the model and is called like a module, ``attack(images, labels) -> adv``.
 Subclasses override only :meth:`Attack.forward`; the base class puts the model in eval mode for
 the attack and restores its previous mode afterwards, and guarantees on the way out that
 ``adv`` is in [0, 1] and within ``eps`` of ``images`` in L-inf norm, whatever ``forward`` did.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -108,3 +113,111 @@ class Attack:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps})"
+
+
+Scores = Callable[[torch.Tensor], torch.Tensor]
+"""A black box: images [N, C, H, W] in [0, 1] -> class probabilities [N, K] (softmax scores)."""
+
+
+class QueryBudgetExceeded(RuntimeError):
+    """A score-based attack asked for more queries than its budget (a bug of that attack)."""
+
+
+class ScoreAttack:
+    """An L-inf evasion attack that sees only a classifier's output probabilities.
+
+    It holds a :data:`Scores` callable, never a model: the classifier may be a local model
+    (:func:`model_scores`) or a model server answering over HTTP. Every image the attack asks
+    about counts as one query of that image; :meth:`query` refuses to go past ``max_queries``
+    per image, so no subclass can overspend. Subclasses override only :meth:`forward`; like
+    :class:`Attack`, the call guarantees ``adv`` in [0, 1] and within ``eps`` of the images.
+
+    Args:
+        scores: the black box.
+        eps: the L-inf radius, in pixel units of [0, 1].
+        max_queries: queries allowed per image (each image the black box scores is one).
+
+    Attributes:
+        queries: per image of the last call, the queries it used (a tensor [N]).
+        calls: calls to ``scores`` during the last call.
+    """
+
+    name = "score-attack"
+
+    def __init__(self, scores: Scores, eps: float, max_queries: int) -> None:
+        if not 0 <= eps <= 1:
+            raise ValueError(f"eps must be in [0, 1] (inputs are in [0, 1]), got {eps}")
+        if max_queries < 1:
+            raise ValueError(f"max_queries must be >= 1, got {max_queries}")
+        self.scores = scores
+        self.eps = float(eps)
+        self.max_queries = int(max_queries)
+        self.queries = torch.zeros(0, dtype=torch.int64)
+        self.calls = 0
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Craft adversarial examples for ``images`` with true ``labels``, asking only
+        :meth:`query`."""
+        raise NotImplementedError
+
+    def query(self, images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """The black box's probabilities for ``images``, which are versions of the call's
+        images at indices ``which``; counts one query for each.
+
+        Raises:
+            QueryBudgetExceeded: one of them has already used ``max_queries``.
+        """
+        if bool((self.queries[which] >= self.max_queries).any()):
+            raise QueryBudgetExceeded(
+                f"{type(self).__name__} asked for more than {self.max_queries} queries per image"
+            )
+        self.queries[which] += 1
+        self.calls += 1
+        probs = self.scores(images.detach())
+        if probs.shape[0] != images.shape[0] or probs.dim() != 2:
+            raise ValueError(
+                f"the black box answered {tuple(probs.shape)} for {images.shape[0]} images; "
+                "expected probabilities [N, K]"
+            )
+        return probs.to(images.device, torch.float32)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples: same shape as ``images``, in [0, 1], within eps; no grad.
+
+        Raises:
+            ValueError: images outside [0, 1], or labels that do not match the batch.
+        """
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"images and labels disagree on the batch size: {images.shape[0]} vs "
+                f"{labels.shape[0]}"
+            )
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise ValueError("images must be in [0, 1]")
+        images = images.detach()
+        self.queries = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)
+        self.calls = 0
+        with torch.no_grad():
+            adv = self.forward(images, labels.detach())
+            low = (images - self.eps).clamp(min=0.0)
+            high = (images + self.eps).clamp(max=1.0)
+            return torch.maximum(torch.minimum(adv, high), low)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps}, max_queries={self.max_queries})"
+
+
+def model_scores(model: nn.Module) -> Scores:
+    """A local model as a black box: its softmax in eval mode, without gradients; the model's
+    train/eval mode is restored after each call."""
+
+    def scores(images: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return torch.softmax(model(images), dim=1)
+        finally:
+            model.train(was_training)
+
+    return scores
