@@ -47,6 +47,7 @@ from serving._decode import (
     infer_bounds,
     parse_json,
 )
+from serving.capture import Capture
 from serving.errors import (
     BadRequest,
     ModelNotFound,
@@ -87,6 +88,8 @@ class ServingState:
     rng: random.Random = field(default_factory=random.Random)
     feedback_token: str | None = None
     """The bearer token feedback must carry; None: feedback is open."""
+    capture: Capture | None = None
+    """Capture of labelled traffic (serving.capture); None unless capture.enabled."""
 
     @property
     def model_name(self) -> str:
@@ -95,6 +98,8 @@ class ServingState:
     def close(self) -> None:
         """Stop the hot-reload thread (the app keeps answering with the model it has)."""
         self.watcher.stop()
+        if self.capture is not None:
+            self.capture.close()
 
 
 def get_state(app: Flask) -> ServingState:
@@ -130,7 +135,8 @@ def create_app(
 
     Raises:
         training.DeviceError: ``config.device`` names a device this machine lacks.
-        robustloop.config.ConfigError: ``serving.feedback_token_file`` cannot be read.
+        robustloop.config.ConfigError: ``serving.feedback_token_file`` cannot be read, or
+            ``capture.path`` cannot be written or is another server's.
     """
     device = resolve_device(config.device)
     feedback_token = None
@@ -178,6 +184,7 @@ def create_app(
         registry=registry,
         instrument=instrument,
         feedback_token=feedback_token,
+        capture=Capture.from_config(config, registry),
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.serving.max_body_bytes
@@ -376,6 +383,8 @@ def _classify(
     state.feedback.add(ids, predicted, served.version, _client())
     if state.instrument:
         _observe_signals(state, served, images, probs)
+    if state.capture is not None:
+        state.capture.hold(ids, images)
     return {
         "model_name": state.model_name,
         "model_version": served.version,
@@ -453,6 +462,8 @@ def feedback(name: str) -> Response:
         outcome = "correct" if pending.predicted == label else "wrong"
         counts[outcome] += 1
         state.metrics.feedback.labels(name, pending.version, outcome).inc()
+    if state.capture is not None:
+        state.capture.labelled(ids, labels)
     return jsonify(counts)
 
 

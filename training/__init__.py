@@ -13,6 +13,17 @@ from training.adversarial import (
     use_bf16,
 )
 from training.attacks import ATTACKS, FGSM, PGD, Attack, make_attack
+from training.captured import (
+    Captured,
+    CapturedDataError,
+    CapturedSplit,
+    append_captured,
+    example_key,
+    load_captured,
+    load_captured_split,
+    mix_captured,
+    prepare_captured,
+)
 from training.data import (
     DatasetError,
     FashionMNIST,
@@ -25,7 +36,7 @@ from training.data import (
 )
 from training.device import DEVICES, DeviceError, model_device, resolve_device, use_threads
 from training.evaluate import EvalResult, evaluate
-from training.harden import Hardened, harden
+from training.harden import RECIPES, Hardened, harden
 from training.models import (
     ARCHITECTURES,
     FASHION_CLASSES,
@@ -58,7 +69,11 @@ __all__ = [
     "OPTIMIZERS",
     "PGD",
     "PRECISIONS",
+    "RECIPES",
     "Attack",
+    "Captured",
+    "CapturedDataError",
+    "CapturedSplit",
     "DatasetError",
     "DeviceError",
     "EvalResult",
@@ -77,21 +92,27 @@ __all__ = [
     "TrainingDiverged",
     "UnknownVersionError",
     "adversarial_train",
+    "append_captured",
     "average_versions",
     "average_weights",
     "build_model",
     "check_fits",
     "evaluate",
+    "example_key",
     "harden",
     "import_weights",
     "learning_rate_warning",
+    "load_captured",
+    "load_captured_split",
     "load_fashion_mnist",
     "load_images",
     "load_weights",
     "make_attack",
     "make_splits",
+    "mix_captured",
     "model_device",
     "model_spec",
+    "prepare_captured",
     "resolve_device",
     "train_baseline",
     "train_standard",
