@@ -125,8 +125,8 @@ class Capture:
         self._buffer_since = 0.0
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._lock_fd = self._take_folder(Path(cfg.path))
         self._closed = False
+        self._lock_fd = self._take_folder(Path(cfg.path))
 
     @classmethod
     def from_config(cls, config: RobustloopConfig, registry: CollectorRegistry) -> Capture | None:
@@ -169,7 +169,9 @@ class Capture:
 
     def hold(self, ids: list[str], images: torch.Tensor) -> None:
         """Keep the input of each classified image under its sample id until its ground truth
-        comes back (or it expires, or memory runs short)."""
+        comes back (or it expires, or memory runs short). Nothing after :meth:`close`."""
+        if self._closed:
+            return
         now = self._monotonic()
         expires = now + self._ttl
         copies = [image.detach().to("cpu", torch.float32).clone() for image in images]
@@ -185,6 +187,8 @@ class Capture:
 
     def labelled(self, ids: list[str], labels: list[int]) -> int:
         """Capture (input, label) for each id held here; returns how many were captured."""
+        if self._closed:
+            return 0
         now, wall = self._monotonic(), self._clock()
         captured = 0
         with self._lock:
@@ -270,7 +274,7 @@ class Capture:
         if self._closed:
             return
         self._closed = True
-        self.flush()
+        self.flush()  # a request still in flight captures nothing more (see hold, labelled)
         with self._lock:
             self._held.clear()
             self._held_bytes = 0
