@@ -8,8 +8,11 @@ each alert. Calibration statistics live in :mod:`alert_rules.calibration`.
 
 from alert_rules._health import HEALTH_ALERT_NAMES, HEALTH_GROUP
 from alert_rules._spec import (
+    CAPTURED_RECIPE,
+    ESCALATED_ALERT,
     GROUP,
     NO_REMEDIATION_VALUE,
+    RECIPE_LABEL,
     REMEDIATION_LABEL,
     REMEDIATION_VALUE,
     duration_seconds,
@@ -37,17 +40,24 @@ ALERT_NAMES = (
     "PredictionEntropyShift",
     "AdversarialInputSuspected",
 )
+"""The detection alerts a default config renders."""
+OPT_IN_ALERT_NAMES = (ESCALATED_ALERT,)
+"""Detection alerts rendered only when configured (``alerts.canary_accuracy.escalate_after``)."""
 
 __all__ = [
     "ALERTMANAGER_FILE",
     "ALERT_NAMES",
+    "CAPTURED_RECIPE",
     "DEFAULT_RECEIVER",
+    "ESCALATED_ALERT",
     "FIXED_RULES_FILE",
     "GROUP",
     "HEALTH_ALERT_NAMES",
     "HEALTH_GROUP",
     "NO_REMEDIATION_VALUE",
+    "OPT_IN_ALERT_NAMES",
     "PACKAGE_DIR",
+    "RECIPE_LABEL",
     "REMEDIATION_LABEL",
     "REMEDIATION_RECEIVER",
     "REMEDIATION_VALUE",

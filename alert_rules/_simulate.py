@@ -4,8 +4,8 @@ The promtool tests must pin each alert's ``for:`` boundary to the evaluation: si
 evaluation before, firing at it. Where that evaluation lies depends on the thresholds in the
 config, so the test generator works it out here: counters sampled every second, rules evaluated
 every second, ``rate()`` with Prometheus's extrapolation (``extrapolatedRate`` in
-promql/functions.go), ``and on``, ``or`` and the pending -> firing state machine. promtool then
-checks the real rules against these expectations; a disagreement fails the test.
+promql/functions.go), ``and on``, ``unless on``, ``or`` and the pending -> firing state machine.
+promtool then checks the real rules against these expectations; a disagreement fails the test.
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ class Simulation:
         out: list[float | None] = []
         for t in range(self.end + 1):
             values = [self.condition(c, version, t) for c in alert.conditions]
-            if all(v is not None for v in values):
+            silenced = bool(alert.unless) and all(
+                self.condition(c, version, t) is not None for c in alert.unless
+            )
+            if all(v is not None for v in values) and not silenced:
                 active_since = t if active_since is None else active_since
                 out.append(values[0] if t - active_since >= hold else None)
             else:

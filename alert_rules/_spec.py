@@ -21,6 +21,14 @@ GROUP = "robustloop.rules"
 REMEDIATION_LABEL = "remediation"
 REMEDIATION_VALUE = "adversarial-training"
 NO_REMEDIATION_VALUE = "none"
+RECIPE_LABEL = "recipe"
+"""An alert label naming the recipe of the remediation it starts; the receiver passes it to the
+workflow's ``recipe`` parameter (``workflows.contract.RECIPE_LABEL``)."""
+CAPTURED_RECIPE = "captured"
+"""The recipe that fine-tunes on the traffic the model server captured."""
+ESCALATED_ALERT = "CanaryAccuracyEscalated"
+"""Canary accuracy down without the attack signature for ``escalate_after``: remediates with
+the captured recipe."""
 
 ENTROPY_METRIC = "robustloop_prediction_entropy"
 MAX_PROBABILITY_METRIC = "robustloop_max_probability"
@@ -83,11 +91,20 @@ class Alert:
     """The alert's PromQL when it is not built from signal conditions (the health alerts)."""
     model_label: str = ""
     """A static ``model`` label, for an expression whose series carry none."""
+    unless: tuple[Condition, ...] = ()
+    """Conditions that together silence the alert (``unless on (model, version)``)."""
+    recipe: str | None = None
+    """The remediation recipe the alert selects (its :data:`RECIPE_LABEL`); None: the
+    workflow's default."""
 
     def promql(self) -> str:
         if self.expr:
             return self.expr
-        return "\nand on (model, version)\n".join(c.promql() for c in self.conditions)
+        expr = "\nand on (model, version)\n".join(c.promql() for c in self.conditions)
+        if self.unless:
+            silencer = "\nand on (model, version)\n".join(c.promql() for c in self.unless)
+            expr += f"\nunless on (model, version)\n(\n{silencer}\n)"
+        return expr
 
     def labels(self) -> dict[str, str]:
         labels = {"model": self.model_label} if self.model_label else {}
@@ -95,6 +112,7 @@ class Alert:
             **labels,
             "severity": self.severity,
             REMEDIATION_LABEL: REMEDIATION_VALUE if self.remediate else NO_REMEDIATION_VALUE,
+            **({RECIPE_LABEL: self.recipe} if self.recipe else {}),
         }
 
     def annotations(
@@ -254,6 +272,41 @@ def build(cfg: RobustloopConfig) -> RuleSet:
                     "harm with the signature of perturbations tuned to exact pixel values: an "
                     "evasion attack, not natural drift (which lowers the accuracy without "
                     "raising the squeeze score). " + _action(True)
+                ),
+            )
+        )
+    attack_rendered = canary.enabled and squeeze.enabled and alerts_cfg.attack_signature
+    if canary.enabled and canary.escalate_after is not None:
+        without = (
+            "without the squeeze score above "
+            f"{num(squeeze_thr)} ({_basis(squeeze, version, labelled=False)}; judges {judged}), "
+            "so without AdversarialAttackDetected"
+            if attack_rendered
+            else "(AdversarialAttackDetected is not rendered)"
+        )
+        alerts.append(
+            Alert(
+                name=ESCALATED_ALERT,
+                group=GROUP,
+                conditions=(canary_cond,),
+                unless=(squeeze_cond,) if attack_rendered else (),
+                for_=canary.escalate_after,
+                severity=canary.severity,
+                remediate=True,
+                recipe=CAPTURED_RECIPE,
+                summary="Canary accuracy of {model} version {version} stayed down for "
+                f"{canary.escalate_after} without the attack signature: {{value}}",
+                description=(
+                    "Ground truth fed back for live requests says that {model} version "
+                    f"{{version}} answered {{value}} of them correctly over the last {cw}, below "
+                    f"{num(canary_thr)} ({_basis(canary, None, labelled=True)}; at least "
+                    f"{num(canary.min_rate)} feedback/s), for {canary.escalate_after} without a "
+                    f"break, {without}. Persistent labelled harm without an attack's signature: "
+                    "natural drift, or an attack that keeps the squeeze score flat; either way "
+                    "the model must learn from the traffic that hurt. The receiver starts "
+                    "adversarial fine-tuning on the traffic the server captured, mixed with the "
+                    "training split (recipe captured), gated also on the captured held-out part "
+                    "(see the runbook)."
                 ),
             )
         )

@@ -10,7 +10,9 @@ natural-drift series that move the entropy or the canary accuracy but not the sq
 AdversarialAttackDetected), an attack that moves both the canary accuracy and the squeeze score
 (AdversarialAttackDetected), feedback that is all wrong (the ``correct`` series never appears),
 and, with ``calibrated_version`` set, bad traffic on another version (the label-free alerts stay
-silent).
+silent). With ``escalate_after`` set: canary accuracy down without the squeeze signature
+(CanaryAccuracyEscalated at its ``for:`` boundary, with its ``recipe`` label), and down with the
+signature for as long (AdversarialAttackDetected, never CanaryAccuracyEscalated).
 
 The expected evaluation times come from :mod:`alert_rules._simulate`; promtool evaluates the
 real rules, so a rule that disagrees with the intended semantics fails.
@@ -28,6 +30,7 @@ from alert_rules._health import health_tests
 from alert_rules._simulate import Phase, SeriesKey, Simulation, cumulative, first
 from alert_rules._spec import (
     ENTROPY_METRIC,
+    ESCALATED_ALERT,
     FEEDBACK_METRIC,
     SQUEEZE_METRIC,
     Alert,
@@ -293,6 +296,8 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
             )
         )
 
+    out += _escalation(b, squeeze_clean)
+
     entropy_levels = squeeze_levels = None
     if entropy is not None:
         entropy_levels = _safe_levels(b, entropy, entropy.conditions[0])
@@ -441,6 +446,55 @@ def _scenarios(b: _Builder) -> list[_Scenario]:
             [Phase(total, other)],
         )
         scenario.alert_checks += [b.check(a.name, total, []) for a in label_free]
+        out.append(scenario)
+    return out
+
+
+def _escalation(b: _Builder, squeeze_clean: Mapping[str, float]) -> list[_Scenario]:
+    """CanaryAccuracyEscalated: fires at its ``for:`` (``escalate_after``) under drift, with the
+    recipe label; an attack with the squeeze signature for as long fires
+    AdversarialAttackDetected instead, never the escalation."""
+    escalated = b.alerts.get(ESCALATED_ALERT)
+    if escalated is None:
+        return []
+    attack = b.alerts.get("AdversarialAttackDetected")
+    cond = escalated.conditions[0]
+    clean, bad = _safe_levels(b, escalated, cond, squeeze_clean, squeeze_clean)
+    phases = b.episode(escalated, {cond.signal: bad}, {cond.signal: clean, **squeeze_clean})
+    drift = b.boundary(
+        "Canary accuracy stays down, squeeze score unchanged (natural drift or a stealthy "
+        f"attack): {ESCALATED_ALERT} at its for boundary (escalate_after), never "
+        "AdversarialAttackDetected",
+        escalated,
+        phases,
+    )
+    _also_silent(b, drift, attack)
+    out = [drift]
+    if attack is not None:
+        squeeze_bad = {"squeeze": _levels(attack.conditions[1])[1]}
+        with_signature = b.episode(
+            escalated,
+            {cond.signal: bad, **squeeze_bad},
+            {cond.signal: clean, **squeeze_clean},
+        )
+        states = b.simulate(with_signature).firing(attack, b.version)
+        fire = first(states)
+        if fire is None:
+            raise GenerationError(f"{attack.name}: the generated series never fire (a bug)")
+        value = states[fire]
+        assert value is not None
+        scenario = _Scenario(
+            "Canary accuracy down with the squeeze signature as long as escalate_after: "
+            f"AdversarialAttackDetected, never {ESCALATED_ALERT}",
+            with_signature,
+            alert_checks=[
+                b.check(attack.name, fire - 1, []),
+                b.check(attack.name, fire, [b.expected(attack, value)]),
+            ],
+        )
+        end_of_bad = with_signature[0].seconds + with_signature[1].seconds
+        times = sorted({*(int(c["eval_time"][:-1]) for c in drift.alert_checks), end_of_bad})
+        scenario.alert_checks += [b.check(escalated.name, t, []) for t in times]
         out.append(scenario)
     return out
 

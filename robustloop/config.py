@@ -32,6 +32,9 @@ Optimizer = Literal["sgd", "adam"]
 """Optimizers of adversarial training by name."""
 Precision = Literal["auto", "fp32", "bf16"]
 """Arithmetic of adversarial training."""
+Recipe = Literal["standard", "captured"]
+"""What a remediation fine-tunes on: the training split alone (standard), or the traffic the
+model server captured, mixed with the training split (captured)."""
 
 
 def choices(names: Any) -> tuple[str, ...]:
@@ -231,6 +234,13 @@ class RemediationConfig(_Section):
         "(AVX512-BF16 or AMX CPUs, Ampere or later GPUs), else fp32. The recipe converges in "
         "both. Evaluation and the gate always run in float32.",
     )
+    recipe: Recipe = Field(
+        "standard",
+        description="standard: adversarial fine-tuning on the training split; captured: on the "
+        "traffic the model server captured (capture.*), mixed with the training split, and the "
+        "gate also judges the captured held-out part. CanaryAccuracyEscalated selects captured "
+        "for its runs (docs/training.md).",
+    )
 
 
 class GateConfig(_Section):
@@ -247,6 +257,13 @@ class GateConfig(_Section):
     )
     max_clean_drop: float = Field(
         0.10, ge=0, description="Clean accuracy may fall by at most this (absolute)."
+    )
+    max_captured_drop: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Captured recipe: accuracy on the held-out captured examples may fall by at "
+        "most this below production's (absolute, on the paired examples; 0 = not worse).",
     )
     alpha: float = Field(
         0.05, gt=0, lt=1, description="Significance level of the paired (McNemar) tests."
@@ -379,6 +396,74 @@ class ServingConfig(_Section):
     )
 
 
+class CaptureConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="Keep the input of each classified image until its ground truth is fed "
+        "back, then write (input, label) to `path`, for the captured recipe. Off by default: "
+        "captured inputs are user data kept on disk (docs/serving.md).",
+    )
+    path: Path = Field(
+        Path(".robustloop/captured"),
+        description="Folder of the captured set (chunk files listed with their sha256 in "
+        "manifest.json): the model server writes it, the captured recipe and the gate read it.",
+    )
+    max_examples: int = Field(
+        20_000,
+        ge=1,
+        description="The captured set keeps at most this many examples, the oldest dropped first.",
+    )
+    retention_seconds: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Examples older than this are dropped when the server writes and ignored "
+        "when the set is read.",
+    )
+    chunk_examples: int = Field(
+        256,
+        ge=1,
+        description="Labelled examples wait in memory until this many are ready (or "
+        "flush_seconds have passed), then go to disk as one chunk file.",
+    )
+    flush_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait of a labelled example in memory before it is written (and "
+        "what a crash of the server can lose).",
+    )
+    max_pending_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Memory for inputs awaiting their ground truth (each waits at most "
+        "serving.feedback_ttl_seconds); when full, the oldest are dropped and never captured.",
+    )
+    holdout_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Fraction of the captured examples held out for the gate and never trained "
+        "on (chosen by a hash of each example's id, so an example keeps its side).",
+    )
+    mix: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of captured training examples (repeated as needed) in the captured "
+        "recipe's fine-tuning set; the rest is drawn from the training split.",
+    )
+    min_examples: int = Field(
+        100,
+        ge=1,
+        description="The captured recipe fails with fewer captured training examples than this.",
+    )
+    min_holdout: int = Field(
+        20,
+        ge=1,
+        description="The captured recipe fails with fewer held-out captured examples than this "
+        "(the gate judges the candidate on them).",
+    )
+
+
 class SignalAlert(_Section):
     enabled: bool = Field(True, description="Whether this signal can alert.")
     threshold: float = Field(..., description="Alert threshold (meaning depends on `mode`).")
@@ -461,8 +546,33 @@ def _all_zero(duration: str) -> bool:
     return not any(c in "123456789" for c in duration)
 
 
-def _canary() -> SignalAlert:
-    return SignalAlert(threshold=0.6, window="15s", remediate=False, **{"for": "3s"})
+class CanaryAlert(SignalAlert):
+    escalate_after: str | None = Field(
+        None,
+        description="CanaryAccuracyEscalated: when canary accuracy has stayed below its "
+        "threshold this long without the squeeze signature (no AdversarialAttackDetected: "
+        "natural drift, or an attack that keeps the squeeze score flat), remediate with the "
+        "captured recipe (needs capture.enabled). A Prometheus duration longer than `for`; "
+        "null = never (the canary alert only notifies).",
+    )
+
+    @model_validator(mode="after")
+    def _check_escalation(self) -> CanaryAlert:
+        after = self.escalate_after
+        if after is None:
+            return self
+        if not _PROM_DURATION.fullmatch(after) or _all_zero(after):
+            raise ValueError(f"escalate_after {after!r} is not a Prometheus duration such as 10m")
+        if duration_seconds(after) <= duration_seconds(self.for_):
+            raise ValueError(
+                f"escalate_after {after} must be longer than for {self.for_}: the escalation "
+                "follows a CanaryAccuracyDegraded that persists"
+            )
+        return self
+
+
+def _canary() -> CanaryAlert:
+    return CanaryAlert(threshold=0.6, window="15s", remediate=False, **{"for": "3s"})
 
 
 def _entropy() -> SignalAlert:
@@ -506,10 +616,11 @@ class HealthAlerts(_Section):
 
 
 class AlertsConfig(_Section):
-    canary_accuracy: SignalAlert = Field(
+    canary_accuracy: CanaryAlert = Field(
         default_factory=_canary,
         description="Labelled canary accuracy (feedback counters): alert when below threshold "
-        "(notification only by default: an attack and natural drift both lower it).",
+        "(notification only by default: an attack and natural drift both lower it; see "
+        "escalate_after).",
     )
     entropy: SignalAlert = Field(
         default_factory=_entropy,
@@ -779,6 +890,10 @@ class RobustloopConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate policy.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Post-rollout guard.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Model server.")
+    capture: CaptureConfig = Field(
+        default_factory=CaptureConfig,
+        description="Capture of labelled live traffic by the model server (opt-in).",
+    )
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Detection rules.")
     webhook: WebhookConfig = Field(
         default_factory=WebhookConfig, description="Alertmanager webhook receiver."
@@ -789,6 +904,17 @@ class RobustloopConfig(_Section):
     stack: StackConfig = Field(
         default_factory=StackConfig, description="Embedded local stack (`robustloop up`)."
     )
+
+    @model_validator(mode="after")
+    def _check_escalation_needs_capture(self) -> RobustloopConfig:
+        after = self.alerts.canary_accuracy.escalate_after
+        if after is not None and self.alerts.canary_accuracy.enabled and not self.capture.enabled:
+            raise ValueError(
+                f"alerts.canary_accuracy.escalate_after {after} remediates with the captured "
+                "recipe, which trains on captured traffic: set capture.enabled: true (or "
+                "escalate_after: null)"
+            )
+        return self
 
 
 def load_config(path: Path | str | None = None) -> RobustloopConfig:
@@ -859,10 +985,14 @@ def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _problems(exc: ValidationError) -> str:
+    def where(err: Any) -> str:
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: " if loc else ""  # a rule across sections names its fields itself
+
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
+        f"{where(err)}{err['msg']} (got {err['input']!r})"
         if not isinstance(err["input"], dict)
-        else f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        else f"{where(err)}{err['msg']}"
         for err in exc.errors()
     )
 

@@ -51,6 +51,7 @@ from serving._decode import (
     infer_bounds,
     parse_json,
 )
+from serving.capture import Capture
 from serving.errors import (
     BadRequest,
     Conflict,
@@ -98,6 +99,8 @@ class ServingState:
     predictions wait in :attr:`feedback`."""
     seen: SeenNonces | None = None
     """The signed ids this process has judged (with :attr:`signer`)."""
+    capture: Capture | None = None
+    """Capture of labelled traffic (serving.capture); None unless capture.enabled."""
 
     @property
     def model_name(self) -> str:
@@ -106,6 +109,8 @@ class ServingState:
     def close(self) -> None:
         """Stop the hot-reload thread (the app keeps answering with the model it has)."""
         self.watcher.stop()
+        if self.capture is not None:
+            self.capture.close()
 
 
 def get_state(app: Flask) -> ServingState:
@@ -142,7 +147,8 @@ def create_app(
     Raises:
         training.DeviceError: ``config.device`` names a device this machine lacks.
         robustloop.config.ConfigError: ``serving.feedback_token_file`` or
-            ``serving.feedback_signing_key_file`` cannot be read, or the key is too short.
+            ``serving.feedback_signing_key_file`` cannot be read, the key is too short,
+            or ``capture.path`` cannot be written or is another server's.
     """
     device = resolve_device(config.device)
     serving = config.serving
@@ -192,6 +198,7 @@ def create_app(
         feedback_token=feedback_token,
         signer=signer,
         seen=SeenNonces(serving.feedback_max_entries) if signer is not None else None,
+        capture=Capture.from_config(config, registry),
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.serving.max_body_bytes
@@ -403,6 +410,8 @@ def _classify(
         state.feedback.add(ids, predicted, served.version, _client())
     if state.instrument:
         _observe_signals(state, served, images, probs)
+    if state.capture is not None:
+        state.capture.hold(ids, images)
     return {
         "model_name": state.model_name,
         "model_version": served.version,
@@ -485,6 +494,8 @@ def feedback(name: str) -> Response:
         outcome = "correct" if prediction.predicted == label else "wrong"
         counts[outcome] += 1
         state.metrics.feedback.labels(name, prediction.version, outcome).inc()
+    if state.capture is not None:
+        state.capture.labelled(ids, labels)
     return jsonify(counts)
 
 

@@ -22,7 +22,9 @@ from pydantic import ValidationError
 import alert_rules
 from alert_rules import (
     ALERT_NAMES,
+    ESCALATED_ALERT,
     HEALTH_ALERT_NAMES,
+    OPT_IN_ALERT_NAMES,
     PACKAGE_DIR,
     GenerationError,
     prometheus_rule_groups,
@@ -32,7 +34,14 @@ from alert_rules import (
     write_generated,
 )
 from robustloop.cli import main
-from robustloop.config import ConfigError, RobustloopConfig, SignalAlert, load_config
+from robustloop.config import (
+    CanaryAlert,
+    ConfigError,
+    RobustloopConfig,
+    SignalAlert,
+    load_config,
+    override,
+)
 from tests.conftest import REPO_ROOT
 
 GENERATED = ("robustloop.rules.yaml", "alertmanager.yml", "tests/robustloop.test.yml")
@@ -95,17 +104,21 @@ def test_promtool_unit_tests_of_the_committed_rules_pass() -> None:
 
 
 def _configs() -> dict[str, RobustloopConfig]:
-    """Configs unlike the defaults: calibrated (relative, one version), long windows, a switch."""
+    """Configs unlike the defaults: calibrated (relative, one version, escalating), long windows,
+    a switch."""
     calibrated = RobustloopConfig()
+    calibrated.capture.enabled = True
     a = calibrated.alerts
     a.entropy = SignalAlert(
         threshold=0.0123, mode="relative", baseline=0.2011, window="1m", remediate=False
     )
     a.squeeze = SignalAlert(threshold=0.0087, mode="relative", baseline=0.0517, **{"for": "15s"})
-    a.canary_accuracy = SignalAlert(threshold=0.8, mode="relative", baseline=0.91, window="45s")
+    a.canary_accuracy = CanaryAlert(
+        threshold=0.8, mode="relative", baseline=0.91, window="45s", escalate_after="25s"
+    )
     a.calibrated_version = "v0002-0badc0de"
     sparse = RobustloopConfig()
-    sparse.alerts.canary_accuracy = SignalAlert(threshold=0.5, min_rate=0.05, window="2m")
+    sparse.alerts.canary_accuracy = CanaryAlert(threshold=0.5, min_rate=0.05, window="2m")
     sparse.alerts.squeeze = SignalAlert(threshold=1.2, min_rate=3.0, severity="warning")
     sparse.alerts.entropy = SignalAlert(threshold=0.4, min_rate=0, **{"for": "0s"})
     no_entropy = RobustloopConfig()
@@ -134,6 +147,8 @@ def test_generated_tests_cover_boundary_recovery_and_no_traffic() -> None:
     assert "never AdversarialInputSuspected" in names
     assert "never AdversarialAttackDetected" in names  # canary down under drift: no remediation
     assert "another version than v0002-0badc0de" in names
+    assert f"{ESCALATED_ALERT} at its for boundary (escalate_after)" in names
+    assert f"never {ESCALATED_ALERT}" in names  # the attack signature silences the escalation
     for test in tests:
         checks = test.get("alert_rule_test", [])
         firing = [c for c in checks if c["exp_alerts"]]
@@ -224,12 +239,12 @@ def test_every_alert_has_labels_annotations_and_a_runbook_section() -> None:
         base, anchor = rule["annotations"]["runbook_url"].split("#")
         assert base == RobustloopConfig().alerts.runbook_base_url
         assert anchor in anchors, f"RUNBOOK.md has no section for {name}"
-        if name in ALERT_NAMES:
+        if name in (*ALERT_NAMES, *OPT_IN_ALERT_NAMES):
             assert "by (model, version)" not in rule["expr"]  # records aggregate, alerts compare
             assert "and on (model, version)" in rule["expr"]  # the traffic guard
         else:  # the loop's own alerts: notification only, naming the model they guard
             assert rule["labels"]["remediation"] == "none" and rule["labels"]["model"]
-    assert set(calibrated) == {*ALERT_NAMES, *HEALTH_ALERT_NAMES}
+    assert set(calibrated) == {*ALERT_NAMES, *OPT_IN_ALERT_NAMES, *HEALTH_ALERT_NAMES}
 
 
 def test_remediation_labels_follow_the_config() -> None:
@@ -281,6 +296,109 @@ def test_a_disabled_signal_has_no_alert() -> None:
     assert 'model="other-model"' in render_rules(_configs()["no-entropy"])
 
 
+# -- the escalation: CanaryAccuracyDegraded that persists without the attack signature ---------
+
+
+def _escalating(escalate_after: str = "20s", **alerts: Any) -> RobustloopConfig:
+    changes: dict[str, Any] = {"canary_accuracy": {"escalate_after": escalate_after}, **alerts}
+    return override(RobustloopConfig(), {"capture": {"enabled": True}, "alerts": changes})
+
+
+def test_the_escalation_is_off_by_default_needs_capture_and_outlasts_the_canary_alert() -> None:
+    assert RobustloopConfig().alerts.canary_accuracy.escalate_after is None
+    assert ESCALATED_ALERT not in _alerts(RobustloopConfig())
+    escalate = {"alerts": {"canary_accuracy": {"escalate_after": "10m"}}}
+    with pytest.raises(ConfigError, match=r"escalate_after 10m .* set capture\.enabled: true"):
+        override(RobustloopConfig(), escalate)
+    with pytest.raises(ConfigError, match="escalate_after 3s must be longer than for 3s"):
+        _escalating("3s")
+    with pytest.raises(ConfigError, match="escalate_after '10 minutes' is not a Prometheus"):
+        _escalating("10 minutes")
+    quiet = _escalating()
+    quiet.alerts.canary_accuracy.enabled = False
+    assert ESCALATED_ALERT not in _alerts(quiet)
+
+
+def test_the_escalation_remediates_with_the_captured_recipe_only_without_the_signature() -> None:
+    alerts = _alerts(_escalating("10m"))
+    escalated = alerts[ESCALATED_ALERT]
+    # routed to the receiver, selecting the captured recipe
+    assert escalated["labels"] == {
+        "severity": "critical",
+        "remediation": "adversarial-training",
+        "recipe": "captured",
+    }
+    assert escalated["for"] == "10m"
+    # the canary condition, unless the squeeze condition (AdversarialAttackDetected's) holds
+    canary = alerts["CanaryAccuracyDegraded"]["expr"]
+    squeeze = alerts["AdversarialInputSuspected"]["expr"]
+    assert escalated["expr"] == f"{canary}\nunless on (model, version)\n(\n{squeeze}\n)"
+    assert alerts["AdversarialAttackDetected"]["expr"] == (
+        canary + "\nand on (model, version)\n" + squeeze
+    )
+    assert "for 10m without a break" in escalated["annotations"]["description"]
+    # without the attack alert there is no signature to wait for
+    unsigned = _alerts(_escalating("10m", attack_signature=False))[ESCALATED_ALERT]
+    assert unsigned["expr"] == canary
+    assert "AdversarialAttackDetected is not rendered" in unsigned["annotations"]["description"]
+
+
+def _escalation_tests_only(cfg: RobustloopConfig, folder: Path) -> None:
+    """The rules for ``cfg`` and those of their promtool tests that judge the escalation."""
+    write_generated(cfg, folder)
+    tests_file = folder / "tests" / "robustloop.test.yml"
+    document = yaml.safe_load(tests_file.read_text(encoding="utf-8"))
+    document["tests"] = [t for t in document["tests"] if ESCALATED_ALERT in t["name"]]
+    assert len(document["tests"]) == 2
+    tests_file.write_text(yaml.safe_dump(document), encoding="utf-8")
+
+
+def test_promtool_pins_the_escalation_boundary_and_the_signature_silences_it(
+    tmp_path: Path,
+) -> None:
+    """GIVEN the generated tests of the escalation (drift: fires at escalate_after with its
+    labels; the signature for as long: AdversarialAttackDetected, never the escalation), THEN
+    promtool passes them on the rules, and fails them on rules with another for: or without
+    the unless."""
+    _escalation_tests_only(_escalating("20s"), tmp_path)
+    done = _promtool_test(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rules = tmp_path / "robustloop.rules.yaml"
+    original = rules.read_text()
+    no_unless = re.sub(r"\n +unless on \(model, version\)\n +\((.|\n)*?\n +\)\n", "\n", original)
+    assert no_unless != original
+    for changed in (original.replace("for: 20s", "for: 21s"), no_unless):
+        rules.write_text(changed)
+        done = _promtool_test(tmp_path)
+        assert done.returncode != 0, "promtool tests still pass after the rule changed"
+
+
+def test_the_simulator_fires_the_escalation_under_drift_only() -> None:
+    """The rule simulator behind the generated tests: under drift the escalation fires
+    escalate_after after its condition began (as CanaryAccuracyDegraded does after its for);
+    with the squeeze signature it never fires while AdversarialAttackDetected does."""
+    from alert_rules._simulate import first
+    from alert_rules.promtool_tests import _Builder, _levels
+
+    b = _Builder(_escalating("20s"))
+    escalated, canary = b.alerts[ESCALATED_ALERT], b.alerts["CanaryAccuracyDegraded"]
+    attack = b.alerts["AdversarialAttackDetected"]
+    accuracy_clean, accuracy_bad = _levels(canary.conditions[0])
+    squeeze_clean, squeeze_bad = _levels(attack.conditions[1])
+    clean = {"canary_accuracy": accuracy_clean, "squeeze": squeeze_clean}
+    drift = b.simulate(b.episode(escalated, {"canary_accuracy": accuracy_bad}, clean))
+    escalation_fires = first(drift.firing(escalated, b.version))
+    canary_fires = first(drift.firing(canary, b.version))
+    assert escalation_fires is not None and canary_fires is not None
+    assert escalation_fires - canary_fires == 20 - 3  # escalate_after - for, both from one start
+    assert first(drift.firing(attack, b.version)) is None
+    signed = b.simulate(
+        b.episode(escalated, {"canary_accuracy": accuracy_bad, "squeeze": squeeze_bad}, clean)
+    )
+    assert first(signed.firing(attack, b.version)) is not None
+    assert first(signed.firing(escalated, b.version)) is None
+
+
 def test_prometheus_rule_groups_validate_against_the_operator_crd(schemas: Path) -> None:
     crd = yaml.safe_load(
         (schemas / "prometheus-operator" / "monitoring.coreos.com_prometheusrules.yaml").read_text()
@@ -329,6 +447,10 @@ def test_amtool_accepts_the_committed_config() -> None:
         ),
         (
             ["alertname=AdversarialAttackDetected", "remediation=adversarial-training"],
+            "robustloop-remediation",
+        ),
+        (
+            [f"alertname={ESCALATED_ALERT}", "remediation=adversarial-training", "recipe=captured"],
             "robustloop-remediation",
         ),
         (["alertname=CanaryAccuracyDegraded", "remediation=none"], "robustloop-null"),

@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from alert_rules import render_rules
-from robustloop.config import RobustloopConfig, SignalAlert
+from robustloop.config import CanaryAlert, RobustloopConfig, SignalAlert
 from tests.conftest import free_port, running_prometheus
 
 WINDOW, FOR, SCRAPE, EVAL, SLACK = 5.0, 3.0, 1.0, 1.0, 0.5
@@ -90,7 +90,7 @@ class _SwitchableExporter(Collector):
 def _config() -> RobustloopConfig:
     cfg = RobustloopConfig()
     w, f = f"{WINDOW:g}s", f"{FOR:g}s"
-    cfg.alerts.canary_accuracy = SignalAlert(threshold=0.6, window=w, **{"for": f})
+    cfg.alerts.canary_accuracy = CanaryAlert(threshold=0.6, window=w, **{"for": f})
     cfg.alerts.entropy = SignalAlert(threshold=0.35, window=w, **{"for": f})
     cfg.alerts.squeeze = SignalAlert(threshold=0.25, window=w, **{"for": f})
     cfg.alerts.health.enabled = False  # no receiver here: only the detection alerts

@@ -56,13 +56,19 @@ def test_missing_config_names_the_fix(tmp_path: Path) -> None:
 
 def test_the_file_and_the_components_name_the_same_choices() -> None:
     """The config names what a user may write; training owns what each name means."""
+    import alert_rules
     import training
-    from robustloop.config import Device, Method, Optimizer, Precision, choices
+    from robustloop.config import Device, Method, Optimizer, Precision, Recipe, choices
+    from workflows import contract
 
     assert choices(Method) == training.METHODS
     assert choices(Optimizer) == training.OPTIMIZERS
     assert choices(Device) == training.DEVICES
     assert choices(Precision) == training.PRECISIONS
+    # the recipes: the file, training, the workflow's parameter, the escalated alert's label
+    assert choices(Recipe) == training.RECIPES == contract.RECIPES
+    assert alert_rules.CAPTURED_RECIPE in contract.RECIPES
+    assert alert_rules.RECIPE_LABEL == contract.RECIPE_LABEL
 
 
 def test_override_returns_a_new_checked_config_and_leaves_the_shared_one_alone() -> None:

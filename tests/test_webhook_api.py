@@ -225,6 +225,21 @@ def test_alert_outside_the_allowlist_is_recorded_and_starts_nothing(
     assert argo.created() == []
 
 
+def test_an_alert_naming_an_unknown_recipe_is_recorded_and_starts_nothing(
+    receiver: RunningReceiver, argo: ArgoStandIn
+) -> None:
+    payload = firing_payload(starts_at=STARTS, labels={"recipe": "everything"})
+
+    assert post(receiver.url, payload).status_code == 200
+
+    record = remediation(receiver.url, INCIDENT)
+    assert (record["state"], record["reason_code"]) == ("suppressed", "not-allowed")
+    assert "label recipe is 'everything'" in record["reason"]
+    assert "standard, captured" in record["reason"]
+    receiver.receiver.dispatcher.run_once()
+    assert argo.created() == []
+
+
 # -- 5. garbage --------------------------------------------------------------------------------
 
 

@@ -311,3 +311,28 @@ def test_a_run_gets_the_templates_defaults_and_only_the_incident_from_the_receiv
     effective = argo.effective_parameters(NAME)
     assert (effective["method"], effective["epochs"], effective["eps"]) == ("pgd", "5", "0.2")
     assert effective["incident-id"] == INCIDENT
+
+
+def test_an_escalated_alert_runs_the_captured_recipe_and_others_the_templates(
+    webhook_config: RobustloopConfig,
+    argo: ArgoStandIn,
+    start_receiver: Callable[..., RunningReceiver],
+) -> None:
+    """CanaryAccuracyEscalated carries recipe="captured": its run is submitted with that
+    parameter (which the template declares); every other parameter keeps the template's
+    default, and an alert without the label leaves the recipe to the template."""
+    argo.templates[TEMPLATE_NAME].update({"method": "pgd"})
+    running = start_receiver(webhook_config)
+    labels = {"alertname": "CanaryAccuracyEscalated", "recipe": "captured"}
+
+    post(running.url, firing_payload(starts_at=STARTS, labels=labels))
+    wait_for(lambda: remediation(running.url, INCIDENT)["state"] in ("submitted", "running"))
+
+    assert argo.invalid == []
+    workflow = argo.workflows[("robustloop", NAME)]
+    given = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
+    assert given == {"model": "fashion-cnn", "incident-id": INCIDENT, "recipe": "captured"}
+    effective = argo.effective_parameters(NAME)
+    assert (effective["recipe"], effective["method"]) == ("captured", "pgd")
+    labels_of_run = workflow["metadata"]["labels"]
+    assert labels_of_run["robustloop.dev/alertname"] == "CanaryAccuracyEscalated"

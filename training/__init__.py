@@ -25,6 +25,17 @@ from training.attacks import (
     make_attack,
     model_scores,
 )
+from training.captured import (
+    Captured,
+    CapturedDataError,
+    CapturedSplit,
+    append_captured,
+    example_key,
+    load_captured,
+    load_captured_split,
+    mix_captured,
+    prepare_captured,
+)
 from training.data import (
     DatasetError,
     FashionMNIST,
@@ -37,7 +48,7 @@ from training.data import (
 )
 from training.device import DEVICES, DeviceError, model_device, resolve_device, use_threads
 from training.evaluate import EvalResult, evaluate
-from training.harden import Hardened, harden
+from training.harden import RECIPES, Hardened, harden
 from training.models import (
     ARCHITECTURES,
     FASHION_CLASSES,
@@ -84,7 +95,11 @@ __all__ = [
     "PGD",
     "PRECISIONS",
     "SQUEEZERS",
+    "RECIPES",
     "Attack",
+    "Captured",
+    "CapturedDataError",
+    "CapturedSplit",
     "DatasetError",
     "DeviceError",
     "EvalResult",
@@ -107,14 +122,18 @@ __all__ = [
     "TrainingDiverged",
     "UnknownVersionError",
     "adversarial_train",
+    "append_captured",
     "average_versions",
     "average_weights",
     "build_model",
     "check_fits",
     "evaluate",
+    "example_key",
     "harden",
     "import_weights",
     "learning_rate_warning",
+    "load_captured",
+    "load_captured_split",
     "load_fashion_mnist",
     "load_images",
     "load_weights",
@@ -122,11 +141,13 @@ __all__ = [
     "make_splits",
     "max_probability",
     "median_filter_2x2",
+    "mix_captured",
     "model_device",
     "model_scores",
     "model_spec",
     "normalised_entropy",
     "reduce_bit_depth",
+    "prepare_captured",
     "resolve_device",
     "squeeze_score",
     "train_baseline",

@@ -4,6 +4,12 @@ The one implementation behind ``robustloop harden`` and the workflow's ``harden`
 assembles the recipe from ``cfg.remediation``, resolves the device and the precision, trains,
 and registers the candidate (never promoted) with its recipe, metrics, split and provenance.
 Callers handle the errors (the CLI prints one line; the step fails with it).
+
+Two recipes (``remediation.recipe``, :data:`RECIPES`): ``standard`` fine-tunes on the training
+split; ``captured`` on the training part of the captured set (:mod:`training.captured`) mixed
+with the training split (``capture.mix``), so that a model hurt by traffic it was not trained
+for (natural drift, or an attack the squeeze score does not see) learns from that traffic, still
+adversarially. The captured set's held-out part is never trained on: the gate judges on it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 
 from robustloop.config import RobustloopConfig
 from training.adversarial import DEFAULT_LR, adversarial_train, learning_rate_warning, use_bf16
+from training.captured import load_captured_split, mix_captured
 from training.data import check_fits, make_splits
 from training.device import resolve_device
 from training.evaluate import evaluate
@@ -23,6 +30,10 @@ from training.models import build_model
 from training.store import ModelStore
 
 log = logging.getLogger("training")
+
+RECIPES: tuple[str, ...] = ("standard", "captured")
+"""What a remediation fine-tunes on, by name (``remediation.recipe``): the training split, or
+the captured set mixed with it."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,8 @@ def harden(
     Raises:
         training.DeviceError: ``cfg.device`` names a device this machine lacks.
         training.StoreError: unknown base, tampered weights.
-        training.DatasetError: the data is missing or corrupt.
+        training.DatasetError: the data is missing or corrupt; for the captured recipe also
+            too few captured examples, or a tampered chunk (``CapturedDataError``).
         training.TrainingDiverged: the run diverged; nothing was registered.
         ValueError: an invalid recipe.
     """
@@ -69,6 +81,22 @@ def harden(
     base_model, base_manifest = store.load(base, device)
     splits = make_splits(cfg.data)
     check_fits(splits, base_manifest.spec, base_manifest.version)
+    dataset, captured = splits.train, None
+    if rc.recipe == "captured":
+        part = load_captured_split(cfg.capture, base_manifest.spec)
+        dataset, composition = mix_captured(
+            splits.train, part.train, cfg.capture.mix, cfg.training.seed
+        )
+        captured = {**part.describe(), "mix": cfg.capture.mix, "composition": composition}
+        log.info(
+            "captured recipe: %d captured examples in %d of %d slots (%d held out for the gate)",
+            composition["captured"],
+            composition["slots"],
+            len(dataset),
+            len(part.holdout),
+        )
+    elif rc.recipe != "standard":
+        raise ValueError(f"unknown recipe {rc.recipe!r}; choose one of {RECIPES}")
     if rc.warm_start:
         model = base_model
     else:
@@ -76,7 +104,7 @@ def harden(
         model = build_model(base_manifest.spec).to(device)
     result = adversarial_train(
         model,
-        splits.train,
+        dataset,
         method=rc.method,
         eps=rc.eps,
         step_size=rc.step_size,
@@ -112,6 +140,8 @@ def harden(
             "check_size": rc.check_size,
             "precision": "bf16" if bf16 else "fp32",
             "device": device.type,
+            "recipe": rc.recipe,
+            **({"captured": captured} if captured is not None else {}),
         },
         metrics={
             "eval_clean_accuracy": evaluate(result.model, splits.eval, attack="none").accuracy,
@@ -131,4 +161,4 @@ def harden(
     return Hardened(version, base_manifest.version)
 
 
-__all__ = ["Hardened", "harden"]
+__all__ = ["RECIPES", "Hardened", "harden"]

@@ -50,6 +50,7 @@ from webhook.outbox import (
     Outbox,
 )
 from webhook.submitters import Submitter, build_submitter
+from workflows.contract import RECIPE_LABEL, RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,12 @@ def _not_allowed(alert: Alert, allow: dict[str, str], models: set[str]) -> str |
                 f"not allowed: label {name} is {shown}; webhook.allow_labels wants {wanted!r} "
                 "before an alert may start a remediation"
             )
+    recipe = alert.labels.get(RECIPE_LABEL)
+    if recipe is not None and recipe not in RECIPES:
+        return (
+            f"not allowed: label {RECIPE_LABEL} is {_short(recipe)}; a remediation's recipe is "
+            f"one of {', '.join(RECIPES)}"
+        )
     model = alert.labels.get(MODEL_LABEL)
     if model is not None and not _MODEL_NAME.match(model):
         return f"not allowed: label model {model!r} is not a model name ([a-z0-9-])"

@@ -45,6 +45,7 @@ from webhook.submitters.base import (
 )
 from workflows.contract import (
     PHASE_SUCCEEDED,
+    RECIPE_LABEL,
     RunSummary,
     incident_parameters,
     workflow_name_for,
@@ -70,9 +71,12 @@ class Preview:
 
 
 def workflow_parameters(incident: Incident) -> dict[str, str]:
-    """The remediation workflow's parameters for an incident: only what identifies it (model,
-    incident id), so that every other parameter takes the WorkflowTemplate's default."""
-    return incident_parameters(model=incident.model, incident_id=incident.id)
+    """The remediation workflow's parameters for an incident: what identifies it (model,
+    incident id) and the recipe its alert selects (its ``recipe`` label, checked when the
+    alert was recorded), so that every other parameter takes the WorkflowTemplate's default."""
+    return incident_parameters(
+        model=incident.model, incident_id=incident.id, recipe=incident.labels.get(RECIPE_LABEL)
+    )
 
 
 class Dispatcher:

@@ -27,6 +27,7 @@ PARAMETERS: dict[str, str] = {
     "steps": "7",
     "epochs": "3",
     "max-seconds": "60",
+    "recipe": "standard",
     "incident-id": "manual",
 }
 """Workflow parameters and their defaults (all strings, as Argo passes them).
@@ -40,16 +41,33 @@ INCIDENT_PARAMETERS: tuple[str, ...] = ("model", "incident-id")
 """The parameters an alert-triggered run is submitted with: what identifies its incident.
 
 Every other parameter (the recipe: ``base-version``, ``method``, ``eps``, ``steps``,
-``epochs``, ``max-seconds``) is left out, so that the WorkflowTemplate's default applies: on
-Argo, the template in the cluster (the chart's ``workflow.parameters`` over the golden
-defaults); locally, the template the executor builds from the receiver's ``robustloop.yaml``.
-The alert's name is no parameter: it travels as a label of the run.
+``epochs``, ``max-seconds``, ``recipe``) is left out, so that the WorkflowTemplate's default
+applies: on Argo, the template in the cluster (the chart's ``workflow.parameters`` over the
+golden defaults); locally, the template the executor builds from the receiver's
+``robustloop.yaml``. The one exception: an alert that selects a recipe (:data:`RECIPE_LABEL`)
+sets ``recipe``. The alert's name is no parameter: it travels as a label of the run.
 """
 
+RECIPE_PARAMETER = "recipe"
+"""The workflow parameter naming what the remediation fine-tunes on (:data:`RECIPES`)."""
+RECIPES: tuple[str, ...] = ("standard", "captured")
+"""The recipes by name, as ``remediation.recipe`` names them (``training.RECIPES`` gives them
+their meaning)."""
+RECIPE_LABEL = "recipe"
+"""An alert label that selects the run's recipe: an alert carrying it (CanaryAccuracyEscalated:
+``recipe="captured"``) is submitted with the ``recipe`` parameter set to its value; an alert
+without it gets the template's default. The rules name it ``alert_rules._spec.RECIPE_LABEL``."""
 
-def incident_parameters(*, model: str, incident_id: str) -> dict[str, str]:
-    """The parameters of an alert-triggered run (:data:`INCIDENT_PARAMETERS`)."""
-    return {"model": model, "incident-id": incident_id}
+
+def incident_parameters(
+    *, model: str, incident_id: str, recipe: str | None = None
+) -> dict[str, str]:
+    """The parameters of an alert-triggered run (:data:`INCIDENT_PARAMETERS`), and ``recipe``
+    where the alert selects one (:data:`RECIPE_LABEL`)."""
+    params = {"model": model, "incident-id": incident_id}
+    if recipe is not None:
+        params[RECIPE_PARAMETER] = recipe
+    return params
 
 
 def format_number(value: float | None) -> str:
@@ -74,6 +92,7 @@ def parameters_for(cfg: RobustloopConfig, *, model: str, incident_id: str) -> di
         "steps": format_number(rem.steps),
         "epochs": format_number(rem.epochs),
         "max-seconds": format_number(rem.max_seconds),
+        "recipe": rem.recipe,
         "incident-id": incident_id,
     }
 

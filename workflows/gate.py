@@ -8,7 +8,12 @@ paired, the decision uses paired statistics (:mod:`workflows._stats`):
 * robust accuracy must rise by at least ``gate.min_robust_gain``: the one-sided lower confidence
   bound of the paired gain must reach it, and McNemar's mid-p test must find the gain significant;
 * clean accuracy may fall by at most ``gate.max_clean_drop``: the one-sided upper confidence bound
-  of the paired drop must stay within it.
+  of the paired drop must stay within it;
+* for a candidate of the captured recipe, also on the held-out part of the captured set (live
+  inputs with the ground truth fed back, never trained on: :mod:`training.captured`): its
+  accuracy on those same examples may fall at most ``gate.max_captured_drop`` below
+  production's (0 by default: not worse). The candidate was made for that traffic; one that does
+  not do at least as well there as the model it replaces has not fixed what hurt.
 
 A raw comparison of two accuracies is not a decision: on a few hundred images it moves by several
 points from one random restart to the next.
@@ -77,8 +82,10 @@ def evaluate_pair(
     eps: float | None = None,
     *,
     trained_eps: float | None = None,
+    captured: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate candidate and baseline on the held-out split, clean and under PGD with restarts.
+    """Evaluate candidate and baseline on the held-out split, clean and under PGD with restarts,
+    and with ``captured`` also clean on the captured set's held-out part.
 
     Args:
         cfg: the config (data split, store, gate attack settings).
@@ -86,14 +93,17 @@ def evaluate_pair(
         baseline: version id or ``production`` (resolved now; the resolved id is recorded).
         eps: attack radius chosen by a person; else :func:`gate_eps`'s rule, with
             ``trained_eps`` (the workflow's parameter) for the candidate's training eps.
+        captured: judge on the captured set's held-out part too (the captured recipe).
 
     Returns:
         A JSON-serialisable evaluation: attack settings, and per model its version, clean and
-        robust accuracy and per-example correctness (packed).
+        robust accuracy and per-example correctness (packed); with ``captured`` also
+        ``captured_n``, ``captured_manifest`` and per model ``captured`` (accuracy, correctness).
 
     Raises:
-        GateError: there is no production model to compare with, the candidate is it, or
-            ``device`` names a device this machine lacks.
+        GateError: there is no production model to compare with, the candidate is it,
+            ``device`` names a device this machine lacks, or (``captured``) the captured set
+            is too small, tampered or unfit for the model.
     """
     import training
 
@@ -129,6 +139,15 @@ def evaluate_pair(
             "restarts": cfg.gate.restarts,
         },
     }
+    holdout = None
+    if captured:
+        try:
+            part = training.load_captured_split(cfg.capture, store.manifest(baseline).spec)
+        except training.DatasetError as exc:
+            raise GateError(str(exc)) from None
+        holdout = part.holdout
+        result["captured_n"] = len(holdout)
+        result["captured_manifest"] = part.manifest_sha256
     for role, version in (("candidate", candidate), ("baseline", baseline)):
         model, manifest = store.load(version, device)
         try:
@@ -150,6 +169,9 @@ def evaluate_pair(
             "clean": _outcome(clean.correct),
             "robust": _outcome(robust.correct),
         }
+        if holdout is not None:
+            on_captured = training.evaluate(model, holdout, attack="none")
+            result[role]["captured"] = _outcome(on_captured.correct)
     return result
 
 
@@ -177,7 +199,7 @@ class GateDecision:
 
 def _correctness(evaluation: dict[str, Any], role: str, kind: str) -> list[bool]:
     try:
-        n = int(evaluation["n"])
+        n = int(evaluation["captured_n" if kind == "captured" else "n"])
         return unpack_bits(str(evaluation[role][kind]["correct"]), n)
     except (KeyError, TypeError, ValueError) as exc:
         raise GateError(f"evaluation lacks {role}.{kind}.correct or n ({exc!r})") from None
@@ -245,7 +267,36 @@ def decide(evaluation: dict[str, Any], policy: GateConfig) -> GateDecision:
         "attack": attack,
         "eps": evaluation.get("eps"),
     }
+    if "captured_n" in evaluation:
+        _judge_captured(evaluation, policy, decision, level)
     return decision
+
+
+def _judge_captured(
+    evaluation: dict[str, Any], policy: GateConfig, decision: GateDecision, level: str
+) -> None:
+    """The captured recipe's check: on the held-out captured examples the candidate's accuracy
+    is at most ``max_captured_drop`` below the baseline's (paired point estimate; the interval
+    is reported alongside)."""
+    counts = paired_counts(
+        _correctness(evaluation, "baseline", "captured"),
+        _correctness(evaluation, "candidate", "captured"),
+    )
+    if counts.n == 0:
+        raise GateError("the evaluation's captured held-out part is empty; nothing to judge")
+    low, high = paired_difference_interval(counts, policy.alpha)
+    drop = -counts.difference
+    ok = drop <= policy.max_captured_drop
+    decision.reasons.append(
+        f"captured held-out accuracy (n={counts.n}) {_acc(counts, 'baseline')} -> "
+        f"{_acc(counts, 'candidate')}: drop {drop:+.3f} {'<=' if ok else '>'} allowed "
+        f"{policy.max_captured_drop:.3f} ({level} interval of the gain "
+        f"[{low:+.3f}, {high:+.3f}]): {'ok' if ok else 'FAIL'}"
+    )
+    decision.passed = decision.passed and ok
+    decision.metrics["captured"] = _metrics(counts, low, high) | {
+        "manifest_sha256": evaluation.get("captured_manifest")
+    }
 
 
 def _acc(counts: Any, role: str) -> str:
@@ -266,10 +317,16 @@ def _metrics(counts: Any, low: float, high: float) -> dict[str, Any]:
 
 
 def run_gate(
-    cfg: RobustloopConfig, candidate: str, baseline: str = "production", eps: float | None = None
+    cfg: RobustloopConfig,
+    candidate: str,
+    baseline: str = "production",
+    eps: float | None = None,
+    *,
+    captured: bool = False,
 ) -> GateDecision:
-    """Evaluate and decide in one go (``robustloop gate``)."""
-    return decide(evaluate_pair(cfg, candidate, baseline, eps), cfg.gate)
+    """Evaluate and decide in one go (``robustloop gate``; ``--captured`` for a candidate of
+    the captured recipe)."""
+    return decide(evaluate_pair(cfg, candidate, baseline, eps, captured=captured), cfg.gate)
 
 
 __all__ = [

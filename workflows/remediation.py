@@ -36,6 +36,7 @@ from workflows.contract import (
     GATE_TASK,
     PARAMETERS,
     PROMOTE_TASK,
+    RECIPES,
     TEMPLATE_NAME,
     parameters_for,
 )
@@ -65,6 +66,9 @@ PARAMETER_HELP: dict[str, str] = {
     "steps": "PGD steps per training example (pgd only).",
     "epochs": "Epochs of adversarial fine-tuning.",
     "max-seconds": "Stop training after this many seconds (0 = no limit).",
+    "recipe": "What to fine-tune on: standard (the training split) or captured (the traffic "
+    "the model server captured, mixed with it; the gate also judges the captured held-out "
+    "part).",
     "incident-id": "Incident that triggered the run (recorded in the promoted manifest).",
 }
 
@@ -123,6 +127,8 @@ def validate_parameters(params: dict[str, str], cfg: RobustloopConfig | None = N
             problems.append(f"{key}={params[key]} is outside [{low:g}, {high:g}]")
     if "method" in params and params["method"] not in METHODS:
         problems.append(f"method={params['method']!r} is not one of {', '.join(METHODS)}")
+    if "recipe" in params and params["recipe"] not in RECIPES:
+        problems.append(f"recipe={params['recipe']!r} is not one of {', '.join(RECIPES)}")
     if "model" in params and params["model"] != cfg.model.name:
         problems.append(f"model={params['model']!r} but this config serves {cfg.model.name!r}")
     for key in ("base-version", "incident-id"):
@@ -164,8 +170,8 @@ def _run_metadata() -> m.WorkflowMetadata:
         annotations={
             TITLE_ANNOTATION: f"Harden {_wf('model')} (incident {_wf('incident-id')})",
             DESCRIPTION_ANNOTATION: f"{_wf('method')} adversarial training of {_wf('model')} "
-            f"from {_wf('base-version')} at eps {_wf('eps')}, gated against production, "
-            "then promoted and guarded.",
+            f"from {_wf('base-version')} at eps {_wf('eps')} ({_wf('recipe')} recipe), gated "
+            "against production, then promoted and guarded.",
         },
     )
 
@@ -213,6 +219,7 @@ def build_template(cfg: RobustloopConfig | None = None) -> WorkflowTemplate:
                     "steps": _wf("steps"),
                     "epochs": _wf("epochs"),
                     "max-seconds": _wf("max-seconds"),
+                    "recipe": _wf("recipe"),
                     "incident-id": _wf("incident-id"),
                 },
             )
@@ -222,6 +229,7 @@ def build_template(cfg: RobustloopConfig | None = None) -> WorkflowTemplate:
                     "model": _wf("model"),
                     "candidate": "{{tasks.harden.outputs.parameters.version}}",
                     "eps": _wf("eps"),
+                    "recipe": _wf("recipe"),
                 },
             )
             gate = steps.gate(

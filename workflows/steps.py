@@ -120,27 +120,37 @@ def harden(
     steps: Annotated[str, Parameter(name="steps")],
     epochs: Annotated[str, Parameter(name="epochs")],
     max_seconds: Annotated[str, Parameter(name="max-seconds")],
+    recipe: Annotated[str, Parameter(name="recipe")],
     incident_id: Annotated[str, Parameter(name="incident-id")],
 ) -> Annotated[str, Parameter(name="version")]:
-    """Adversarially fine-tune the base version; output the new (unpromoted) version id."""
+    """Adversarially fine-tune the base version with the recipe; output the new (unpromoted)
+    version id. The captured recipe fails at once, in one line, without enough captured
+    examples."""
     from workflows._training import harden_candidate
 
     cfg = _setup()
     _check_model(cfg, model)
     seconds = _float("max-seconds", max_seconds)
-    recipe = {
+    changes = {
         "method": method,
         "eps": _float("eps", eps),
         "steps": _int("steps", steps),
         "epochs": _int("epochs", epochs),
         "max_seconds": seconds if seconds > 0 else None,
+        "recipe": recipe,
     }
     try:
-        cfg = override(cfg, {"remediation": recipe})
+        cfg = override(cfg, {"remediation": changes})
     except ConfigError as exc:
         raise StepError(f"invalid remediation parameter: {exc}") from None
     version = harden_candidate(cfg, base=base_version, incident=incident_id)
-    log.info("harden: candidate %s from %s for incident %s", version, base_version, incident_id)
+    log.info(
+        "harden: candidate %s from %s (%s recipe) for incident %s",
+        version,
+        base_version,
+        recipe,
+        incident_id,
+    )
     return version
 
 
@@ -149,18 +159,22 @@ def evaluate(
     model: Annotated[str, Parameter(name="model")],
     candidate: Annotated[str, Parameter(name="candidate")],
     eps: Annotated[str, Parameter(name="eps")],
+    recipe: Annotated[str, Parameter(name="recipe")],
 ) -> tuple[
     Annotated[str, Parameter(name="evaluation")],
     Annotated[str, Parameter(name="baseline")],
 ]:
-    """Evaluate candidate and production on the held-out split (clean, PGD with restarts)."""
+    """Evaluate candidate and production on the held-out split (clean, PGD with restarts) and,
+    for the captured recipe, on the captured set's held-out part (clean)."""
     from workflows.gate import GateError, evaluate_pair
 
     cfg = _setup()
     _check_model(cfg, model)
     trained = _float("eps", eps)
     try:
-        evaluation = evaluate_pair(cfg, candidate, "production", trained_eps=trained)
+        evaluation = evaluate_pair(
+            cfg, candidate, "production", trained_eps=trained, captured=recipe == "captured"
+        )
     except GateError as exc:
         raise StepError(str(exc)) from None
     for role in ("candidate", "baseline"):
@@ -172,6 +186,14 @@ def evaluate(
             entry["clean"]["accuracy"],
             entry["robust"]["accuracy"],
         )
+        if "captured" in entry:
+            log.info(
+                "evaluate: %s %s on %d held-out captured examples %.3f",
+                role,
+                entry["version"],
+                evaluation["captured_n"],
+                entry["captured"]["accuracy"],
+            )
     return json.dumps(evaluation, sort_keys=True), str(evaluation["baseline"]["version"])
 
 

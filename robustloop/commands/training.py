@@ -4,8 +4,8 @@ These names are a contract (the workflow steps, the demo and the checks call the
 
 * ``train [--epochs N]`` registers a standard model; its id is the last line on stdout.
 * ``harden --from REF [--method M] [--eps E] [--steps K] [--epochs N] [--max-seconds S|none]
-  [--incident ID]`` registers an adversarially trained child of REF (not promoted); its id is
-  the last line on stdout.
+  [--recipe standard|captured] [--incident ID]`` registers an adversarially trained child of
+  REF (not promoted); its id is the last line on stdout.
 * ``evaluate --model REF --attack none|fgsm|pgd --eps E [--steps K] [--restarts R] [--n N]
   --json`` prints ``{"model", "attack", "eps", "n", "accuracy", "ci95"}``.
 * ``models list [--json] | show REF | promote REF | rollback | export REF --format F PATH``.
@@ -25,6 +25,7 @@ from robustloop.commands.base import add_device_option, eps_option
 from robustloop.config import (
     DEFAULT_CONFIG_PATH,
     Method,
+    Recipe,
     RobustloopConfig,
     choices,
     dump_config,
@@ -74,6 +75,12 @@ def register(sub: Any) -> None:
         "--max-seconds",
         type=_seconds_or_none,
         help="default: remediation.max_seconds; 'none': no clock, run every epoch",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=choices(Recipe),
+        help="standard, or captured: fine-tune on the captured traffic mixed with the training "
+        "split (default: remediation.recipe)",
     )
     p.add_argument("--incident", default=None, help="incident id recorded as provenance")
     p.add_argument(
@@ -260,6 +267,7 @@ def _harden(args: argparse.Namespace) -> int:
         "step_size": args.step_size,
         "steps": args.steps,
         "epochs": args.epochs,
+        "recipe": args.recipe,
     }
     changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if args.max_seconds is not None:

@@ -84,6 +84,11 @@ def register(sub: Any) -> None:
         default=None,
         help="attack eps (default: gate.eps, else remediation.eps)",
     )
+    p.add_argument(
+        "--captured",
+        action="store_true",
+        help="also judge on the captured set's held-out part (a candidate of the captured recipe)",
+    )
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     add_device_option(p)
     p.set_defaults(handler=_gate)
@@ -236,7 +241,9 @@ def _gate(args: argparse.Namespace) -> int:
     from workflows.gate import GateError, run_gate
 
     try:
-        decision = run_gate(args.cfg, args.candidate, args.baseline, args.eps)
+        decision = run_gate(
+            args.cfg, args.candidate, args.baseline, args.eps, captured=args.captured
+        )
     except GateError as exc:
         raise CommandError(str(exc)) from None
     if args.json:
