@@ -6,7 +6,7 @@ Grafana loads (the fields it needs, a ``datasource`` variable of type prometheus
 goes through, panels on the 24-column grid without overlap); every query, once Grafana's
 variables are substituted, parses as PromQL for the real promtool; and every series a query reads
 is one the model server or the receiver really registers (read from their metric classes with a
-fresh registry), a recording rule of the chart's rules, or ``ALERTS``. Checks that could pass
+fresh registry), a recording rule of the release's rules, or ``ALERTS``. Checks that could pass
 vacuously are shown to fail on a planted error. The ConfigMap that carries it renders and
 validates (kubernetes-validate, strict) with the label the Grafana sidecar of
 kube-prometheus-stack selects by default.
@@ -36,7 +36,9 @@ from tests.conftest import REPO_ROOT
 from tests.test_helm import CHART, FULLNAME, NAMESPACE, RELEASE, _find_helm, _kube_problems
 
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
-CHART_RULES = CHART / "files" / "robustloop.rules.yaml"
+# Every rule of a release, as rendered for the cluster's scrape interval: the chart's own
+# PrometheusRule takes the fixed ones, robustloop's calibrated one the rest (recording rules too).
+CHART_RULES = REPO_ROOT / "alert_rules" / "cluster" / "robustloop.rules.yaml"
 CHART_ALERTS = CHART / "files" / "robustloop.alerts.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 CLUSTER_SCRAPE = "30s"  # the Makefile's CLUSTER_SCRAPE, which the chart's rules were rendered for

@@ -924,6 +924,16 @@ def test_rbac_is_minimal_and_has_no_wildcards(
         *_RULE_PUBLISHER,
     ]
     assert _rules(objects, f"{FULLNAME}-bootstrap") == _RULE_PUBLISHER
+    assert _rules(objects, f"{FULLNAME}-viewer") == [  # read-only: the Argo UI, `runs list`
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflows", "workflowtemplates"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+    ]
+    viewer = _one(objects, "ServiceAccount", f"{FULLNAME}-viewer")
+    assert viewer["automountServiceAccountToken"] is False, "no pod runs as the viewer"
     for binding in (o for o in objects if o["kind"] == "RoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
         assert binding["subjects"] == [

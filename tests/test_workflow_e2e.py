@@ -85,7 +85,8 @@ def _small_config(root: Path, precision: str) -> RobustloopConfig:
 
 @pytest.fixture(scope="module", params=PRECISIONS)
 def site(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Site:
-    """The site; every test runs once with the harden step in float32, once in bfloat16."""
+    """The site; every test that hardens runs once with the harden step in float32, once in
+    bfloat16 (those that do not are parametrised with float32 alone)."""
     import torch
 
     import training
@@ -151,6 +152,7 @@ def test_a_full_run_promotes_and_the_manifest_names_the_incident_and_the_run(
     assert any(line.split()[:2] == [site.promote_run, "Succeeded"] for line in listing.splitlines())
 
 
+@pytest.mark.parametrize("site", ["fp32"], indirect=True)  # no hardening: one precision
 def test_a_resubmitted_run_exits_3_and_changes_nothing(site: Site) -> None:
     record = site.root / "runs" / site.promote_run / "workflow.json"
     before = record.read_bytes()
@@ -274,6 +276,7 @@ def test_a_step_killed_midway_leaves_production_unchanged(site: Site) -> None:
     assert outcome["workflow"] == name and outcome["status"] == "Failed"
 
 
+@pytest.mark.parametrize("site", ["fp32"], indirect=True)  # no hardening: one precision
 def test_gate_command_judges_two_versions_and_refuses_unknown_ones(site: Site) -> None:
     promoted = site.store().production()
     result = site.cli(

@@ -206,6 +206,10 @@ kubelet updates the Secret's files). */}}
 {{- printf "%s-workflow" (include "robustloop.fullname" .) }}
 {{- end }}
 
+{{- define "robustloop.viewerServiceAccount" -}}
+{{- printf "%s-viewer" (include "robustloop.fullname" .) }}
+{{- end }}
+
 {{- define "robustloop.bootstrapServiceAccount" -}}
 {{- printf "%s-bootstrap" (include "robustloop.fullname" .) }}
 {{- end }}
