@@ -24,7 +24,7 @@ demo: setup ## run the whole loop live on this machine (Prometheus, Alertmanager
 	$(BIN)/robustloop demo --fresh
 
 test: setup ## run the test suite (installs what it needs first)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: setup ## ruff, mypy and the import layering (import-linter; contracts in pyproject.toml)
 	$(BIN)/ruff check .

@@ -111,8 +111,10 @@ def health_alerts(cfg: RobustloopConfig) -> tuple[Alert, ...]:
             "critical",
             "The workflow engine refused a remediation of {model}",
             f"Within the last {_REFUSED_WINDOW} the receiver's submission was refused (a 4xx "
-            "such as 401 or 403: its token or its RBAC), so the incident ended `refused`. Fix "
-            "the credential; the next delivery of the still-firing alert decides it again.",
+            "such as 401 or 403: its token or its RBAC; or a TLS or scheme mismatch: a "
+            "certificate that does not verify, plain HTTP against TLS), so the incident ended "
+            "`refused`. Fix the setting the receiver's log names; the next delivery of the "
+            "still-firing alert decides it again.",
         ),
         _alert(
             model,

@@ -136,7 +136,7 @@ def test_a_409_from_argo_counts_as_submitted(
 ) -> None:
     # GIVEN Argo already has the incident's workflow (an earlier attempt got through)
     name = workflow_name_for(INCIDENT, "fashion-cnn")
-    argo.workflows[("robustloop", name)] = {"metadata": {"name": name}, "spec": {}}
+    argo.add_workflow({"metadata": {"name": name}, "spec": {}})
     running = start_receiver(webhook_config)
 
     post(running.url, firing_payload(starts_at=STARTS))
