@@ -14,7 +14,7 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from tests.argo_standin import (
     parse_selector,
     project,
     selector_matches,
-    self_signed_certificate,
 )
 from tests.conftest import REPO_ROOT
 from tests.webhook_support import ARGO_TOKEN, RunningReceiver, firing_payload, post, wait_for
@@ -117,25 +116,6 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (PEM)."""
-    try:
-        return self_signed_certificate(tmp_path)
-    except FileNotFoundError as exc:
-        pytest.skip(f"cannot make a certificate: {exc}")
-
-
-@pytest.fixture
-def argo_tls(schemas: Path, certificate: tuple[Path, Path]) -> Iterator[ArgoStandIn]:
-    """The Argo stand-in serving HTTPS with the self-signed certificate."""
-    schema = schemas / "argo-workflows" / "schema.json"
-    with ArgoStandIn(schema, token=ARGO_TOKEN, tls=certificate) as standin:
-        yield standin
-    assert standin.invalid == [], "the client sent requests Argo would reject"
-    assert standin.errors == [], "the Argo stand-in failed"
 
 
 # -- the stand-in's list call holds to the Kubernetes and Argo contract --------------------------

@@ -6,14 +6,14 @@ self-signed certificate made here."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from robustloop.config import RobustloopConfig
-from tests.argo_standin import ArgoStandIn, self_signed_certificate
+from tests.argo_standin import ArgoStandIn
 from tests.webhook_support import (
     ARGO_TOKEN,
     RunningReceiver,
@@ -31,25 +31,6 @@ STARTS = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 INCIDENT = incident_id("a1b2c3d4e5f60718", STARTS)
 NAME = workflow_name_for(INCIDENT, "fashion-cnn")
 PARAMS = {"model": "fashion-cnn", "incident-id": INCIDENT}
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (PEM)."""
-    try:
-        return self_signed_certificate(tmp_path)
-    except FileNotFoundError as exc:
-        pytest.skip(f"cannot make a certificate: {exc}")
-
-
-@pytest.fixture
-def argo_tls(schemas: Path, certificate: tuple[Path, Path]) -> Iterator[ArgoStandIn]:
-    """The Argo stand-in serving HTTPS with the self-signed certificate."""
-    schema = schemas / "argo-workflows" / "schema.json"
-    with ArgoStandIn(schema, token=ARGO_TOKEN, tls=certificate) as standin:
-        yield standin
-    assert standin.invalid == [], "the receiver sent bodies Argo would reject"
-    assert standin.errors == [], "the Argo stand-in failed"
 
 
 def _submitter(url: str, tmp_path: Path, **kwargs: object) -> ArgoSubmitter:

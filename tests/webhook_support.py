@@ -21,7 +21,7 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from robustloop.config import RobustloopConfig
-from tests.argo_standin import ArgoStandIn
+from tests.argo_standin import ArgoStandIn, self_signed_certificate
 from webhook import ReceiverServer, create_app
 from webhook.app import receiver_of
 
@@ -104,6 +104,25 @@ def argo(schemas: Path) -> Iterator[ArgoStandIn]:
     with ArgoStandIn(schemas / "argo-workflows" / "schema.json", token=ARGO_TOKEN) as standin:
         yield standin
     assert standin.invalid == [], "the receiver sent bodies Argo would reject"
+    assert standin.errors == [], "the Argo stand-in failed"
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM)."""
+    try:
+        return self_signed_certificate(tmp_path)
+    except FileNotFoundError as exc:
+        pytest.skip(f"cannot make a certificate: {exc}")
+
+
+@pytest.fixture
+def argo_tls(schemas: Path, certificate: tuple[Path, Path]) -> Iterator[ArgoStandIn]:
+    """The Argo stand-in serving HTTPS with the self-signed certificate."""
+    schema = schemas / "argo-workflows" / "schema.json"
+    with ArgoStandIn(schema, token=ARGO_TOKEN, tls=certificate) as standin:
+        yield standin
+    assert standin.invalid == [], "the client sent requests Argo would reject"
     assert standin.errors == [], "the Argo stand-in failed"
 
 
