@@ -117,6 +117,35 @@ def test_a_refused_connection_stays_transient(scheme: str, tmp_path: Path) -> No
         _submitter(url, tmp_path).status(NAME)
 
 
+def _dns_answers(errno: int) -> Callable[..., object]:
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+        raise socket.gaierror(errno, "the test's DNS answer")
+
+    return getaddrinfo
+
+
+def test_a_host_name_dns_says_does_not_exist_is_a_refusal_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN DNS answers "no such name" for the configured host (a misspelt Service)
+    monkeypatch.setattr(socket, "getaddrinfo", _dns_answers(socket.EAI_NONAME))
+    url = "http://argo-server-misspelt.argo.svc:2746"
+    # THEN the submission is a refusal that names the setting; a status read, retried like every
+    # read that fails, says the same
+    with pytest.raises(RefusedSubmitError, match=r"does not exist.*submitter\.argo\.host"):
+        _submitter(url, tmp_path).submit(NAME, PARAMS)
+    with pytest.raises(TransientSubmitError, match=r"does not exist.*submitter\.argo\.host"):
+        _submitter(url, tmp_path).status(NAME)
+
+
+def test_a_dns_server_that_does_not_answer_stays_transient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _dns_answers(socket.EAI_AGAIN))
+    with pytest.raises(TransientSubmitError, match="did not answer"):
+        _submitter("http://argo-workflows-server.argo.svc:2746", tmp_path).submit(NAME, PARAMS)
+
+
 def test_a_read_that_fails_verification_is_retried_not_refused(
     argo_tls: ArgoStandIn, tmp_path: Path
 ) -> None:

@@ -6,7 +6,9 @@ scheme (plain HTTP against TLS or the reverse), fails the same way on every retr
 refusal whose message names the setting to change. The scheme is judged by asking the server
 once more, directly: does it complete a TLS handshake, does it answer plain HTTP? The answer
 of a single failed request is ambiguous (the Argo Server in TLS mode closes a plain-HTTP
-connection without a word, as a restarting server could).
+connection without a word, as a restarting server could). A host name that DNS says does not
+exist (a Service name misspelt, another release's name) is a refusal too; a DNS server that
+does not answer is transient.
 """
 
 from __future__ import annotations
@@ -126,7 +128,30 @@ def classify_connection_error(
             f"connection: set submitter.argo.host to {secure}, and submitter.argo.ca_file to the "
             "PEM file of its CA if its certificate is self-signed (Argo's install manifests)"
         )
+    if (
+        isinstance(exc, requests.ConnectionError)
+        and not isinstance(exc, requests.Timeout)
+        and not resolves(address, port)
+    ):
+        return RefusedSubmitError(
+            f"{doing}: the Argo Server's host name {address!r} does not exist (DNS has no such "
+            f"name): set submitter.argo.host (now {host}) to its Service, e.g. "
+            "http://<release>-argo-workflows-server.<namespace>.svc:2746"
+        )
     return TransientSubmitError(f"Argo Server {host} did not answer {doing}: {exc}")
+
+
+def resolves(host: str, port: int) -> bool:
+    """False only when DNS answers that ``host`` does not exist; True when it resolves, and when
+    the lookup fails in a way that may pass (no answer from the DNS server: ``EAI_AGAIN``)."""
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as exc:
+        return exc.errno not in {
+            socket.EAI_NONAME,
+            getattr(socket, "EAI_NODATA", socket.EAI_NONAME),
+        }
+    return True
 
 
 __all__ = ["classify_connection_error", "speaks_plain_http", "speaks_tls"]
