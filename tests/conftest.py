@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -180,3 +181,32 @@ def served_model(small_config: RobustloopConfig) -> Iterator[str]:
             assert ready.status_code == 200
     finally:
         get_state(app).close()
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary; skips (or fails under CI) where there is none."""
+    from tests.test_helm import _find_helm
+
+    found = _find_helm()
+    if found is None:
+        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
+            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
+        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
+    return found
+
+
+@pytest.fixture(scope="session")
+def argo_validator(schemas: Path) -> Any:
+    """Validator of a WorkflowTemplate against the (strict copy of the) Argo Workflows schema."""
+    import jsonschema
+
+    from tests.support import strict_schema
+
+    raw = json.loads((schemas / "argo-workflows" / "schema.json").read_text(encoding="utf-8"))
+    schema = {
+        "$schema": raw["$schema"],
+        "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.WorkflowTemplate",
+        "definitions": strict_schema(raw["definitions"]),
+    }
+    return jsonschema.Draft202012Validator(schema)

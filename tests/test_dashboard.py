@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,7 +32,13 @@ from alert_rules.dashboard import SCHEMA_VERSION, render_dashboard
 from robustloop.cli import main
 from robustloop.config import AlertsConfig, RobustloopConfig
 from tests.conftest import REPO_ROOT
-from tests.test_helm import CHART, FULLNAME, NAMESPACE, RELEASE, _find_helm, _kube_problems
+from tests.test_helm import (
+    CHART,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    _kube_problems,
+)
 
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 # Every rule of a release, as rendered for the cluster's scrape interval: the chart's own
@@ -401,16 +406,6 @@ def test_the_series_names_of_the_rules_own_expressions_are_found() -> None:
 
 
 # -- the ConfigMap ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    found = _find_helm()
-    if found is None:
-        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
-            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
-        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
-    return found
 
 
 def _render(helm: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:

@@ -35,7 +35,7 @@ import yaml
 
 from alert_rules import REMEDIATION_LABEL, REMEDIATION_VALUE
 from robustloop.config import RobustloopConfig
-from tests.support import load_crd_validators, strict_schema
+from tests.support import load_crd_validators
 from workflows.contract import PARAMETERS, TEMPLATE_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,17 +75,6 @@ def _find_helm() -> str | None:
     if beside_python.is_file() and os.access(beside_python, os.X_OK):
         return str(beside_python)
     return shutil.which("helm")
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    """The helm binary; skips (or fails under CI) where there is none."""
-    found = _find_helm()
-    if found is None:
-        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
-            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
-        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
-    return found
 
 
 def _run_helm(helm: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
@@ -172,18 +161,6 @@ def _gpu_values(scenario: str) -> Obj:
 def crd_validators(schemas: Path) -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> validator of each Prometheus Operator CRD's served versions."""
     return load_crd_validators(schemas)
-
-
-@pytest.fixture(scope="session")
-def argo_validator(schemas: Path) -> jsonschema.protocols.Validator:
-    """Validator of a WorkflowTemplate against the (strict copy of the) Argo Workflows schema."""
-    raw = json.loads((schemas / "argo-workflows" / "schema.json").read_text(encoding="utf-8"))
-    schema = {
-        "$schema": raw["$schema"],
-        "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.WorkflowTemplate",
-        "definitions": strict_schema(raw["definitions"]),
-    }
-    return jsonschema.Draft202012Validator(schema)
 
 
 def _kube_problems(obj: Obj) -> list[str]:

@@ -2,7 +2,8 @@
 mounted read-only into the server pods alone at the path the rendered config names, so that
 several server replicas (with a ReadWriteMany store) judge each other's predictions.
 
-The helpers and fixtures are tests/test_helm.py's; without helm these tests skip, unless
+The helpers are tests/test_helm.py's, the helm fixture tests/conftest.py's; without helm
+these tests skip, unless
 ``ROBUSTLOOP_REQUIRE_SCHEMAS=1`` (CI), where they fail.
 """
 
@@ -16,7 +17,6 @@ import pytest
 from serving.signed_ids import MIN_KEY_CHARS
 from tests import test_helm as th
 
-helm = th.helm
 rendered = th.rendered
 
 Obj = th.Obj

@@ -15,7 +15,6 @@ ReadWriteOnce store a node pool named for pods that mount it is refused in one l
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,6 @@ from tests.test_helm import (
     REPO_ROOT,
     SCENARIOS,
     _argo_problems,
-    _find_helm,
     _run_helm,
     _values_file,
 )
@@ -57,16 +55,6 @@ Obj = dict[str, Any]
 CALIBRATED = f"{FULLNAME}-calibrated"
 JOB = f"{FULLNAME}-bootstrap"
 TOKEN = "the-service-accounts-token"
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    found = _find_helm()
-    if found is None:
-        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
-            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
-        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
-    return found
 
 
 def _render(helm: str, *args: str) -> list[Obj]:
@@ -509,19 +497,6 @@ def test_each_step_takes_its_own_values_over_the_workflows(
         assert not {"nodeSelector", "tolerations", "affinity"} & set(by_name[name]), name
     server = _one(objects, "Deployment", f"{FULLNAME}-server")["spec"]["template"]["spec"]
     assert server["containers"][0]["image"].startswith("ghcr.io/robustloop/robustloop:")
-
-
-@pytest.fixture(scope="module")
-def argo_validator(schemas: Path) -> jsonschema.protocols.Validator:
-    from tests.support import strict_schema
-
-    raw = json.loads((schemas / "argo-workflows" / "schema.json").read_text(encoding="utf-8"))
-    schema = {
-        "$schema": raw["$schema"],
-        "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.WorkflowTemplate",
-        "definitions": strict_schema(raw["definitions"]),
-    }
-    return jsonschema.Draft202012Validator(schema)
 
 
 def _images(objects: list[Obj]) -> dict[str, str]:

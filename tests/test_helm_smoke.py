@@ -12,7 +12,6 @@ against a live server and receiver in tests/test_smoke_cli.py.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import Any
 
@@ -26,23 +25,12 @@ from tests.test_helm import (
     NAMESPACE,
     RELEASE,
     SCENARIOS,
-    _find_helm,
     _kube_problems,
     _values_file,
 )
 
 Obj = dict[str, Any]
 SMOKE = f"{FULLNAME}-smoke"
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    found = _find_helm()
-    if found is None:
-        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
-            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
-        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
-    return found
 
 
 def render(helm: str, *args: str) -> list[Obj]:
