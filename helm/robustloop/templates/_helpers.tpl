@@ -132,6 +132,31 @@ that mounts it must then run on the server's node. */}}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the user's config turns on the capture of labelled traffic (config
+capture.enabled): the server then writes the captured set into the store's volume. */}}
+{{- define "robustloop.captureEnabled" -}}
+{{- if dig "capture" "enabled" false (default dict .Values.config) }}true{{ end }}
+{{- end }}
+
+{{/* Where the captured set lives (config capture.path, owned by the chart): beside the store on
+the same claim, so the workflow's steps, which mount that claim, read what the server wrote. */}}
+{{- define "robustloop.captureDir" -}}
+{{- printf "%s/captured" (trimSuffix "/" .Values.persistence.mountPath) }}
+{{- end }}
+
+{{/* Refuse, at render time, capture settings that cannot work (one line each). */}}
+{{- define "robustloop.checkCapture" -}}
+{{- $alerts := .Files.Get "files/robustloop.alerts.yaml" | fromYaml }}
+{{- $after := dig "canary_accuracy" "escalate_after" nil (default dict $alerts) }}
+{{- if include "robustloop.captureEnabled" . }}
+{{- if gt (int .Values.server.replicas) 1 }}
+{{- fail (printf "config.capture.enabled with server.replicas=%d: an input is held in the memory of the replica that served it until its ground truth comes back, and one server writes the captured set; use server.replicas=1 with capture" (int .Values.server.replicas)) }}
+{{- end }}
+{{- else if $after }}
+{{- fail (printf "files/robustloop.alerts.yaml sets alerts.canary_accuracy.escalate_after %v, whose remediation trains on captured traffic: set config.capture.enabled=true (or render the rules without escalate_after and run `make chart-sync`)" $after) }}
+{{- end }}
+{{- end }}
+
 {{/* The podAffinity term that puts a pod on the node of the server's pods. */}}
 {{- define "robustloop.storeAffinityTerm" -}}
 labelSelector:
@@ -310,6 +335,7 @@ scraping less often than it was rendered for would leave the rules' windows with
 {{- define "robustloop.configYaml" -}}
 {{- $owned := dict
   "store" (dict "path" (printf "%s/store" (trimSuffix "/" .Values.persistence.mountPath)))
+  "capture" (dict "path" (include "robustloop.captureDir" .))
   "serving" (dict "host" "0.0.0.0" "port" (int .Values.server.port) "http_threads" (int .Values.server.threads)
       "feedback_token_file" (include "robustloop.feedbackTokenFile" .)
       "feedback_signing_key_file" (include "robustloop.feedbackSigningKeyFile" .))
