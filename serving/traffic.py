@@ -100,6 +100,10 @@ class TrafficOptions:
     """Attack modes: the fraction of requests attacked, in (0, 1]; the others go clean."""
     query_budget: int | None = None
     """``square``: queries per image; None: :data:`DEFAULT_QUERY_BUDGET`."""
+    bpda_weight: float | None = None
+    """``bpda``: weight of its squeeze-score and entropy penalties (``training.BPDA``'s
+    ``squeeze_weight`` and ``entropy_weight``); None: BPDA's default. Lower hides less and harms
+    more."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -115,6 +119,10 @@ class TrafficOptions:
             raise TrafficError(f"a query budget applies to the square mode, not to {self.mode}")
         if self.query_budget is not None and self.query_budget < 1:
             raise TrafficError(f"query budget must be >= 1, got {self.query_budget}")
+        if self.bpda_weight is not None and self.mode != "bpda":
+            raise TrafficError(f"a BPDA weight applies to the bpda mode, not to {self.mode}")
+        if self.bpda_weight is not None and not 0.0 <= self.bpda_weight < float("inf"):
+            raise TrafficError(f"BPDA weight must be a number >= 0, got {self.bpda_weight}")
         if self.rate <= 0 or self.duration <= 0 or self.batch < 1:
             raise TrafficError("rate and duration must be > 0 and batch >= 1")
         if not 0.0 <= self.feedback_fraction <= 1.0:
@@ -298,6 +306,7 @@ class AdaptiveAttacker:
         pgd_steps: steps of ``pgd`` and ``bpda``.
         squeeze_bits: the server's ``serving.squeeze_bits`` (``bpda`` keeps that score low).
         squeezers: the server's ``serving.squeezers``.
+        bpda_weight: ``bpda``'s squeeze and entropy penalty weight (None: BPDA's default).
     """
 
     def __init__(
@@ -309,6 +318,7 @@ class AdaptiveAttacker:
         *,
         squeeze_bits: int | None = None,
         squeezers: tuple[str, ...] | None = None,
+        bpda_weight: float | None = None,
     ) -> None:
         if mode not in WHITE_BOX_MODES:
             raise TrafficError(
@@ -320,9 +330,15 @@ class AdaptiveAttacker:
         self._steps = pgd_steps
         self._squeeze_bits = squeeze_bits
         self._squeezers = squeezers
+        self._bpda_weight = bpda_weight
         self.version: str | None = None
         self._attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         self.model: nn.Module | None = None
+
+    @property
+    def attack(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The attack on the version last crafted against (None before the first craft)."""
+        return self._attack
 
     def craft(self, images: torch.Tensor, labels: torch.Tensor, version: str) -> torch.Tensor:
         """Adversarial copies of ``images`` against version ``version`` of the served model.
@@ -350,6 +366,9 @@ class AdaptiveAttacker:
                     detector["bits"] = self._squeeze_bits
                 if self._squeezers is not None:
                     detector["squeezers"] = self._squeezers
+                if self._bpda_weight is not None:
+                    detector["squeeze_weight"] = self._bpda_weight
+                    detector["entropy_weight"] = self._bpda_weight
                 attack = BPDA(model, eps=self._eps, steps=self._steps, **detector)
             else:
                 attack = make_attack("fgsm", model, self._eps)
@@ -456,6 +475,7 @@ def run_traffic(
             options.pgd_steps,
             squeeze_bits=config.serving.squeeze_bits,
             squeezers=tuple(config.serving.squeezers),
+            bpda_weight=options.bpda_weight,
         )
     elif options.mode == "square":
         budget = options.query_budget or DEFAULT_QUERY_BUDGET

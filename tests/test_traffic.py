@@ -135,6 +135,9 @@ def test_traffic_command_logs_one_json_line_a_second_and_feeds_back_labels(
         (["--mode", "noise", "--attack-fraction", "0.5"], "applies to the attack modes"),
         (["--mode", "square", "--query-budget", "0"], "query budget must be >= 1"),
         (["--mode", "pgd", "--query-budget", "10"], "applies to the square mode"),
+        (["--mode", "bpda", "--bpda-weight", "-1"], "BPDA weight must be a number >= 0"),
+        (["--mode", "bpda", "--bpda-weight", "nan"], "BPDA weight must be a number >= 0"),
+        (["--mode", "pgd", "--bpda-weight", "0.3"], "applies to the bpda mode"),
     ],
 )
 def test_traffic_command_rejects_bad_options_clearly(
@@ -204,6 +207,25 @@ def test_adaptive_attacker_loads_each_new_version_once_and_attacks_it(
     assert attacker.model is not None
     for key, value in expected.state_dict().items():
         assert torch.equal(attacker.model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("weight", [None, 0.3])
+def test_the_bpda_weight_reaches_both_of_its_penalties(
+    small_config: RobustloopConfig, weight: float | None
+) -> None:
+    from training import BPDA
+
+    store = ModelStore(small_config.store.path)
+    version = register_model(store, seed=1)
+    attacker = AdaptiveAttacker(store, "bpda", eps=0.1, pgd_steps=2, bpda_weight=weight)
+    images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    adv = attacker.craft(images, torch.tensor([0, 1]), version)
+    assert (adv - images).abs().max() <= 0.1 + 1e-6
+    attack = attacker.attack
+    assert isinstance(attack, BPDA)
+    default = BPDA(attacker.model or torch.nn.Identity())
+    expected = default.squeeze_weight if weight is None else weight
+    assert (attack.squeeze_weight, attack.entropy_weight) == (expected, expected)
 
 
 def test_noise_is_clipped_to_the_pixel_range_and_has_the_asked_spread() -> None:

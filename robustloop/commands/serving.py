@@ -77,6 +77,13 @@ def register(sub: Any) -> None:
         help="square: queries to the infer endpoint allowed per attacked image (default 100)",
     )
     t.add_argument(
+        "--bpda-weight",
+        type=float,
+        default=None,
+        help="bpda: weight of its squeeze-score and entropy penalties, >= 0 (default 1); lower "
+        "hides less from the detector and takes more accuracy (docs/results.md)",
+    )
+    t.add_argument(
         "--feedback-fraction",
         type=float,
         default=0.2,
@@ -169,6 +176,7 @@ def _traffic(args: argparse.Namespace) -> int:
             seed=args.seed,
             attack_fraction=args.attack_fraction,
             query_budget=args.query_budget,
+            bpda_weight=args.bpda_weight,
         )
     except TrafficError as exc:
         raise CommandError(str(exc)) from None
