@@ -139,6 +139,27 @@ def _smoke(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[st
     )
 
 
+def _smoke_live(
+    deployment: Deployment,
+    *extra: str,
+    server: str | None = None,
+    receiver: str | None = None,
+    token_file: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`robustloop smoke` against the deployment's server and receiver with the receiver's
+    token file, as the helm test Pod runs it; a test replaces one of them to break it."""
+    return _smoke(
+        deployment,
+        "--server",
+        server or deployment.server,
+        "--receiver",
+        receiver or deployment.receiver,
+        "--token-file",
+        str(token_file or deployment.token_file),
+        *extra,
+    )
+
+
 def _remediations(deployment: Deployment) -> dict[str, object]:
     response = requests.get(
         f"{deployment.receiver}/api/v1/remediations",
@@ -158,15 +179,7 @@ def test_smoke_passes_against_a_live_server_and_receiver_and_changes_nothing(
     deployment: Deployment,
 ) -> None:
     # WHEN the smoke test runs with the receiver's token file, as the helm test Pod does
-    done = _smoke(
-        deployment,
-        "--server",
-        deployment.server,
-        "--receiver",
-        deployment.receiver,
-        "--token-file",
-        str(deployment.token_file),
-    )
+    done = _smoke_live(deployment)
 
     # THEN both checks pass, and say what they saw: the served version, the model's input
     # shape read from its metadata, and the receiver's decision
@@ -189,15 +202,7 @@ def test_smoke_with_a_wrong_receiver_token_fails_in_one_line(
 ) -> None:
     wrong = tmp_path / "token"
     wrong.write_text("not-the-receivers-token", encoding="utf-8")
-    done = _smoke(
-        deployment,
-        "--server",
-        deployment.server,
-        "--receiver",
-        deployment.receiver,
-        "--token-file",
-        str(wrong),
-    )
+    done = _smoke_live(deployment, token_file=wrong)
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     assert line.startswith("robustloop: error: smoke test failed: receiver: POST ")
@@ -208,15 +213,7 @@ def test_smoke_with_a_wrong_receiver_token_fails_in_one_line(
 
 def test_smoke_with_the_server_down_fails_in_one_line(deployment: Deployment) -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    done = _smoke(
-        deployment,
-        "--server",
-        down,
-        "--receiver",
-        deployment.receiver,
-        "--token-file",
-        str(deployment.token_file),
-    )
+    done = _smoke_live(deployment, server=down)
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     assert line.startswith(
@@ -231,15 +228,7 @@ def test_smoke_with_both_failing_names_both_in_one_line(
 ) -> None:
     wrong = tmp_path / "token"
     wrong.write_text("not-the-receivers-token", encoding="utf-8")
-    done = _smoke(
-        deployment,
-        "--server",
-        f"http://127.0.0.1:{free_port()}",
-        "--receiver",
-        deployment.receiver,
-        "--token-file",
-        str(wrong),
-    )
+    done = _smoke_live(deployment, server=f"http://127.0.0.1:{free_port()}", token_file=wrong)
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     assert "server: cannot connect" in line and "[Errno 111] Connection refused" in line
@@ -248,17 +237,7 @@ def test_smoke_with_both_failing_names_both_in_one_line(
 
 
 def test_smoke_asks_the_model_the_server_does_not_serve(deployment: Deployment) -> None:
-    done = _smoke(
-        deployment,
-        "--server",
-        deployment.server,
-        "--receiver",
-        deployment.receiver,
-        "--token-file",
-        str(deployment.token_file),
-        "--model",
-        "other-model",
-    )
+    done = _smoke_live(deployment, "--model", "other-model")
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     assert "server: GET " in line and "/v2/models/other-model answered 404" in line
