@@ -38,6 +38,7 @@ from tests.test_helm import (
     NAMESPACE,
     RELEASE,
     _kube_problems,
+    _run_helm,
 )
 
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
@@ -409,13 +410,7 @@ def test_the_series_names_of_the_rules_own_expressions_are_found() -> None:
 
 
 def _render(helm: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [helm, "template", RELEASE, str(chart), "--namespace", NAMESPACE, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return _run_helm(helm, "template", RELEASE, "--namespace", NAMESPACE, *args, chart=chart)
 
 
 def _config_maps(helm: str, *args: str) -> Iterator[Obj]:

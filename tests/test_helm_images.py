@@ -26,7 +26,7 @@ import yaml
 
 from robustloop.config import RobustloopConfig
 from tests.conftest import free_port
-from tests.test_helm import CHART, FULLNAME, NAMESPACE, RELEASE, _find_helm
+from tests.test_helm import CHART, FULLNAME, _one, _template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = {
@@ -129,31 +129,13 @@ def test_receiver_command_parses_without_torch() -> None:
 
 
 @pytest.fixture(scope="module")
-def chart_objects() -> list[dict[str, Any]]:
+def chart_objects(helm: str) -> list[dict[str, Any]]:
     """The objects of the chart's default scenario."""
-    helm = _find_helm()
-    if helm is None:
-        if os.environ.get("ROBUSTLOOP_REQUIRE_SCHEMAS") == "1":
-            pytest.fail("ROBUSTLOOP_REQUIRE_SCHEMAS=1 but helm is absent: run `make helm`")
-        pytest.skip("helm is absent: `make helm` installs it into .venv/bin")
-    done = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def _chart_object(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
-    assert len(found) == 1, f"the chart renders {len(found)} {kind} {name}"
-    return found[0]
+    return _template(helm)
 
 
 def _pod_container(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
-    deployment = _chart_object(objects, "Deployment", f"{FULLNAME}-{component}")
+    deployment = _one(objects, "Deployment", f"{FULLNAME}-{component}")
     container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
     return container
 
@@ -161,7 +143,7 @@ def _pod_container(objects: list[dict[str, Any]], component: str) -> dict[str, A
 @pytest.fixture
 def chart_config(chart_objects: list[dict[str, Any]]) -> dict[str, Any]:
     """The robustloop.yaml of the chart's default scenario (a fresh copy per test)."""
-    config_map = _chart_object(chart_objects, "ConfigMap", f"{FULLNAME}-config")
+    config_map = _one(chart_objects, "ConfigMap", f"{FULLNAME}-config")
     config: dict[str, Any] = yaml.safe_load(config_map["data"]["robustloop.yaml"])
     return config
 

@@ -46,6 +46,7 @@ from tests.test_helm import (
     SCENARIOS,
     _argo_problems,
     _run_helm,
+    _template,
     _values_file,
 )
 from training import ModelStore
@@ -55,12 +56,6 @@ Obj = dict[str, Any]
 CALIBRATED = f"{FULLNAME}-calibrated"
 JOB = f"{FULLNAME}-bootstrap"
 TOKEN = "the-service-accounts-token"
-
-
-def _render(helm: str, *args: str) -> list[Obj]:
-    done = _run_helm(helm, "template", RELEASE, "--namespace", NAMESPACE, *args)
-    assert done.returncode == 0, f"helm template {' '.join(args)} failed:\n{done.stderr}"
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 def _refusal(helm: str, *args: str) -> str:
@@ -74,7 +69,7 @@ def _refusal(helm: str, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def scenarios(helm: str) -> dict[str, list[Obj]]:
-    return {s: _render(helm, "--values", _values_file(s)) for s in SCENARIOS}
+    return {s: _template(helm, "--values", _values_file(s)) for s in SCENARIOS}
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +238,7 @@ def test_robustloops_rule_is_selected_by_the_same_labels_as_the_charts(
     """Whatever labels Prometheus' ruleSelector wants (prometheusRelease, prometheusRule.labels)
     are on both objects; robustloop's says who manages it, and carries no
     app.kubernetes.io/instance, by which Argo CD's label tracking would take it for its own."""
-    objects = _render(helm, "--set-json", f"prometheusRule.labels={json.dumps(labels)}")
+    objects = _template(helm, "--set-json", f"prometheusRule.labels={json.dumps(labels)}")
     chart_labels = _one(objects, "PrometheusRule", FULLNAME)["metadata"]["labels"]
     (container,) = _job_pod(objects)["containers"]
     target = target_from_env(_env(container))
@@ -289,7 +284,7 @@ def test_the_bootstrap_job_trains_once_then_publishes_after_every_release_change
 def test_the_bootstrap_job_does_only_what_the_release_asks(
     helm: str, args: list[str], containers: list[str], token: bool
 ) -> None:
-    objects = _render(helm, *args)
+    objects = _template(helm, *args)
     jobs = [o for o in objects if o["kind"] == "Job"]
     if not containers:
         assert not jobs
@@ -306,7 +301,7 @@ def test_the_bootstrap_job_does_only_what_the_release_asks(
 def test_bootstrap_args_that_would_train_at_every_upgrade_are_refused(helm: str) -> None:
     line = _refusal(helm, "--set-json", 'bootstrap.args=["train","--epochs","1"]')
     assert "bootstrap.args=[train --epochs 1]" in line and "--unless-production" in line
-    objects = _render(
+    objects = _template(
         helm, "--set-json", 'bootstrap.args=["train","--epochs","1","--unless-production"]'
     )
     (train,) = _job_pod(objects)["initContainers"]
@@ -466,7 +461,7 @@ def test_each_step_takes_its_own_values_over_the_workflows(
         },
         "gate": {"image": {"tag": "9", "pullPolicy": "Always"}},
     }  # fmt: skip
-    objects = _render(
+    objects = _template(
         helm,
         "--set", "persistence.accessModes={ReadWriteMany}",
         "--set", "workflow.image.repository=registry.example/steps",
@@ -515,12 +510,12 @@ def _images(objects: list[Obj]) -> dict[str, str]:
 def test_the_workflows_image_is_the_servers_unless_it_is_set(helm: str) -> None:
     """A tag suffix given to the server (image.tag) is every step's too, until workflow.image
     says otherwise; then the server keeps its own."""
-    same = _images(_render(helm, "--set", "image.tag=1.2.3"))
+    same = _images(_template(helm, "--set", "image.tag=1.2.3"))
     assert set(same.values()) - {"ghcr.io/robustloop/robustloop-webhook:0.1.0"} == {
         "ghcr.io/robustloop/robustloop:1.2.3"
     }
     apart = _images(
-        _render(helm, "--set", "image.tag=1.2.3-debug", "--set", "workflow.image.tag=1.2.3")
+        _template(helm, "--set", "image.tag=1.2.3-debug", "--set", "workflow.image.tag=1.2.3")
     )
     assert apart[f"{FULLNAME}-server/server"] == "ghcr.io/robustloop/robustloop:1.2.3-debug"
     steps = {k: v for k, v in apart.items() if k.startswith("step/")}
@@ -598,6 +593,6 @@ def test_a_node_pool_for_pods_that_mount_a_one_node_store_is_refused_in_one_line
     ],
     ids=["colocated", "shared-filesystem", "tolerations-only"],
 )
-def test_placements_that_keep_the_store_reachable_render(helm: str, args: list[str]) -> None:
-    objects = _render(helm, *args)
+def test_placements_that_keep_the_store_reachable_template(helm: str, args: list[str]) -> None:
+    objects = _template(helm, *args)
     assert _templates(objects)["evaluate"]

@@ -12,43 +12,25 @@ against a live server and receiver in tests/test_smoke_cli.py.
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import pytest
-import yaml
 
 from robustloop.cli import build_parser
 from tests.test_helm import (
-    CHART,
     FULLNAME,
     NAMESPACE,
     RELEASE,
     SCENARIOS,
     _kube_problems,
+    _one,
+    _run_helm,
+    _template,
     _values_file,
 )
 
 Obj = dict[str, Any]
 SMOKE = f"{FULLNAME}-smoke"
-
-
-def render(helm: str, *args: str) -> list[Obj]:
-    done = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def _one(objects: list[Obj], kind: str, name: str) -> Obj:
-    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
-    return found[0]
 
 
 def _hooks(objects: list[Obj]) -> list[Obj]:
@@ -57,7 +39,7 @@ def _hooks(objects: list[Obj]) -> list[Obj]:
 
 @pytest.fixture(scope="module")
 def rendered(helm: str) -> dict[str, list[Obj]]:
-    return {s: render(helm, "--values", _values_file(s)) for s in SCENARIOS}
+    return {s: _template(helm, "--values", _values_file(s)) for s in SCENARIOS}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -182,24 +164,24 @@ def test_the_policy_follows_the_releases_policies(helm: str) -> None:
     """Where the server's policy is off, the server admits everyone already: the test's policy
     then selects the receiver alone; with both off, there is none. tests.enabled=false renders
     neither hook."""
-    objects = render(helm, "--set", "server.networkPolicy.enabled=false")
+    objects = _template(helm, "--set", "server.networkPolicy.enabled=false")
     policy = _one(objects, "NetworkPolicy", SMOKE)
     (expression,) = policy["spec"]["podSelector"]["matchExpressions"]
     assert expression["values"] == ["receiver"]
-    objects = render(
+    objects = _template(
         helm,
         "--set", "server.networkPolicy.enabled=false",
         "--set", "receiver.networkPolicy.enabled=false",
     )  # fmt: skip
     assert [o for o in objects if o["kind"] == "NetworkPolicy"] == []
     assert _one(objects, "Pod", SMOKE)
-    objects = render(helm, "--set", "tests.enabled=false")
+    objects = _template(helm, "--set", "tests.enabled=false")
     assert _hooks([o for o in objects if o["kind"] in {"Pod", "NetworkPolicy"}]) == []
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "Pod"] == []
 
 
 def test_the_tests_timeout_and_an_existing_token_secret(helm: str) -> None:
-    objects = render(
+    objects = _template(
         helm,
         "--set", "tests.timeout=5",
         "--set", "receiver.token.existingSecret=webhook-token",
@@ -222,12 +204,6 @@ def test_the_tests_timeout_and_an_existing_token_secret(helm: str) -> None:
     ],
 )
 def test_bad_test_values_are_refused(helm: str, args: list[str], message: str) -> None:
-    done = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run_helm(helm, "template", RELEASE, *args)
     assert done.returncode != 0
     assert message in done.stderr
