@@ -112,9 +112,15 @@ class Simulation:
         return value if holds else None
 
     def firing(self, alert: Alert, version: str) -> list[float | None]:
-        """For each second, the alert's ``$value`` where it fires, else None."""
+        """For each second, the alert's ``$value`` where it fires, else None.
+
+        Pending until the condition has held for ``for:``; once firing, it stays firing with
+        its last value for ``keep_firing_for`` after the condition clears (a pending alert
+        whose condition clears is dropped)."""
         hold = duration_seconds(alert.for_)
+        keep = duration_seconds(alert.keep_firing_for) if alert.keep_firing_for else 0.0
         active_since: int | None = None
+        kept: tuple[int, float] | None = None  # (when the condition cleared, the last value)
         out: list[float | None] = []
         for t in range(self.end + 1):
             values = [self.condition(c, version, t) for c in alert.conditions]
@@ -123,9 +129,16 @@ class Simulation:
             )
             if all(v is not None for v in values) and not silenced:
                 active_since = t if active_since is None else active_since
+                kept = None
                 out.append(values[0] if t - active_since >= hold else None)
+                continue
+            last = out[-1] if out else None
+            if last is not None and kept is None and keep > 0:
+                kept = (t, last)
+            if kept is not None and t - kept[0] < keep:
+                out.append(kept[1])
             else:
-                active_since = None
+                active_since, kept = None, None
                 out.append(None)
         return out
 

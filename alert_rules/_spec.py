@@ -7,7 +7,7 @@ template variables filled in).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from robustloop.config import RobustloopConfig, SignalAlert
 from robustloop.config import duration_seconds as duration_seconds
@@ -96,6 +96,13 @@ class Alert:
     recipe: str | None = None
     """The remediation recipe the alert selects (its :data:`RECIPE_LABEL`); None: the
     workflow's default."""
+    keep_firing_for: str | None = None
+    """How long the alert stays firing after its condition clears (Prometheus's
+    ``keep_firing_for``; its ``$value`` stays the last one). Remediating alerts keep firing for
+    the longer of Alertmanager's ``group_wait`` and ``group_interval``: a new group is notified
+    ``group_wait`` after its first alert, an alert joining a group that exists at the group's
+    next ``group_interval`` tick, and an alert that had resolved by then would never reach the
+    receiver."""
 
     def promql(self) -> str:
         if self.expr:
@@ -351,7 +358,8 @@ def build(cfg: RobustloopConfig) -> RuleSet:
                 ),
             )
         )
+    kept = max(alerts_cfg.group_wait, alerts_cfg.group_interval, key=duration_seconds)
     return RuleSet(
         records={GROUP: canary_records + input_records},
-        alerts=tuple(alerts),
+        alerts=tuple(replace(a, keep_firing_for=kept) if a.remediate else a for a in alerts),
     )

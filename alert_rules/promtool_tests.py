@@ -159,10 +159,11 @@ class _Builder:
     ) -> list[Phase]:
         """Clean traffic, then ``changed`` levels, then clean again (every signal at its rate)."""
         hold = math.ceil(duration_seconds(alert.for_))
+        keep = math.ceil(duration_seconds(alert.keep_firing_for or "0s"))
         return [
             self.phase(self.span + 5, clean),
             self.phase(self.span + hold + 10, {**clean, **changed}),
-            self.phase(self.span + 10, clean),
+            self.phase(self.span + keep + 10, clean),
         ]
 
     def phase(self, seconds: int, levels: Mapping[str, float]) -> Phase:

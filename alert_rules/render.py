@@ -94,6 +94,7 @@ def prometheus_rule_groups(cfg: RobustloopConfig, part: Part = "all") -> list[di
                     "alert": alert.name,
                     "expr": alert.promql(),
                     "for": alert.for_,
+                    **({"keep_firing_for": alert.keep_firing_for} if alert.keep_firing_for else {}),
                     "labels": alert.labels(),
                     "annotations": alert.annotations(cfg.alerts.runbook_base_url),
                 }

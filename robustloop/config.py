@@ -664,7 +664,11 @@ class AlertsConfig(_Section):
         "1s", description="Alertmanager: wait before the first notification of a new group."
     )
     group_interval: str = Field(
-        "1m", description="Alertmanager: wait before notifying about changes of a group."
+        "1m",
+        description="Alertmanager: wait before notifying about changes of a group. Every "
+        "remediating alert keeps firing for the longer of this and group_wait after its "
+        "condition clears (the rules' keep_firing_for), so that an episode shorter than "
+        "Alertmanager's wait still reaches the receiver.",
     )
     repeat_interval: str = Field(
         "1h", description="Alertmanager: re-send a still-firing group after this long."

@@ -265,6 +265,58 @@ def test_remediation_labels_follow_the_config() -> None:
     assert "AdversarialAttackDetected" not in _alerts(cfg)
 
 
+@pytest.mark.parametrize(
+    ("group_wait", "group_interval", "kept"), [("1s", "1m", "1m"), ("2m", "30s", "2m")]
+)
+def test_remediating_alerts_keep_firing_as_long_as_alertmanager_may_wait(
+    group_wait: str, group_interval: str, kept: str
+) -> None:
+    """A remediating alert stays firing for the longer of group_wait and group_interval after
+    its condition clears, so that Alertmanager's next notification still carries it; the
+    alerts that only notify resolve at once."""
+    cfg = _escalating("10m")
+    cfg.alerts.group_wait, cfg.alerts.group_interval = group_wait, group_interval
+    alerts = _alerts(cfg)
+    for name, rule in alerts.items():
+        remediates = rule["labels"]["remediation"] == "adversarial-training"
+        assert rule.get("keep_firing_for") == (kept if remediates else None), name
+    assert {n for n, r in alerts.items() if "keep_firing_for" in r} >= {
+        "AdversarialAttackDetected",
+        "AdversarialInputSuspected",
+        ESCALATED_ALERT,
+    }
+
+
+def test_the_simulator_keeps_a_fired_alert_firing_but_drops_a_pending_one() -> None:
+    """Prometheus's keep_firing_for: after the condition clears, a firing alert stays firing
+    with its last value for that long; a pending one (before its for:) is dropped."""
+    from dataclasses import replace
+
+    from alert_rules._simulate import first
+    from alert_rules.promtool_tests import _Builder, _levels
+
+    b = _Builder(RobustloopConfig())
+    squeeze = b.alerts["AdversarialInputSuspected"]
+    assert squeeze.keep_firing_for == "1m"
+    clean, bad = _levels(squeeze.conditions[0])
+    episode = b.simulate(b.episode(squeeze, {"squeeze": bad}, {"squeeze": clean}))
+    kept = episode.firing(squeeze, b.version)
+    plain = episode.firing(replace(squeeze, keep_firing_for=None), b.version)
+    fired, cleared = first(plain), first(plain, first(plain) or 0, lambda v: v is None)
+    assert fired is not None and cleared is not None
+    assert first(kept) == fired
+    assert kept[cleared : cleared + 60] == [plain[cleared - 1]] * 60
+    assert kept[cleared + 60] is None
+    brief = b.simulate(
+        [
+            b.phase(b.span + 5, {"squeeze": clean}),
+            b.phase(3, {"squeeze": bad}),
+            b.phase(b.span + 70, {"squeeze": clean}),
+        ]
+    )
+    assert first(brief.firing(replace(squeeze, for_="1h"), b.version)) is None
+
+
 def test_the_attack_alert_needs_both_the_canary_and_the_squeeze_condition() -> None:
     alerts = _alerts(_configs()["calibrated"])
     attack = alerts["AdversarialAttackDetected"]["expr"]

@@ -1431,3 +1431,25 @@ def test_a_scrape_interval_longer_than_the_rules_were_rendered_for_is_refused(
     if not ok:
         assert "longer than the 30s the chart's rules were rendered for" in done.stderr
         assert "--scrape-interval 1m" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "ok"),
+    [
+        ("groupWait=5s", True),
+        ("groupInterval=1m", True),
+        ("groupInterval=5m", False),
+        ("groupWait=2m", False),
+    ],
+)
+def test_alertmanager_waits_longer_than_the_alerts_keep_firing_are_refused(
+    helm: str, setting: str, ok: bool
+) -> None:
+    """The chart's remediating alerts keep firing 1m after their condition clears: an
+    AlertmanagerConfig that waits longer before notifying could drop a short attack."""
+    done = _run_helm(helm, "template", RELEASE, "--set", f"alertmanagerConfig.{setting}")
+    assert (done.returncode == 0) is ok, done.stderr
+    if not ok:
+        (line,) = [ln for ln in done.stderr.splitlines() if "alertmanagerConfig." in ln]
+        key = setting.split("=")[0]
+        assert f"alertmanagerConfig.{key}" in line and "use at most 60s" in line

@@ -318,6 +318,15 @@ scraping less often than it was rendered for would leave the rules' windows with
 {{- if gt $scraped $rendered }}
 {{- fail (printf "server.monitor.interval %s is longer than the %s the chart's rules were rendered for: their windows would hold too few samples; render them for it (`robustloop rules render --scrape-interval %s`, see docs/kubernetes.md)" .Values.server.monitor.interval $alerts.scrape_interval .Values.server.monitor.interval) }}
 {{- end }}
+{{- if .Values.alertmanagerConfig.enabled }}
+{{- $kept := max (include "robustloop.seconds" $alerts.group_wait | int) (include "robustloop.seconds" $alerts.group_interval | int) }}
+{{- range $key := list "groupWait" "groupInterval" }}
+{{- $value := get $.Values.alertmanagerConfig $key }}
+{{- if gt (include "robustloop.seconds" $value | int) $kept }}
+{{- fail (printf "alertmanagerConfig.%s %s is longer than the %ds the chart's remediating alerts keep firing for after their condition clears (keep_firing_for: the longer of alerts.group_wait and alerts.group_interval): a short attack could resolve before Alertmanager notifies the receiver; use at most %ds, or render the rules for it (docs/kubernetes.md)" $key $value $kept $kept) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- toYaml $alerts }}
 {{- end }}
 
