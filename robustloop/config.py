@@ -11,7 +11,7 @@ This module imports pydantic and yaml only (the webhook image loads it and has n
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -583,6 +583,13 @@ def _squeeze() -> SignalAlert:
     return SignalAlert(threshold=0.25, window="30s", **{"for": "10s"})
 
 
+_SIGNAL_DEFAULTS: dict[str, Callable[[], SignalAlert]] = {
+    "canary_accuracy": _canary,
+    "entropy": _entropy,
+    "squeeze": _squeeze,
+}
+
+
 class HealthAlerts(_Section):
     enabled: bool = Field(
         True,
@@ -685,6 +692,24 @@ class AlertsConfig(_Section):
         "webhook-token",
         description="File Alertmanager reads the receiver's bearer token from.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_signal_sections(cls, data: Any) -> Any:
+        """A signal's section overrides only the keys it names; the others keep that signal's
+        own defaults, not the generic ones of a signal alert (a canary section that names only
+        ``escalate_after`` must not make the canary alert remediate, nor need a threshold)."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, default in _SIGNAL_DEFAULTS.items():
+            given = merged.get(name)
+            if isinstance(given, dict):
+                base = default().model_dump(by_alias=True)
+                if "for_" in given:
+                    base.pop("for")
+                merged[name] = {**base, **given}
+        return merged
 
     @model_validator(mode="after")
     def _check_durations(self) -> AlertsConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from robustloop.cli import main
@@ -95,3 +96,28 @@ def test_one_rule_for_eps_in_the_file_and_everywhere_else(value: float) -> None:
         with pytest.raises(ValidationError):
             RobustloopConfig.model_validate({section: {"eps": value}})
     assert check_eps(1.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("section", "given", "expected"),
+    [
+        # a canary section naming only the escalation keeps a notify-only canary alert
+        (
+            "canary_accuracy",
+            {"escalate_after": "60s"},
+            {"remediate": False, "threshold": 0.6, "window": "15s", "for_": "3s"},
+        ),
+        ("entropy", {"for": "20s"}, {"remediate": False, "threshold": 0.35, "for_": "20s"}),
+        ("entropy", {"for_": "20s"}, {"remediate": False, "for_": "20s"}),
+        ("squeeze", {"threshold": 0.3}, {"remediate": True, "threshold": 0.3, "for_": "10s"}),
+        ("canary_accuracy", {"remediate": True}, {"remediate": True, "threshold": 0.6}),
+    ],
+)
+def test_a_partial_signal_section_keeps_that_signals_own_defaults(
+    tmp_path: Path, section: str, given: dict[str, object], expected: dict[str, object]
+) -> None:
+    path = tmp_path / "robustloop.yaml"
+    doc = {"capture": {"enabled": True}, "alerts": {section: given}}
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    alert = getattr(load_config(path).alerts, section)
+    assert {key: getattr(alert, key) for key in expected} == expected
