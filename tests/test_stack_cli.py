@@ -72,3 +72,29 @@ def test_demo_rejects_bad_numbers_before_starting_anything(
     assert info.value.code == 2
     assert message in capsys.readouterr().err
     assert not small_config.stack.run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "by", "escalate_after", "expected", "says"),
+    [
+        ("drift", ["CanaryAccuracyEscalated"], "60s", True, "the escalation remediated the drift"),
+        ("drift", ["CanaryAccuracyEscalated"], None, False, "wrongly"),
+        ("drift", ["AdversarialInputSuspected"], "60s", False, "by AdversarialInputSuspected"),
+        (
+            "drift",
+            ["AdversarialInputSuspected", "CanaryAccuracyEscalated"],
+            "60s",
+            False,
+            "wrongly",
+        ),
+        ("drift", [], "60s", False, "wrongly"),
+        ("clean", ["CanaryAccuracyEscalated"], "60s", False, "during clean traffic"),
+    ],
+)
+def test_only_the_escalation_may_remediate_unattacked_traffic(
+    scenario: str, by: list[str], escalate_after: str | None, expected: bool, says: str
+) -> None:
+    from robustloop.commands.stack import unattacked_remediation_verdict
+
+    ok, line = unattacked_remediation_verdict(scenario, {"remediated_by": by}, escalate_after)
+    assert ok is expected and says in line

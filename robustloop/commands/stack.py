@@ -231,9 +231,30 @@ def _demo(args: argparse.Namespace) -> int:
                 f"stack.recovered_accuracy {cfg.stack.recovered_accuracy:g}"
             )
     if args.scenario != "attack" and summary.get("remediation_started"):
-        _echo(f"a remediation was (wrongly) started during {args.scenario} traffic")
-        return 1
+        expected, verdict = unattacked_remediation_verdict(
+            args.scenario, summary, cfg.alerts.canary_accuracy.escalate_after
+        )
+        _echo(verdict)
+        return 0 if expected else 1
     return 0
 
 
-__all__ = ["quick_config", "register"]
+def unattacked_remediation_verdict(
+    scenario: str, summary: dict[str, Any], escalate_after: str | None
+) -> tuple[bool, str]:
+    """Whether a remediation during clean or drift traffic was the intended one, and a line
+    saying so. Only the escalation may remediate drift (CanaryAccuracyEscalated, when
+    ``alerts.canary_accuracy.escalate_after`` is set); anything else is a false alarm."""
+    from alert_rules import ESCALATED_ALERT
+
+    by = summary.get("remediated_by") or []
+    if scenario == "drift" and escalate_after is not None and set(by) == {ESCALATED_ALERT}:
+        return True, (
+            f"the escalation remediated the drift: {ESCALATED_ALERT} after canary accuracy "
+            f"stayed down for {escalate_after} (the captured recipe)"
+        )
+    started = f" by {', '.join(by)}" if by else ""
+    return False, f"a remediation was (wrongly) started{started} during {scenario} traffic"
+
+
+__all__ = ["quick_config", "register", "unattacked_remediation_verdict"]

@@ -447,10 +447,13 @@ class ScenarioRunner:
         # False alarms: alerts firing, or reaching the receiver, before the attack began.
         summary["alerts_during_clean"] = sorted(self._clean_alerts)
         attack_t = self._attack_t if self._attack_t is not None else time.time()
+        remediations = _observed(self.observer.remediations, _NO_REMEDIATIONS)
         summary["incidents_during_clean"] = sum(
-            1
-            for rem in _observed(self.observer.remediations, _NO_REMEDIATIONS)
-            if rem.received_at is not None and rem.received_at < attack_t
+            1 for rem in remediations if rem.received_at is not None and rem.received_at < attack_t
+        )
+        # Which alerts started the workflows (the receiver's incidents that name one).
+        summary["remediated_by"] = sorted(
+            {str(rem.raw.get("alertname") or "?") for rem in remediations if rem.workflow}
         )
         rp.write_report(self.report_dir, self.timeline, summary)
         return summary
