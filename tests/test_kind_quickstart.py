@@ -26,7 +26,7 @@ from robustloop.cli import build_parser
 from robustloop.config import RobustloopConfig
 from tests.conftest import REPO_ROOT
 from tests.test_helm import CHART, FULLNAME, SCENARIOS, _find_helm
-from tests.test_helm_smoke import render
+from tests.test_helm import _template as render
 
 KUBERNETES_DOC = REPO_ROOT / "docs" / "kubernetes.md"
 KIND_VALUES = CHART / "ci" / "kind-values.yaml"

@@ -254,7 +254,8 @@ def test_the_helm_test_pods_own_command_passes(deployment: Deployment) -> None:
     """The chart's `helm test` Pod's command and arguments, run here: only what the cluster
     provides is redirected (the Services' addresses, the mounted token file and config)."""
     from tests.test_helm import _find_helm
-    from tests.test_helm_smoke import SMOKE, render
+    from tests.test_helm import _template as render
+    from tests.test_helm_smoke import SMOKE
 
     helm = _find_helm()
     if helm is None:
