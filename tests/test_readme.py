@@ -361,8 +361,10 @@ def test_the_own_model_steps_run_from_a_folder_of_images_and_a_pt_file(tmp_path:
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
+            # read what it says while it stops: a full pipe must not hold the stop up
+            rest, _ = proc.communicate(timeout=60)
+            seen.append(rest)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            seen.append(proc.communicate()[0])
     assert proc.returncode == 0, "".join(seen)
