@@ -21,6 +21,7 @@ from robustloop.config import RobustloopConfig
 pytest_plugins = ["tests.webhook_support"]  # the webhook receiver's fixtures
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 DATASET_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -37,28 +38,11 @@ def port() -> int:
 
 
 @contextlib.contextmanager
-def running_prometheus(folder: Path, config: str, *flags: str) -> Iterator[str]:
-    """A real Prometheus (the Debian package) on a free port with ``config`` as its
-    ``prometheus.yml`` in ``folder`` (relative rule files resolve there): its URL once ready.
-    Always stopped; its log is ``folder/prometheus.log``."""
-    binary = shutil.which("prometheus")
-    assert binary is not None, "prometheus is not installed (Debian package prometheus)"
-    (folder / "prometheus.yml").write_text(config, encoding="utf-8")
-    port = free_port()
-    log_path = folder / "prometheus.log"
+def _running_binary(argv: list[str], url: str, log_path: Path, what: str) -> Iterator[str]:
+    """Run ``argv`` (a server of the Debian packages) logging to ``log_path``; yield ``url``
+    once its ``/-/ready`` answers 200 (at most 30 s). Always stopped: SIGTERM, then SIGKILL."""
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                *flags,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 30
             while True:
@@ -68,7 +52,7 @@ def running_prometheus(folder: Path, config: str, *flags: str) -> Iterator[str]:
                         break
                 except requests.ConnectionError:
                     pass
-                assert time.time() < deadline, "Prometheus did not become ready in 30 s"
+                assert time.time() < deadline, f"{what} did not become ready in 30 s"
                 time.sleep(0.1)
             yield url
         finally:
@@ -78,6 +62,50 @@ def running_prometheus(folder: Path, config: str, *flags: str) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_prometheus(folder: Path, config: str, *flags: str) -> Iterator[str]:
+    """A real Prometheus (the Debian package) on a free port with ``config`` as its
+    ``prometheus.yml`` in ``folder`` (relative rule files resolve there): its URL once ready.
+    Always stopped; its log is ``folder/prometheus.log``."""
+    binary = shutil.which("prometheus")
+    assert binary is not None, "prometheus is not installed (Debian package prometheus)"
+    (folder / "prometheus.yml").write_text(config, encoding="utf-8")
+    port = free_port()
+    argv = [
+        binary,
+        f"--config.file={folder / 'prometheus.yml'}",
+        f"--storage.tsdb.path={folder / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        *flags,
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with _running_binary(argv, url, folder / "prometheus.log", "Prometheus") as ready:
+        yield ready
+
+
+@contextlib.contextmanager
+def running_alertmanager(folder: Path, config: str) -> Iterator[str]:
+    """A real Alertmanager (the Debian package) on a free port, clustering off, with ``config``
+    as ``folder/alertmanager.yml`` and its storage in ``folder/am-data``: its URL once ready.
+    Always stopped; its log is ``folder/alertmanager.log``."""
+    binary = ALERTMANAGER
+    assert Path(binary).exists(), "Alertmanager is not installed (prometheus-alertmanager)"
+    config_file = folder / "alertmanager.yml"
+    config_file.write_text(config, encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.path={folder / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--web.external-url={url}",
+        "--cluster.listen-address=",
+    ]
+    with _running_binary(argv, url, folder / "alertmanager.log", "Alertmanager") as ready:
+        yield ready
 
 
 def schemas_dir() -> Path | None:

@@ -13,8 +13,6 @@ for less than ``group_wait``.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,10 +29,9 @@ from alert_rules import render_rules
 from alert_rules.render import render_alertmanager
 from robustloop.config import RobustloopConfig, SignalAlert, duration_seconds
 from tests.argo_standin import ArgoStandIn
-from tests.conftest import free_port, running_prometheus
+from tests.conftest import ALERTMANAGER, free_port, running_alertmanager, running_prometheus
 from tests.webhook_support import TOKEN, RunningReceiver, wait_for
 
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 WINDOW, BURST, GROUP_WAIT = 5.0, 2.0, "8s"
 RATE = 20.0
 ALERT = "AdversarialInputSuspected"
@@ -94,57 +91,34 @@ def _alerts_config(cfg: RobustloopConfig) -> RobustloopConfig:
     return cfg
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The processes a test starts; each is stopped after it."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _start_alertmanager(
-    folder: Path, cfg: RobustloopConfig, receiver_url: str, procs: list[subprocess.Popen[bytes]]
-) -> str:
+def _alertmanager_config(folder: Path, cfg: RobustloopConfig, receiver_url: str) -> str:
+    """robustloop's own Alertmanager config, delivering to ``receiver_url`` with the token."""
     token_file = folder / "am-token"
     token_file.write_text(TOKEN + "\n", encoding="utf-8")
-    config_file = folder / "alertmanager.yml"
-    config_file.write_text(
-        render_alertmanager(
-            cfg, receiver_url=f"{receiver_url}/api/v1/alerts", credentials_file=str(token_file)
-        ),
-        encoding="utf-8",
+    return render_alertmanager(
+        cfg, receiver_url=f"{receiver_url}/api/v1/alerts", credentials_file=str(token_file)
     )
-    port = free_port()
-    log = (folder / "alertmanager.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            ALERTMANAGER,
-            f"--config.file={config_file}",
-            f"--storage.path={folder / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+
+
+def _prometheus_config(alertmanager_url: str, exporter_port: int) -> str:
+    """Scrape the exporter and evaluate rules.yaml every second; alert to the Alertmanager."""
+    return yaml.safe_dump(
+        {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["rules.yaml"],
+            "alerting": {
+                "alertmanagers": [
+                    {"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}
+                ]
+            },
+            "scrape_configs": [
+                {
+                    "job_name": "serving",
+                    "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
+                }
+            ],
+        }
     )
-    procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, (folder / "alertmanager.log").read_text()[-2000:]
-        try:
-            return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(ready, timeout=30, what="Alertmanager to be ready")
-    return f"127.0.0.1:{port}"
 
 
 def _query(url: str, expr: str, **params: float) -> list[dict[str, object]]:
@@ -159,7 +133,6 @@ def test_an_attack_shorter_than_the_group_wait_reaches_the_receiver(
     webhook_config: RobustloopConfig,
     start_receiver: Callable[..., RunningReceiver],
     argo: ArgoStandIn,
-    processes: list[subprocess.Popen[bytes]],
 ) -> None:
     cfg = _alerts_config(webhook_config)
     rules = render_rules(cfg)
@@ -167,28 +140,18 @@ def test_an_attack_shorter_than_the_group_wait_reaches_the_receiver(
     assert [(r["alert"], r.get("keep_firing_for")) for r in kept] == [(ALERT, GROUP_WAIT)]
 
     receiver = start_receiver(cfg)
-    am = _start_alertmanager(tmp_path, cfg, receiver.url, processes)
+    am_config = _alertmanager_config(tmp_path, cfg, receiver.url)
     exporter = _BurstExporter(cfg.model.name, "v0001-00000000")
     registry = CollectorRegistry()
     registry.register(exporter)
     exporter_port = free_port()
     server, thread = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
     (tmp_path / "rules.yaml").write_text(rules, encoding="utf-8")
-    prometheus_yml = yaml.safe_dump(
-        {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": ["rules.yaml"],
-            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am]}]}]},
-            "scrape_configs": [
-                {
-                    "job_name": "serving",
-                    "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
-                }
-            ],
-        }
-    )
     try:
-        with running_prometheus(tmp_path, prometheus_yml) as url:
+        with (
+            running_alertmanager(tmp_path, am_config) as am,
+            running_prometheus(tmp_path, _prometheus_config(am, exporter_port)) as url,
+        ):
             # GIVEN clean traffic that fills the window, and no alert
             wait_for(
                 lambda: _query(url, "model_version:robustloop_squeeze_score:rate5s > 10"),

@@ -12,11 +12,10 @@ fixtures from this run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,12 +29,10 @@ from prometheus_client import CollectorRegistry
 
 from robustloop.config import RobustloopConfig
 from tests.argo_standin import ArgoStandIn
-from tests.conftest import free_port
+from tests.conftest import ALERTMANAGER, running_alertmanager
 from tests.webhook_support import FIXTURES, TOKEN, remediation, wait_for
 from webhook import ReceiverServer, create_app
 from webhook.models import WebhookPayload
-
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 
 pytestmark = pytest.mark.skipif(
     not Path(ALERTMANAGER).exists(),
@@ -70,78 +67,40 @@ class Capture:
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     """Start Alertmanager pointing at a receiver URL; returns its base URL. Always stopped."""
-    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as running:
 
-    def start(receiver_url: str) -> str:
-        token_file = tmp_path / "am-token"
-        token_file.write_text(TOKEN + "\n", encoding="utf-8")
-        config = {
-            "route": {
-                "receiver": "robustloop",
-                "group_by": ["alertname", "model"],
-                "group_wait": "0s",
-                "group_interval": "1s",
-                "repeat_interval": "1h",
-            },
-            "receivers": [
-                {
-                    "name": "robustloop",
-                    "webhook_configs": [
-                        {
-                            "url": f"{receiver_url}/api/v1/alerts",
-                            "send_resolved": True,
-                            "http_config": {
-                                "authorization": {
-                                    "type": "Bearer",
-                                    "credentials_file": str(token_file),
-                                }
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-        config_file = tmp_path / "alertmanager.yml"
-        config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
-        port = free_port()
-        log = (tmp_path / "alertmanager.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                ALERTMANAGER,
-                f"--config.file={config_file}",
-                f"--storage.path={tmp_path / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--web.external-url=http://127.0.0.1:{port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
+        def start(receiver_url: str) -> str:
+            token_file = tmp_path / "am-token"
+            token_file.write_text(TOKEN + "\n", encoding="utf-8")
+            config = {
+                "route": {
+                    "receiver": "robustloop",
+                    "group_by": ["alertname", "model"],
+                    "group_wait": "0s",
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                },
+                "receivers": [
+                    {
+                        "name": "robustloop",
+                        "webhook_configs": [
+                            {
+                                "url": f"{receiver_url}/api/v1/alerts",
+                                "send_resolved": True,
+                                "http_config": {
+                                    "authorization": {
+                                        "type": "Bearer",
+                                        "credentials_file": str(token_file),
+                                    }
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+            return running.enter_context(running_alertmanager(tmp_path, yaml.safe_dump(config)))
 
-        def ready() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"Alertmanager exited with {proc.returncode}: "
-                    + (tmp_path / "alertmanager.log").read_text()
-                )
-            try:
-                return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(ready, timeout=30, what="Alertmanager to be ready")
-        return url
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield start
 
 
 def _shape(value: Any) -> Any:
